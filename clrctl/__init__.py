@@ -1,0 +1,9 @@
+"""clrctl — an experiment runner for cyclical learning rates (Smith, arXiv 1506.01186).
+
+The package is a library first; :mod:`clrctl.cli` is a thin layer over it.
+Modules: config (schema), data, models, optim, policies (LR schedules), trainer,
+range_test + suggest (LR range test), rundir (the only writer of runs/), plots
+(the only matplotlib user), compare (reads runs, never imports torch), cli.
+"""
+
+__version__ = "0.1.0"

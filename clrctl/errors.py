@@ -1,0 +1,28 @@
+"""The one error family of clrctl. The CLI turns each into a one-line message and an exit code
+(SPEC.md): 2 for bad input, 1 for a run that ended badly, 130 for an interruption."""
+
+
+class ClrctlError(Exception):
+    """Base class: ``str(err)`` is the one line shown to the user."""
+
+    exit_code = 2
+
+
+class ConfigError(ClrctlError):
+    """A config that cannot be run: unknown key, wrong type, bad value, missing file."""
+
+
+class InputError(ClrctlError):
+    """Bad command-line input: a missing, unfinished or unreadable run, a bad argument."""
+
+
+class RunFailed(ClrctlError):
+    """A run that started and ended badly (diverged, failed)."""
+
+    exit_code = 1
+
+
+class Interrupted(ClrctlError):
+    """Ctrl-C / SIGTERM: files were flushed and the run marked ``interrupted``."""
+
+    exit_code = 130

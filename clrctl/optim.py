@@ -1,0 +1,37 @@
+"""Optimizers: torch's SGD (momentum, Nesterov), Adam, AdamW (Loshchilov & Hutter,
+arXiv 1711.05101: decoupled weight decay) and RMSprop, built from ``optimizer:``."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from clrctl.config import OptimizerConfig
+
+
+def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """``lr`` is the policy's first LR; the scheduler owns it from then on."""
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=cfg.momentum, eps=cfg.eps,
+                                   weight_decay=cfg.weight_decay)
+    raise AssertionError(cfg.name)  # the schema admits only the names above
+
+
+def has_momentum(cfg: OptimizerConfig) -> bool:
+    """Whether the optimizer the user configured has a momentum term to cycle."""
+    return cfg.name in ("adam", "adamw") or cfg.momentum > 0
+
+
+def current_momentum(optimizer: torch.optim.Optimizer) -> float | None:
+    group = optimizer.param_groups[0]
+    if "betas" in group:
+        return float(group["betas"][0])
+    return float(group["momentum"]) if "momentum" in group else None

@@ -1,0 +1,226 @@
+"""The run directory: the only module that writes under ``runs/`` (SPEC.md, "Run directory").
+
+A run directory holds ``config.yaml``, ``run.json`` (provenance and status), ``metrics.csv``,
+``epochs.csv`` (train), ``summary.json`` and ``plots/``. JSON files are written atomically
+(temporary file, then ``os.replace``) so a reader never sees half a file; CSVs are appended
+and flushed so a killed run keeps what it logged. ``status`` stays ``running`` until the run
+ends, which is how ``compare`` tells a finished run from a half-written one.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from clrctl import __version__
+from clrctl.errors import InputError
+
+TERMINAL_STATUSES = ("completed", "diverged", "interrupted", "failed")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def default_run_path(runs_root: str | Path, name: str) -> Path:
+    """``runs/<name>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``… if that second is taken."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(runs_root) / f"{name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found") from None
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: unreadable ({err.__class__.__name__})") from None
+
+
+class CsvLog:
+    """An append-only CSV with a fixed header; rows are dicts, missing values stay blank."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path = path
+        self.columns = columns
+        new = not path.exists() or path.stat().st_size == 0
+        self._handle = open(path, "a", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._handle, fieldnames=columns, extrasaction="ignore")
+        if new:
+            self._writer.writeheader()
+            self.flush()
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        self._writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
+
+    def flush(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self.flush()
+            self._handle.close()
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # shortest exact round-trip: byte-identical across runs
+    return value
+
+
+def truncate_csv(path: Path, keep: callable) -> None:
+    """Drop rows for which ``keep(row)`` is false (resume: rows written after the checkpoint)."""
+    if not path.exists():
+        return
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        rows = [row for row in reader if keep(row)]
+    lines = [",".join(columns)]
+    with tempfile.SpooledTemporaryFile(mode="w+", newline="") as buf:
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writerows(rows)
+        buf.seek(0)
+        body = buf.read()
+    write_text_atomic(path, "\n".join(lines) + "\n" + body)
+
+
+class RunDir:
+    """One run's directory. Create it with :meth:`create` (never overwrites) or :meth:`open`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    # -- creation ------------------------------------------------------------------------
+    @classmethod
+    def create(cls, runs_root: str | Path, name: str, run_dir: Optional[str | Path] = None) -> "RunDir":
+        path = Path(run_dir) if run_dir is not None else default_run_path(runs_root, name)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise InputError(f"{path}: run directory exists and is not empty (use --resume to continue it)")
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        path = Path(path)
+        if not (path / "run.json").is_file():
+            raise InputError(f"{path}: not a clrctl run directory (no run.json)")
+        return cls(path)
+
+    # -- files ---------------------------------------------------------------------------
+    @property
+    def plots_dir(self) -> Path:
+        (self.path / "plots").mkdir(exist_ok=True)
+        return self.path / "plots"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        (self.path / "checkpoints").mkdir(exist_ok=True)
+        return self.path / "checkpoints"
+
+    def write_config(self, config: dict[str, Any], filename: str = "config.yaml") -> Path:
+        path = self.path / filename
+        write_text_atomic(path, yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def csv(self, name: str, columns: list[str]) -> CsvLog:
+        return CsvLog(self.path / name, columns)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.path / "summary.json", summary)
+
+    def read_run(self) -> dict[str, Any]:
+        return read_json(self.path / "run.json")
+
+    def start(self, kind: str, seed: int, device: str, argv: Optional[list[str]] = None) -> dict[str, Any]:
+        info = {
+            "kind": kind,
+            "status": "running",
+            "start_time": utc_now(),
+            "end_time": None,
+            "argv": list(argv if argv is not None else sys.argv),
+            "seed": seed,
+            "device": device,
+            "versions": versions(),
+            "host": socket.gethostname(),
+            "git": git_state(),
+        }
+        write_json_atomic(self.path / "run.json", info)
+        return info
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        info = self.read_run()
+        info["status"] = status
+        info["end_time"] = utc_now() if status in TERMINAL_STATUSES else None
+        info.update(extra)
+        write_json_atomic(self.path / "run.json", info)
+
+
+def versions() -> dict[str, Optional[str]]:
+    found: dict[str, Optional[str]] = {"clrctl": __version__, "python": platform.python_version()}
+    try:
+        import torch
+
+        found["torch"] = torch.__version__
+        found["cuda"] = torch.version.cuda
+    except ImportError:  # pragma: no cover - torch is a dependency
+        found["torch"] = found["cuda"] = None
+    try:
+        import torchvision
+
+        found["torchvision"] = torchvision.__version__
+    except Exception:  # torchvision is optional at run time; a broken install must not stop a run
+        found["torchvision"] = None
+    return found
+
+
+def git_state() -> dict[str, Any]:
+    """The commit of the working directory's repository and whether its tree was dirty."""
+
+    def git(*args: str) -> Optional[str]:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = None if commit is None else bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"commit": commit, "dirty": dirty}
