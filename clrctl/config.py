@@ -189,6 +189,8 @@ class PolicyConfig(_Section):
                 f"bounds: policy {self.name!r} needs bounds: [base_lr, max_lr]"
                 + (" (or lr:)" if self.name in ("fixed", "step") else "")
             )
+        if self.momentum is not None and self.name in ("fixed", "step"):
+            raise ValueError(f"momentum: cycling needs a policy whose LR moves between bounds, not {self.name!r}")
         if self.name == "step" and not self.milestones:
             raise ValueError("milestones: policy 'step' needs milestones (steps or 'N epochs')")
         return self
@@ -226,6 +228,8 @@ class TrainConfig(_Section):
     @field_validator("target")
     @classmethod
     def _target_metric(cls, target):
+        if target is not None and len(target) != 1:
+            raise ValueError(f"expected one metric and its threshold, e.g. {{val_acc: 0.97}} (got {target})")
         for metric in target or {}:
             if metric not in TARGET_METRICS:
                 raise ValueError(f"unknown target metric {metric!r}; expected one of {', '.join(TARGET_METRICS)}")

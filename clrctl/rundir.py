@@ -224,3 +224,19 @@ def git_state() -> dict[str, Any]:
     commit = git("rev-parse", "HEAD")
     dirty = None if commit is None else bool(git("status", "--porcelain", "--untracked-files=no"))
     return {"commit": commit, "dirty": dirty}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a run CSV as dicts of strings (blank = no value)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def create_group(runs_root: str | Path, name: str, seeds: list[int], path: Optional[str | Path] = None) -> Path:
+    """A seed group: ``<group>/group.json`` plus one run directory ``seed-K/`` per seed."""
+    group = RunDir.create(runs_root, name, path).path
+    write_json_atomic(group / "group.json", {
+        "kind": "group", "name": name, "seeds": seeds, "runs": [f"seed-{s}" for s in seeds],
+        "created": utc_now(),
+    })
+    return group

@@ -1,0 +1,86 @@
+"""The command line: a thin layer that parses arguments, calls the library and renders.
+
+``main()`` is the single place that turns a :class:`~clrctl.errors.ClrctlError` into one
+line on stderr and its exit code (SPEC.md); ``--debug`` shows the traceback instead.
+Commands live in :mod:`clrctl.commands` and import torch only inside their bodies, so
+``clrctl --help`` and ``clrctl compare`` stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from clrctl import __version__
+from clrctl.errors import ClrctlError
+
+app = typer.Typer(
+    name="clrctl",
+    help="Cyclical learning rates: find the bounds (range-test), train with a policy, compare runs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"clrctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Show the version and exit."),
+) -> None:
+    _state["debug"] = debug
+
+
+def debug_enabled() -> bool:
+    return _state["debug"] or "--debug" in sys.argv
+
+
+# Register the commands (each module adds itself to ``app``).
+from clrctl.commands import compare as _compare  # noqa: E402,F401
+from clrctl.commands import range_test as _range_test  # noqa: E402,F401
+from clrctl.commands import train as _train  # noqa: E402,F401
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console-script entry point: every error is one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        app(args=args, prog_name="clrctl", standalone_mode=False)
+    except ClrctlError as err:
+        if "--debug" in args:
+            raise
+        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as err:  # click usage errors and the unexpected
+        import click
+
+        if isinstance(err, click.exceptions.Exit):
+            sys.exit(err.exit_code)
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(2)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(130)
+        if "--debug" in args:
+            raise
+        err_console.print(f"[red]error:[/red] {err.__class__.__name__}: {err} (run with --debug for a traceback)",
+                          highlight=False, soft_wrap=True)
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,1 @@
+"""`clrctl compare` (being written)."""

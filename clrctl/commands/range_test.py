@@ -1,0 +1,1 @@
+"""`clrctl range_test` (being written)."""

@@ -1,0 +1,184 @@
+"""``clrctl train``, ``clrctl preview`` (a policy without training) and ``clrctl validate``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from clrctl.cli import app, console
+from clrctl.config import Config, load_config, resolve_bounds_from, resolve_steps
+from clrctl.errors import InputError
+
+CONFIG_ARG = typer.Argument(None, help="YAML config file (see configs/).", show_default=False)
+OVERRIDES_ARG = typer.Argument(None, help="Hydra-style overrides: key.path=value …", show_default=False)
+
+
+class RichReporter:
+    """Renders the trainer's progress: one bar with step, LR, loss and accuracy; a line per epoch."""
+
+    def __init__(self, label: str = "train", quiet: bool = False):
+        self.label, self.quiet = label, quiet
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("lr {task.fields[lr]}"), TextColumn("loss {task.fields[loss]}"),
+            TextColumn("val_acc {task.fields[acc]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False, disable=quiet,
+        )
+        self.task = None
+
+    def start(self, total_steps: int, done_steps: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(self.label, total=total_steps, completed=done_steps,
+                                           lr="-", loss="-", acc="-")
+
+    def advance(self, steps_done: int, lr: float) -> None:
+        self.progress.update(self.task, completed=steps_done, lr=f"{lr:.4g}")
+
+    def metrics(self, steps_done: int, loss: Optional[float], val_acc: Optional[float]) -> None:
+        fields: dict[str, Any] = {}
+        if loss is not None:
+            fields["loss"] = f"{loss:.4g}"
+        if val_acc is not None:
+            fields["acc"] = f"{val_acc:.4f}"
+        self.progress.update(self.task, completed=steps_done, **fields)
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        val = "-" if row["val_acc"] is None else f"{row['val_acc']:.4f}"
+        self.progress.console.print(
+            f"epoch {row['epoch']:>3}  step {row['step']:>6}  loss {row['train_loss']:.4f}  "
+            f"acc {row['train_acc']:.4f}  val_acc {val}  lr {row['lr']:.4g}", highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _load(config: Optional[Path], overrides: Optional[list[str]]) -> Config:
+    if config is None:
+        raise InputError("missing CONFIG (a YAML file, e.g. configs/digits-triangular2.yaml)")
+    return load_config(config, overrides or [])
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        if ".." in text:
+            lo, hi = text.split("..")
+            seeds = list(range(int(lo), int(hi) + 1))
+        else:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--seeds: expected a list like 0,1,2 or a range like 0..4 (got {text!r})") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise InputError(f"--seeds: expected distinct integers (got {text!r})")
+    return seeds
+
+
+def _print_summary(path: Path, summary: dict[str, Any]) -> None:
+    table = Table(title=f"run: {path}", show_header=False, title_justify="left")
+    for key in ("status", "steps", "epochs", "final_val_acc", "best_val_acc", "best_step",
+                "final_val_loss", "steps_to_target", "elapsed_s"):
+        value = summary.get(key)
+        if isinstance(value, float):
+            value = f"{value:g}" if key == "epochs" else f"{value:.1f}" if key == "elapsed_s" else f"{value:.4f}"
+        table.add_row(key, "-" if value is None else str(value))
+    console.print(table)
+
+
+@app.command("train")
+def train(
+    config: Optional[Path] = CONFIG_ARG,
+    overrides: Optional[list[str]] = OVERRIDES_ARG,
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Put the run exactly here (must be new or empty)."),
+    runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="Parent of timestamped run directories."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run in its directory."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Train a seed group, e.g. 0,1,2 or 0..4."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train with a learning-rate policy; writes config, metrics, summary and plots to a run directory."""
+    from clrctl.errors import RunFailed
+    from clrctl.runs import resume_training, start_training, train_seeds
+
+    argv = ["clrctl", *sys.argv[1:]]
+    if resume is not None:
+        if config is not None:
+            raise InputError("--resume takes the run directory only (its config.yaml is used)")
+        path, summary = resume_training(resume, argv=argv, reporter=RichReporter("resume", quiet))
+        _print_summary(path, summary)
+        return
+    cfg = _load(config, overrides)
+    if seeds is not None:
+        group, summaries = train_seeds(cfg, _parse_seeds(seeds), runs_root=runs_root, run_dir=run_dir, argv=argv,
+                                       reporter_factory=lambda s: RichReporter(f"seed {s}", quiet))
+        console.print(f"seed group: {group}")
+        failed = [s for s in summaries if s.get("status") != "completed"]
+        if failed:
+            raise RunFailed(f"{len(failed)} of {len(summaries)} seeds did not complete (see {group})")
+        return
+    path, summary = start_training(cfg, runs_root=runs_root, run_dir=run_dir, argv=argv,
+                                   reporter=RichReporter("train", quiet))
+    _print_summary(path, summary)
+
+
+@app.command("preview")
+def preview(
+    config: Optional[Path] = CONFIG_ARG,
+    overrides: Optional[list[str]] = OVERRIDES_ARG,
+    steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", min=1,
+                                                  help="Skip loading the data set; assume this many steps per epoch."),
+    rows: int = typer.Option(25, "--rows", min=2, help="Table rows (evenly spaced steps)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write the schedule as a PNG."),
+) -> None:
+    """Show a policy's LR and momentum against step, exactly as training would apply them."""
+    from clrctl.policies import preview as trace_policy
+
+    cfg = resolve_bounds_from(_load(config, overrides))
+    spe = steps_per_epoch or _steps_per_epoch(cfg)
+    total = cfg.train.steps or cfg.train.epochs * spe
+    trace = trace_policy(cfg.policy, cfg.optimizer, spe, total)
+    stepsize = resolve_steps(cfg.policy.stepsize, spe)
+    table = Table(title=f"{cfg.policy.name}: {total} steps ({spe} per epoch, stepsize {stepsize})")
+    for col in ("step", "epoch", "lr", "momentum"):
+        table.add_column(col, justify="right")
+    picks = sorted({round(i * (total - 1) / (rows - 1)) for i in range(rows)})
+    for step in picks:
+        _, lr, mom = trace[step]
+        table.add_row(str(step), f"{step / spe:.2f}", f"{lr:.6g}", "-" if mom is None else f"{mom:.4g}")
+    console.print(table)
+    if plot is not None:
+        from clrctl.plots.train import plot_schedule
+
+        moms = [m for _, _, m in trace]
+        plot_schedule(plot, [s for s, _, _ in trace], [lr for _, lr, _ in trace],
+                      None if moms[0] is None else moms, f"{cfg.name}: {cfg.policy.name} (preview)")
+        console.print(f"plot: {plot}")
+
+
+def _steps_per_epoch(cfg: Config) -> int:
+    import torch
+
+    from clrctl.data import build_data
+
+    return len(build_data(cfg.dataset, cfg.seed, torch.device("cpu")).train)
+
+
+@app.command("validate")
+def validate(config: Optional[Path] = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+    """Check a config without training: schema, data, model, optimizer and schedule are all built."""
+    from clrctl.trainer import prepare
+
+    cfg = resolve_bounds_from(_load(config, overrides))
+    setup = prepare(cfg)
+    params = sum(p.numel() for p in setup.model.parameters())
+    policy = cfg.policy
+    bounds = f"{policy.base_lr:g}–{policy.max_lr:g}"
+    console.print(
+        f"[green]ok[/green] {config}: {cfg.dataset.name} ({setup.data.train.num_samples} train / "
+        f"{setup.data.val.num_samples} val), {cfg.model.name} ({params:,} parameters), {cfg.optimizer.name}, "
+        f"{policy.name} {bounds}, {setup.total_steps} steps ({setup.steps_per_epoch} per epoch) on {setup.device}",
+        highlight=False)

@@ -1,0 +1,93 @@
+"""Curves for the overlay plot, computed here so that the plot only draws (STYLE.md, rule 3).
+
+Train runs: training loss (a trailing moving average, raw loss stays in the CSV), validation
+accuracy at each evaluation and the LR, against optimizer steps done. A group is drawn as the
+median over its runs with a min–max band, on the first run's steps, up to the steps every run
+of the group has. Range tests: smoothed loss against LR, one line per run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from clrctl.compare.metrics import eval_points
+from clrctl.compare.runs import Run, Side
+
+LOSS_POINTS = 100  # the loss moving average spans about 1/LOSS_POINTS of the run
+
+
+@dataclass
+class Curve:
+    """One line to draw: ``y`` against ``x``; ``low``/``high`` is the band of a group (or None)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    low: Optional[np.ndarray] = None
+    high: Optional[np.ndarray] = None
+
+
+@dataclass
+class SideCurves:
+    label: str
+    n: int
+    panels: dict[str, Curve]  # "loss", "val_acc", "lr" for train; "loss_vs_lr" for range tests
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over ``window`` points (fewer at the start)."""
+    values = np.asarray(values, dtype=float)
+    if window <= 1 or not len(values):
+        return values
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    start = np.maximum(idx - window, 0)
+    return (sums[idx] - sums[start]) / (idx - start)
+
+
+def _run_series(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    steps = run.metrics.get("step", np.empty(0)) + 1.0
+    loss = run.metrics.get("loss", np.full(len(steps), np.nan))
+    window = max(1, len(loss) // LOSS_POINTS)
+    return {
+        "loss": (steps, moving_average(loss, window)),
+        "val_acc": eval_points(run, "val_acc"),
+        "lr": (steps, run.metrics.get("lr", np.full(len(steps), np.nan))),
+    }
+
+
+def aggregate(series: list[tuple[np.ndarray, np.ndarray]]) -> Curve:
+    """Median and min–max of several (x, y) series on the first one's x grid."""
+    if len(series) == 1:
+        return Curve(*series[0])
+    reach = min((x[-1] for x, _ in series if len(x)), default=0.0)
+    grid = series[0][0]
+    grid = grid[grid <= reach]
+    stacked = np.vstack([np.interp(grid, x, y) if len(x) else np.full(len(grid), np.nan) for x, y in series])
+    with np.errstate(all="ignore"):
+        return Curve(grid, np.median(stacked, axis=0), np.min(stacked, axis=0), np.max(stacked, axis=0))
+
+
+def train_curves(side: Side) -> SideCurves:
+    per_run = [_run_series(run) for run in side.runs]
+    panels = {name: aggregate([series[name] for series in per_run]) for name in ("loss", "val_acc", "lr")}
+    return SideCurves(side.label, len(side.runs), panels)
+
+
+def range_curves(side: Side) -> list[SideCurves]:
+    out = []
+    for i, run in enumerate(side.runs):
+        loss = run.metrics.get("smoothed_loss", run.metrics.get("loss"))
+        lr = run.metrics.get("lr")
+        if loss is None or lr is None:
+            continue
+        label = side.label if i == 0 else f"{side.label} ({i + 1})"
+        out.append(SideCurves(label, 1, {"loss_vs_lr": Curve(lr, loss)}))
+    return out
+
+
+def range_log_x(sides: list[Side]) -> bool:
+    """Log LR axis when any range test swept exponentially (``range_test.mode: exp``)."""
+    return any((run.config.get("range_test") or {}).get("mode") == "exp" for side in sides for run in side.runs)

@@ -1,0 +1,216 @@
+"""Per-run scalars that ``compare`` judges, derived from a run's CSV and JSON files.
+
+- **steps to target** (Smith 2017's headline measure): the number of optimizer steps done when
+  the target was first observed, i.e. ``step + 1`` of the first ``metrics.csv`` row whose
+  ``val_acc >= target`` (``<=`` for a loss). A run that never gets there is *censored*: its value
+  is ``inf`` and it shows as ``>N`` (N = its steps), never dropped.
+- **AUC of val acc**: the mean validation accuracy over the step budget all runs share,
+  ``(1/B) * integral_0^B acc(s) ds``, with ``acc`` linear between evaluations and held constant
+  before the first and after the last one. It measures "anytime" accuracy, which cyclical
+  schedules trade against final accuracy.
+- final / best val acc, final val loss, steps, epochs, elapsed: from ``summary.json``, falling
+  back to the CSVs when a value is missing.
+
+A missing value is NaN here; :mod:`.stats` decides how to judge it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from clrctl.compare.runs import Run
+from clrctl.config import TARGET_METRICS
+from clrctl.errors import InputError
+
+HIGHER, LOWER, NEUTRAL = 1, -1, 0  # direction: which way is better
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    title: str
+    direction: int
+    unit: str  # acc | loss | steps | count | seconds | lr: how to format it
+    tolerance: str  # the default tolerance of its verdict ("0.005" absolute or "5%" relative)
+
+
+# The one place that defines the metrics, their direction and their default tolerance.
+TRAIN_METRICS = {
+    m.name: m
+    for m in (
+        Metric("steps", "steps", NEUTRAL, "count", "0"),
+        Metric("epochs", "epochs", NEUTRAL, "count", "0"),
+        Metric("final_val_acc", "final val acc", HIGHER, "acc", "0.005"),
+        Metric("best_val_acc", "best val acc", HIGHER, "acc", "0.005"),
+        Metric("final_val_loss", "final val loss", LOWER, "loss", "5%"),
+        Metric("steps_to_target", "steps to target", LOWER, "steps", "5%"),
+        Metric("auc_val_acc", "AUC val acc", HIGHER, "acc", "0.005"),
+        Metric("elapsed_s", "elapsed", LOWER, "seconds", "20%"),
+    )
+}
+RANGE_METRICS = {
+    m.name: m
+    for m in (
+        Metric("base_lr", "suggested base_lr", NEUTRAL, "lr", "0"),
+        Metric("max_lr", "suggested max_lr", NEUTRAL, "lr", "0"),
+        Metric("min_loss", "min smoothed loss", LOWER, "loss", "5%"),
+        Metric("lr_at_min_loss", "LR at min loss", NEUTRAL, "lr", "0"),
+        Metric("steps", "steps", NEUTRAL, "count", "0"),
+    )
+}
+GATE_METRICS = tuple(name for name, m in TRAIN_METRICS.items() if m.direction != NEUTRAL)
+
+
+@dataclass(frozen=True)
+class Target:
+    metric: str  # val_acc | val_loss
+    value: float
+
+    @property
+    def direction(self) -> int:
+        return LOWER if self.metric.endswith("loss") else HIGHER
+
+    def __str__(self) -> str:
+        return f"{self.metric}={self.value:g}"
+
+
+def parse_target(text: str) -> Target:
+    """``"val_acc=0.97"`` -> Target("val_acc", 0.97)."""
+    metric, sep, raw = text.partition("=")
+    metric = metric.strip()
+    if not sep or metric not in TARGET_METRICS:
+        raise InputError(f"--target {text!r}: expected METRIC=VALUE with METRIC one of {', '.join(TARGET_METRICS)}")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InputError(f"--target {text!r}: {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise InputError(f"--target {text!r}: the value must be finite")
+    return Target(metric, value)
+
+
+def target_from_run(run: Run) -> Optional[Target]:
+    """The target a run was trained with: ``train.target`` in its config, else its summary's."""
+    configured = (run.config.get("train") or {}).get("target")
+    if isinstance(configured, dict) and configured:
+        metric, value = next(iter(configured.items()))
+        if metric in TARGET_METRICS and isinstance(value, (int, float)):
+            return Target(metric, float(value))
+    recorded = run.summary.get("steps_to_target")
+    if isinstance(recorded, dict):
+        for metric, entry in recorded.items():
+            if metric in TARGET_METRICS and isinstance(entry, dict) and isinstance(entry.get("target"), (int, float)):
+                return Target(metric, float(entry["target"]))
+    return None
+
+
+def eval_points(run: Run, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps done, value) at each evaluation: x = ``step + 1`` of the rows where ``column`` is set."""
+    values = run.metrics.get(column)
+    steps = run.metrics.get("step")
+    if values is None or steps is None:
+        return np.empty(0), np.empty(0)
+    keep = np.isfinite(values)
+    return steps[keep] + 1.0, values[keep]
+
+
+def steps_to_target(run: Run, target: Optional[Target]) -> float:
+    """Optimizer steps done when ``target`` was first observed; ``inf`` if never (censored)."""
+    if target is None:
+        return _recorded_steps_to_target(run.summary.get("steps_to_target"))
+    if target.metric not in run.metrics:
+        return math.nan
+    x, y = eval_points(run, target.metric)
+    hit = y >= target.value if target.direction == HIGHER else y <= target.value
+    return float(x[np.argmax(hit)]) if hit.any() else math.inf
+
+
+def _recorded_steps_to_target(recorded: Any) -> float:
+    if isinstance(recorded, bool):
+        return math.nan
+    if isinstance(recorded, (int, float)):
+        return float(recorded)
+    if isinstance(recorded, dict):
+        for entry in recorded.values():
+            step = entry.get("step") if isinstance(entry, dict) else entry
+            if isinstance(step, (int, float)) and not isinstance(step, bool):
+                return float(step)
+            return math.inf if isinstance(entry, dict) and "target" in entry else math.nan
+    return math.nan
+
+
+def auc(run: Run, budget: float, column: str = "val_acc") -> float:
+    """Mean of ``column`` over steps [0, budget] (trapezoid rule; see the module docstring)."""
+    x, y = eval_points(run, column)
+    if not len(x) or not budget or not math.isfinite(budget) or budget <= 0:
+        return math.nan
+    grid = np.concatenate(([0.0], x[x < budget], [float(budget)]))
+    values = np.interp(grid, x, y)
+    return float(np.sum((values[1:] + values[:-1]) * np.diff(grid)) / 2.0 / budget)
+
+
+def run_steps(run: Run) -> float:
+    value = _number(run.summary.get("steps"))
+    if math.isnan(value) and "step" in run.metrics and len(run.metrics["step"]):
+        value = float(np.nanmax(run.metrics["step"]) + 1)
+    return value
+
+
+def train_scalars(run: Run, target: Optional[Target], budget: float) -> dict[str, float]:
+    """Every :data:`TRAIN_METRICS` value of one run (NaN where unknown)."""
+    acc_x, acc = eval_points(run, "val_acc")
+    _, loss = eval_points(run, "val_loss")
+    return {
+        "steps": run_steps(run),
+        "epochs": _first(run.summary.get("epochs"), _last(run.epochs.get("epoch"))),
+        "final_val_acc": _first(run.summary.get("final_val_acc"), _last(acc)),
+        "best_val_acc": _first(run.summary.get("best_val_acc"), float(np.max(acc)) if len(acc) else math.nan),
+        "final_val_loss": _first(run.summary.get("final_val_loss"), _last(loss)),
+        "steps_to_target": steps_to_target(run, target),
+        "auc_val_acc": auc(run, budget),
+        "elapsed_s": _first(run.summary.get("elapsed_s"), _last(run.epochs.get("elapsed_s"))),
+    }
+
+
+def range_scalars(run: Run) -> dict[str, float]:
+    """Every :data:`RANGE_METRICS` value of one range test."""
+    suggestion = run.summary.get("suggestion") or {}
+    loss = run.metrics.get("smoothed_loss", run.metrics.get("loss"))
+    lr = run.metrics.get("lr")
+    finite = loss is not None and lr is not None and np.isfinite(loss).any()
+    best = int(np.nanargmin(loss)) if finite else None
+    return {
+        "base_lr": _number(suggestion.get("base_lr")),
+        "max_lr": _number(suggestion.get("max_lr")),
+        "min_loss": float(loss[best]) if best is not None else math.nan,
+        "lr_at_min_loss": float(lr[best]) if best is not None else math.nan,
+        "steps": run_steps(run),
+    }
+
+
+def shared_budget(runs: list[Run]) -> float:
+    """The step budget every run has: the fewest steps any of them did."""
+    steps = [s for s in (run_steps(run) for run in runs) if math.isfinite(s)]
+    return float(min(steps)) if steps else math.nan
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def _first(value: Any, fallback: float) -> float:
+    number = _number(value)
+    return number if math.isfinite(number) else fallback
+
+
+def _last(values: Optional[np.ndarray]) -> float:
+    if values is None:
+        return math.nan
+    finite = values[np.isfinite(values)]
+    return float(finite[-1]) if len(finite) else math.nan

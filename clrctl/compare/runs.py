@@ -1,0 +1,205 @@
+"""Load what ``compare`` reads: run directories, seed groups and globs (SPEC.md, "Run directory").
+
+A *side* is what the user names on the command line: one run directory, a group directory
+(``group.json`` from ``clrctl train --seeds``, or a directory whose subdirectories are runs),
+or a quoted glob (``'runs/digits-tri*/seed-*'``). Everything is read from CSV, JSON and YAML;
+a missing, unfinished (status ``running``) or unreadable run is an :class:`InputError` (exit 2).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob as _glob
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import yaml
+
+from clrctl.errors import InputError
+from clrctl.rundir import TERMINAL_STATUSES
+
+KINDS = ("train", "range-test")
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class Run:
+    """One finished run directory, read into memory (columns as float arrays, blank = NaN)."""
+
+    path: Path
+    info: dict[str, Any]  # run.json
+    config: dict[str, Any]  # config.yaml
+    summary: dict[str, Any]  # summary.json ({} when absent)
+    metrics: dict[str, np.ndarray]  # metrics.csv, one row per optimizer step
+    epochs: dict[str, np.ndarray] = field(default_factory=dict)  # epochs.csv (train)
+
+    @property
+    def kind(self) -> str:
+        return self.info.get("kind", "train")
+
+    @property
+    def status(self) -> str:
+        return self.info.get("status", "")
+
+    @property
+    def seed(self) -> Optional[int]:
+        seed = self.info.get("seed", self.config.get("seed"))
+        return seed if isinstance(seed, int) else None
+
+
+@dataclass
+class Side:
+    """What one command-line argument names: a single run or a group of seeds."""
+
+    label: str
+    source: str
+    runs: list[Run]
+    is_group: bool
+
+    @property
+    def kind(self) -> str:
+        return self.runs[0].kind
+
+    @property
+    def seeds(self) -> list[Optional[int]]:
+        return [run.seed for run in self.runs]
+
+
+def load_side(spec: str) -> Side:
+    """A run directory, a group directory or a glob -> a :class:`Side`."""
+    if any(ch in spec for ch in _GLOB_CHARS) and not Path(spec).exists():
+        matches = sorted(p for p in _glob.glob(spec) if Path(p).is_dir())
+        if not matches:
+            raise InputError(f"{spec}: no run directories match this pattern")
+        return Side(label=spec, source=spec, runs=[load_run(p) for p in matches], is_group=True)
+    path = Path(spec)
+    if not path.exists():
+        raise InputError(f"{spec}: no such run directory")
+    if not path.is_dir():
+        raise InputError(f"{spec}: not a directory (expected a run or a group of runs)")
+    if (path / "run.json").is_file():
+        return Side(label=_name(path), source=spec, runs=[load_run(path)], is_group=False)
+    members = group_members(path)
+    return Side(label=_name(path), source=spec, runs=[load_run(p) for p in members], is_group=True)
+
+
+def group_members(path: Path) -> list[Path]:
+    """The run directories of a group: ``group.json``'s ``runs`` or the subdirectories with a run.json."""
+    group_file = path / "group.json"
+    if group_file.is_file():
+        group = _read_json(group_file)
+        names = group.get("runs")
+        if not isinstance(names, list) or not names:
+            raise InputError(f"{group_file}: unreadable (expected a non-empty 'runs' list)")
+        return [path / str(name) for name in names]
+    members = sorted(p for p in path.iterdir() if p.is_dir() and (p / "run.json").is_file())
+    if not members:
+        raise InputError(f"{path}: not a clrctl run directory (no run.json) nor a group of runs")
+    return members
+
+
+def load_run(path: str | Path) -> Run:
+    """Read one run directory; refuse a missing, unfinished or unreadable one."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: no such run directory")
+    if not (path / "run.json").is_file():
+        raise InputError(f"{path}: not a clrctl run directory (no run.json)")
+    info = _read_json(path / "run.json")
+    _check_info(path, info)
+    metrics_file = path / "metrics.csv"
+    if not metrics_file.is_file():
+        raise InputError(f"{path}: unreadable run (no metrics.csv)")
+    return Run(
+        path=path,
+        info=info,
+        config=_read_yaml(path / "config.yaml"),
+        summary=_read_json(path / "summary.json") if (path / "summary.json").is_file() else {},
+        metrics=read_columns(metrics_file),
+        epochs=read_columns(path / "epochs.csv") if (path / "epochs.csv").is_file() else {},
+    )
+
+
+def _check_info(path: Path, info: dict[str, Any]) -> None:
+    status, kind = info.get("status"), info.get("kind", "train")
+    if status == "running":
+        raise InputError(f"{path}: run is unfinished (status 'running'); compare finished runs only")
+    if status not in TERMINAL_STATUSES:
+        raise InputError(f"{path}: unreadable run.json (unknown status {status!r})")
+    if kind not in KINDS:
+        raise InputError(f"{path}: unreadable run.json (unknown kind {kind!r})")
+
+
+def read_columns(path: Path) -> dict[str, np.ndarray]:
+    """A CSV with a header -> {column: float array}; blank cells become NaN."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            rows = [row for row in reader if row]
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: unreadable ({err.__class__.__name__})") from None
+    if not header:
+        raise InputError(f"{path}: unreadable (empty file)")
+    columns: dict[str, list[float]] = {name: [] for name in header}
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise InputError(f"{path}: unreadable (line {number} has {len(row)} fields, expected {len(header)})")
+        for name, cell in zip(header, row):
+            columns[name].append(_float(cell, path, number, name))
+    return {name: np.asarray(values, dtype=float) for name, values in columns.items()}
+
+
+def _float(cell: str, path: Path, line: int, column: str) -> float:
+    if cell.strip() == "":
+        return float("nan")
+    try:
+        return float(cell)
+    except ValueError:
+        raise InputError(f"{path}: unreadable (line {line}, column {column}: {cell!r} is not a number)") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found") from None
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: unreadable ({err.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: unreadable (expected a JSON object)")
+    return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}  # an old or foreign run: compare what is there, the config diff is just empty
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise InputError(f"{path}: unreadable ({err.__class__.__name__})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _name(path: Path) -> str:
+    return path.resolve().name or str(path)
+
+
+def unique_labels(sides: list[Side]) -> None:
+    """Make labels unique in place: ``a/seed-0`` instead of two ``seed-0``."""
+    for depth in (2, 3):
+        seen: dict[str, int] = {}
+        for side in sides:
+            seen[side.label] = seen.get(side.label, 0) + 1
+        clashes = {label for label, count in seen.items() if count > 1}
+        if not clashes:
+            return
+        for side in sides:
+            if side.label in clashes and not any(ch in side.source for ch in _GLOB_CHARS):
+                side.label = "/".join(Path(side.source).resolve().parts[-depth:])
+    for i, side in enumerate(sides):
+        if sum(s.label == side.label for s in sides) > 1:
+            side.label = f"{side.label}#{i + 1}"

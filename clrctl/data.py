@@ -1,0 +1,460 @@
+"""Data sets -> batches on the device.
+
+This module owns everything between a :class:`~clrctl.config.DatasetConfig` and the
+``(x float32, y int64)`` batches the trainer and the range test consume:
+
+- :class:`TensorSource` keeps a whole data set as tensors on the device and batches there
+  (the KellerJordan/cifar10-airbench style): digits, MNIST, Fashion-MNIST, CIFAR-10/100 and
+  synthetic data. Image data stay uint8 on the device and are normalised per batch.
+- :class:`LoaderSource` wraps a ``torch.utils.data.DataLoader`` with worker processes for
+  ``imagefolder`` data that do not fit that mould.
+
+Every random choice of an epoch (the shuffle order, the crop offsets and flips of
+``dataset.augment``) is a pure function of ``(seed, epoch)``: a resumed run replays the
+same batches without restoring any RNG state, and two runs with one seed see one stream.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clrctl.config import DatasetConfig
+from clrctl.errors import ConfigError
+
+# Padding of the random crop (pixels per side), as in He et al. 2015 and airbench.
+CROP_PAD = 4
+
+# (torchvision class, name in messages, per-channel mean, per-channel std) of the
+# official normalisation constants, computed on each training split.
+_TORCHVISION_SETS = {
+    "mnist": ("MNIST", "MNIST", (0.1307,), (0.3081,)),
+    "fashion-mnist": ("FashionMNIST", "Fashion-MNIST", (0.2860,), (0.3530,)),
+    "cifar10": ("CIFAR10", "CIFAR-10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ("CIFAR100", "CIFAR-100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator behind all randomness of one epoch: a pure function of (seed, epoch)."""
+    generator = torch.Generator()
+    generator.manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    return generator
+
+
+# ---------------------------------------------------------------------------------------
+# Batch sources
+
+
+class BatchSource(ABC):
+    """An epoch-indexed stream of ``(x float32, y int64)`` batches already on ``device``."""
+
+    num_samples: int
+    batch_size: int
+    device: torch.device
+
+    def __len__(self) -> int:
+        """Batches per epoch; the last, partial batch is kept."""
+        return math.ceil(self.num_samples / self.batch_size)
+
+    @abstractmethod
+    def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of ``epoch`` (shuffled and augmented by (seed, epoch) when training)."""
+
+    @abstractmethod
+    def head(self, n: int) -> "BatchSource":
+        """The first ``n`` samples in a fixed order, without augmentation (an evaluation slice)."""
+
+
+class TensorSource(BatchSource):
+    """A data set held as tensors on the device; batches are gathered and augmented there.
+
+    ``x`` is float (already normalised) or uint8 images, which are scaled by 1/255 and
+    normalised per batch with ``mean``/``std`` (per channel) so that CIFAR stays 150 MB.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        device: torch.device,
+        *,
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        mean: Optional[tuple[float, ...]] = None,
+        std: Optional[tuple[float, ...]] = None,
+        eval_batch_size: Optional[int] = None,
+    ) -> None:
+        if augment and x.dim() != 4:
+            raise ValueError("augmentation needs image batches (N, C, H, W)")
+        self.device = torch.device(device)
+        self.x = x.to(self.device)
+        self.y = y.to(self.device, torch.int64)
+        self.num_samples = len(self.y)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.shuffle, self.augment, self.seed = shuffle, augment, seed
+        self.mean, self.std = mean, std
+        self._scale, self._shift = _affine(x, mean, std, self.device)
+
+    def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        if not self.shuffle:
+            for start in range(0, self.num_samples, self.batch_size):
+                end = start + self.batch_size
+                yield self._normalise(self.x[start:end]), self.y[start:end]
+            return
+        order, crops = self._epoch_plan(epoch)
+        for start in range(0, self.num_samples, self.batch_size):
+            index = order[start : start + self.batch_size]
+            x = self._normalise(self.x[index])
+            if crops is not None:
+                x = crop_flip(x, *(part[start : start + self.batch_size] for part in crops))
+            yield x, self.y[index]
+
+    def head(self, n: int) -> "TensorSource":
+        n = max(1, min(n, self.num_samples))
+        return TensorSource(
+            self.x[:n], self.y[:n], self.eval_batch_size, self.device, mean=self.mean, std=self.std
+        )
+
+    def _epoch_plan(self, epoch: int) -> tuple[Tensor, Optional[tuple[Tensor, Tensor, Tensor]]]:
+        """The permutation and (with augment) per-position crop offsets and flips of an epoch.
+
+        Drawn on the CPU from one generator, then moved once: the same stream on any device.
+        """
+        generator = epoch_generator(self.seed, epoch)
+        order = torch.randperm(self.num_samples, generator=generator).to(self.device)
+        if not self.augment:
+            return order, None
+        return order, random_crops(self.num_samples, generator, self.device)
+
+    def _normalise(self, x: Tensor) -> Tensor:
+        if self._scale is None:
+            return x
+        return x.to(torch.float32).mul_(self._scale).add_(self._shift)
+
+
+def _affine(x: Tensor, mean, std, device) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """(scale, shift) with x_float = x * scale + shift, broadcast over (N, C, H, W)."""
+    if x.dtype != torch.uint8:
+        if mean is not None:
+            raise ValueError("mean/std apply to uint8 images only; normalise float data up front")
+        return None, None
+    channels = x.shape[1]
+    mean_t = torch.tensor(mean if mean is not None else (0.0,) * channels, dtype=torch.float32)
+    std_t = torch.tensor(std if std is not None else (1.0,) * channels, dtype=torch.float32)
+    shape = (1, channels) + (1,) * (x.dim() - 2)
+    scale = (1.0 / (255.0 * std_t)).view(shape).to(device)
+    shift = (-mean_t / std_t).view(shape).to(device)
+    return scale, shift
+
+
+def random_crops(n: int, generator: torch.Generator, device: torch.device, pad: int = CROP_PAD):
+    """Per-sample (dy, dx, flip): crop offsets in [0, 2*pad] and a fair coin for the flip."""
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    return dy.to(device), dx.to(device), flip.to(device)
+
+
+def crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int = CROP_PAD) -> Tensor:
+    """Random crop after ``pad`` pixels of reflection padding, then horizontal flip, batched.
+
+    One gather does both: row index ``dy + i`` and column index ``dx + j`` (or
+    ``dx + W-1-j`` when flipped) into the padded batch; no per-sample Python.
+    """
+    batch, channels, height, width = x.shape
+    # Reflection needs pad < size; tiny images fall back to zero padding.
+    mode = "reflect" if pad < min(height, width) else "constant"
+    padded = F.pad(x, (pad, pad, pad, pad), mode=mode)
+    rows = dy[:, None] + torch.arange(height, device=x.device)
+    cols = torch.arange(width, device=x.device).expand(batch, width)
+    cols = dx[:, None] + torch.where(flip[:, None], width - 1 - cols, cols)
+    b = torch.arange(batch, device=x.device)[:, None, None, None]
+    c = torch.arange(channels, device=x.device)[None, :, None, None]
+    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """Yields a permutation that is a pure function of (seed, epoch); ``set_epoch`` first."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class LoaderSource(BatchSource):
+    """A ``DataLoader`` over a map-style data set, batches moved to the device.
+
+    The data set yields normalised float tensors; shuffling comes from an
+    :class:`_EpochSampler`, and ``augment`` applies :func:`crop_flip` on the device with
+    offsets drawn per (seed, epoch) — so worker processes hold no randomness of their own.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        device: torch.device,
+        *,
+        num_workers: int = 0,
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        eval_batch_size: Optional[int] = None,
+    ) -> None:
+        self.dataset = dataset
+        self.device = torch.device(device)
+        self.num_samples = len(dataset)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.shuffle, self.augment, self.seed = shuffle, augment, seed
+        self._sampler = _EpochSampler(self.num_samples, seed) if shuffle else None
+        self._loader: Optional[torch.utils.data.DataLoader] = None  # built on first use
+
+    def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        crops = None
+        if self._sampler is not None:
+            self._sampler.set_epoch(epoch)
+            if self.augment:
+                # Drawn after the permutation from the same stream as TensorSource does.
+                generator = epoch_generator(self.seed, epoch)
+                torch.randperm(self.num_samples, generator=generator)
+                crops = random_crops(self.num_samples, generator, self.device)
+        start = 0
+        for x, y in self.loader:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, torch.int64, non_blocking=True)
+            if crops is not None:
+                x = crop_flip(x, *(part[start : start + len(y)] for part in crops))
+            start += len(y)
+            yield x, y
+
+    @property
+    def loader(self) -> torch.utils.data.DataLoader:
+        if self._loader is None:
+            workers = self.num_workers
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset,
+                batch_size=self.batch_size,
+                sampler=self._sampler,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                pin_memory=self.device.type == "cuda",
+            )
+        return self._loader
+
+    def head(self, n: int) -> "LoaderSource":
+        n = max(1, min(n, self.num_samples))
+        subset = torch.utils.data.Subset(self.dataset, range(n))
+        return LoaderSource(subset, self.eval_batch_size, self.device, num_workers=self.num_workers)
+
+
+# ---------------------------------------------------------------------------------------
+# Building a data set
+
+
+@dataclass
+class DataBundle:
+    train: BatchSource  # shuffled (and augmented) per (seed, epoch)
+    val: BatchSource  # fixed order, no augmentation
+    input_shape: tuple[int, ...]  # per sample: (C, H, W) or (F,)
+    num_classes: int
+    name: str
+
+
+@dataclass
+class _Arrays:
+    """A data set as tensors: train/val splits, and the uint8 normalisation (None: float data)."""
+
+    x: Tensor
+    y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    num_classes: int
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
+
+
+def build_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundle:
+    """The train / validation sources of ``cfg.name`` on ``device``.
+
+    Raises :class:`ConfigError` (naming ``dataset.*``) when the data cannot be found or used.
+    """
+    device = torch.device(device)
+    if cfg.name == "imagefolder":
+        return _imagefolder(cfg, seed, device)
+    if cfg.name == "digits":
+        arrays = _digits(cfg, seed)
+    elif cfg.name == "synthetic":
+        arrays = _synthetic(cfg, seed)
+    else:
+        arrays = _torchvision(cfg)
+    if cfg.augment and arrays.x.dim() != 4:
+        raise ConfigError(f"dataset.augment: random crop and flip need images; {cfg.name!r} has flat features")
+    norm = dict(mean=arrays.mean, std=arrays.std)
+    train = TensorSource(
+        arrays.x, arrays.y, cfg.batch_size, device, shuffle=True, augment=cfg.augment, seed=seed,
+        eval_batch_size=cfg.eval_batch_size, **norm,
+    )  # fmt: skip
+    val = TensorSource(arrays.val_x, arrays.val_y, cfg.eval_batch_size, device, **norm)
+    return DataBundle(train, val, tuple(arrays.x.shape[1:]), arrays.num_classes, cfg.name)
+
+
+def _stratified_split(y, val_fraction: float, seed: int):
+    """(train indices, val indices): stratified by class when every class allows it."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(y))
+    try:
+        return train_test_split(index, test_size=val_fraction, stratify=y, random_state=seed % 2**32)
+    except ValueError:
+        # Too few samples of some class to stratify (tiny image folders): a seeded split.
+        return train_test_split(index, test_size=val_fraction, random_state=seed % 2**32)
+
+
+def _digits(cfg: DatasetConfig, seed: int):
+    """sklearn's bundled 8x8 digits (1797 images, values 0..16), normalised by train stats."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(digits.target, dtype=torch.int64)
+    train, val = (torch.as_tensor(i) for i in _stratified_split(digits.target, cfg.val_fraction, seed))
+    # One scalar mean/std from the training split only, so validation leaks nothing.
+    mean, std = x[train].mean(), x[train].std()
+    x = (x - mean) / std
+    return _Arrays(x[train], y[train], x[val], y[val], num_classes=10)
+
+
+# Noise std per feature of the synthetic task, against cluster centres of norm 3: the nearest
+# centres of two classes are ~4 apart: a small MLP levels off near 94% (32 features, 10 classes).
+_SYNTHETIC_NOISE = 0.6
+
+
+def _synthetic(cfg: DatasetConfig, seed: int):
+    """A seeded Gaussian-mixture task: 2 clusters per class, so not linearly separable.
+
+    A small MLP learns it to well above chance within a few epochs.
+    """
+    generator = epoch_generator(seed, -1)  # a stream no training epoch uses
+    n, features, classes = cfg.num_samples, cfg.num_features, cfg.num_classes
+    centres = torch.randn(2 * classes, features, generator=generator)
+    centres = 3.0 * centres / centres.norm(dim=1, keepdim=True)
+    cluster = torch.randint(0, 2 * classes, (n,), generator=generator)
+    x = centres[cluster] + _SYNTHETIC_NOISE * torch.randn(n, features, generator=generator)
+    y = cluster % classes
+    train, val = (torch.as_tensor(i) for i in _stratified_split(y.numpy(), cfg.val_fraction, seed))
+    return _Arrays(x[train], y[train], x[val], y[val], num_classes=classes)
+
+
+def _torchvision(cfg: DatasetConfig):
+    """The official train / test splits of a torchvision data set as uint8 (N, C, H, W)."""
+    import numpy as np
+    import torchvision.datasets
+
+    cls_name, label, mean, std = _TORCHVISION_SETS[cfg.name]
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        train = cls(cfg.root, train=True, download=cfg.download)
+        test = cls(cfg.root, train=False, download=cfg.download)
+    except (RuntimeError, OSError, ValueError) as err:
+        if cfg.download:
+            raise ConfigError(f"dataset.download: could not fetch {label} into '{cfg.root}': {_one_line(err)}") from None
+        raise ConfigError(
+            f"dataset.root: no {label} data under '{cfg.root}' "
+            "(set dataset.download: true to fetch it, or point dataset.root at it)"
+        ) from None
+
+    def images(data) -> Tensor:
+        data = torch.as_tensor(np.asarray(data))
+        # MNIST: (N, 28, 28); CIFAR: (N, 32, 32, 3) channels-last numpy.
+        return data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2).contiguous()
+
+    def labels(targets) -> Tensor:
+        return torch.as_tensor(np.asarray(targets), dtype=torch.int64)
+
+    return _Arrays(
+        images(train.data), labels(train.targets), images(test.data), labels(test.targets),
+        num_classes=len(train.classes), mean=mean, std=std,
+    )  # fmt: skip
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------
+# imagefolder
+
+
+def _imagefolder(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundle:
+    """``root/train`` + ``root/val`` class folders, or one class-folder tree split by seed."""
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise ConfigError(f"dataset.root: no such directory '{cfg.root}' (expected class folders of images)")
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train_set = _image_folder(root / "train", cfg.image_size, "dataset.root")
+        val_set = _image_folder(root / "val", cfg.image_size, "dataset.root")
+        if val_set.classes != train_set.classes:
+            raise ConfigError(
+                f"dataset.root: train/ and val/ under '{cfg.root}' have different class folders "
+                f"({len(train_set.classes)} vs {len(val_set.classes)})"
+            )
+        classes = train_set.classes
+    else:
+        full = _image_folder(root, cfg.image_size, "dataset.root")
+        if len(full) < 2:
+            raise ConfigError(f"dataset.root: need at least 2 images under '{cfg.root}' to split off validation")
+        train_idx, val_idx = _stratified_split(full.targets, cfg.val_fraction, seed)
+        train_set = torch.utils.data.Subset(full, sorted(train_idx.tolist()))
+        val_set = torch.utils.data.Subset(full, sorted(val_idx.tolist()))
+        classes = full.classes
+    common = dict(num_workers=cfg.num_workers, eval_batch_size=cfg.eval_batch_size)
+    train = LoaderSource(train_set, cfg.batch_size, device, shuffle=True, augment=cfg.augment, seed=seed, **common)
+    val = LoaderSource(val_set, cfg.eval_batch_size, device, **common)
+    return DataBundle(train, val, (3, cfg.image_size, cfg.image_size), len(classes), cfg.name)
+
+
+def _image_folder(path: Path, size: int, key: str):
+    """A torchvision ImageFolder of RGB images resized to size x size, normalised to [-1, 1]."""
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose(
+        [
+            transforms.Lambda(_to_rgb),
+            transforms.Resize((size, size)),
+            transforms.ToTensor(),
+            transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        ]
+    )
+    try:
+        return datasets.ImageFolder(os.fspath(path), transform=transform)
+    except (FileNotFoundError, OSError) as err:
+        raise ConfigError(f"{key}: no images in class folders under '{path}' ({_one_line(err)})") from None
+
+
+def _to_rgb(image):
+    # Module level (not a lambda) so that worker processes can pickle the transform.
+    return image.convert("RGB")

@@ -1,0 +1,264 @@
+"""Models: a :class:`~clrctl.config.ModelConfig` -> an ``nn.Module`` for a given input.
+
+This module owns the built-in architectures and the two ways of bringing one's own:
+
+- ``mlp``: Flatten -> [Linear -> ReLU] x len(hidden) -> Linear.
+- ``lenet``: a LeNet-5 style CNN (LeCun et al. 1998) that adapts to any (C, H, W) >= 4x4.
+- ``resnet20`` / ``resnet56``: the CIFAR ResNets of He et al. 2015 (arXiv 1512.03385, §4.2),
+  6n+2 layers, used by the super-convergence paper (arXiv 1708.07120). Option-A
+  (parameter-free, zero-padded identity) shortcuts as in that section, so the parameter
+  counts match its table: 0.27M and 0.85M for 10 classes.
+- ``torchvision:<name>``: ``torchvision.models.get_model`` with the first conv adapted to
+  the input's channel count.
+- ``<python.module>:<callable>``: a user factory, imported from the working directory.
+
+Every failure is one :class:`ConfigError` line naming ``model.name`` (or ``model.args``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import math
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clrctl.config import ModelConfig
+from clrctl.errors import ConfigError
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The model ``cfg.name`` for samples of ``input_shape`` and ``num_classes`` outputs."""
+    input_shape = tuple(int(d) for d in input_shape)
+    if cfg.name == "mlp":
+        return mlp(input_shape, cfg.hidden, num_classes)
+    if cfg.name == "lenet":
+        return LeNet(_image_shape(cfg.name, input_shape), num_classes)
+    if cfg.name in _RESNET_DEPTHS:
+        channels = _image_shape(cfg.name, input_shape)[0]
+        return CifarResNet(_RESNET_DEPTHS[cfg.name], channels, num_classes)
+    prefix, _, name = cfg.name.partition(":")
+    if prefix == "torchvision":
+        return torchvision_model(name, input_shape, num_classes, cfg.args)
+    return user_model(cfg.name, input_shape, num_classes, cfg.args)
+
+
+def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ConfigError(
+            f"model.name: {name!r} needs image input (C, H, W), but the data set gives {input_shape}; try mlp"
+        )
+    return input_shape  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------
+# mlp, lenet
+
+
+def mlp(input_shape: tuple[int, ...], hidden: list[int], num_classes: int) -> nn.Sequential:
+    """Flatten -> [Linear -> ReLU] for each hidden size -> Linear(num_classes)."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(input_shape)
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+class LeNet(nn.Module):
+    """LeNet-5 style: conv(6, 5x5) -> pool -> conv(16, 5x5) -> pool -> FC 120 -> 84 -> classes.
+
+    Both convs pad by 2 ("same"), so 8x8 digits survive two 2x2 pools (-> 16 x 2 x 2) while
+    28x28 MNIST gives 16 x 7 x 7; the flatten size comes from one dummy forward.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        channels, height, width = input_shape
+        if min(height, width) < 4:
+            raise ConfigError(f"model.name: 'lenet' needs images of at least 4x4 (got {height}x{width})")
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, *input_shape)).numel()
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+# ---------------------------------------------------------------------------------------
+# CIFAR ResNets (He et al. 2015, §4.2)
+
+_RESNET_DEPTHS = {"resnet20": 20, "resnet56": 56}
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers; option-A shortcut: subsample, then zero-pad the new channels."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.stride, self.extra = stride, planes - in_planes
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.extra:
+            half = self.extra // 2
+            x = F.pad(x, (0, 0, 0, 0, half, self.extra - half))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2): conv 16 -> 3 stages of n blocks (16, 32, 64 ch) -> global avg pool -> FC.
+
+    Global average pooling (rather than a fixed 8x8 pool) lets 8x8 digits run through it.
+    """
+
+    def __init__(self, depth: int, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        assert (depth - 2) % 6 == 0, depth
+        blocks = (depth - 2) // 6
+        self.conv = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        stages, planes = [], 16
+        for width, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(blocks):
+                stages.append(BasicBlock(planes, width, stride if i == 0 else 1))
+                planes = width
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(64, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # Kaiming (He et al. 2015, "Delving deep") for convs and the classifier, as the paper.
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stages(F.relu(self.bn(self.conv(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+# ---------------------------------------------------------------------------------------
+# torchvision and user models
+
+
+def torchvision_model(name: str, input_shape: tuple[int, ...], num_classes: int, args: dict) -> nn.Module:
+    """``torchvision.models.get_model(name, weights=None, num_classes=...)``, first conv adapted."""
+    import torchvision.models
+
+    known = torchvision.models.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (see torchvision.models.list_models())"
+        raise ConfigError(f"model.name: unknown torchvision model {name!r}{hint}")
+    kwargs = {"weights": None, "num_classes": num_classes, **args}
+    try:
+        model = torchvision.models.get_model(name, **kwargs)
+    except Exception as err:  # noqa: BLE001 - any constructor failure is a config problem
+        raise ConfigError(f"model.args: torchvision model {name!r} refused {args}: {_one_line(err)}") from None
+    if len(input_shape) == 3:
+        adapt_first_conv(model, input_shape[0])
+    return model
+
+
+def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
+    """Replace the first ``nn.Conv2d`` by one with the same settings but ``in_channels``.
+
+    "First" in registration order, which is the forward order in torchvision's models.
+    """
+    name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
+    if conv is None or conv.in_channels == in_channels:
+        return
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), attr, _conv_like(conv, in_channels))
+
+
+def _conv_like(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    groups = conv.groups if in_channels % conv.groups == 0 else 1
+    return nn.Conv2d(
+        in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+        dilation=conv.dilation, groups=groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+    )  # fmt: skip
+
+
+def user_model(spec: str, input_shape: tuple[int, ...], num_classes: int, args: dict) -> nn.Module:
+    """``module:callable``: import from the working directory, call, and check the result."""
+    factory = _resolve_callable(spec)
+    kwargs = {}
+    wanted = {"num_classes": num_classes, "input_shape": input_shape}
+    for key, value in wanted.items():
+        if _accepts(factory, key):
+            kwargs[key] = value
+    kwargs.update(args)
+    try:
+        model = factory(**kwargs)
+    except Exception as err:  # noqa: BLE001 - user code: report, do not crash
+        raise ConfigError(f"model.name: {spec!r} raised {type(err).__name__}: {_one_line(err)}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.name: {spec!r} returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def _resolve_callable(spec: str):
+    module_name, _, attr_path = spec.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        # `clrctl train` run from a project directory should find that project's modules.
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 - ImportError, SyntaxError, or the module's own failure
+        raise ConfigError(f"model.name: cannot import module {module_name!r}: {_one_line(err)}") from None
+    target = module
+    for part in attr_path.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"model.name: module {module_name!r} has no attribute {attr_path!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigError(f"model.name: {spec!r} is a {type(target).__name__}, not a callable")
+    return target
+
+
+def _accepts(factory, name: str) -> bool:
+    """Whether ``factory`` takes keyword ``name`` (explicitly or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature
+        return False
+    return any(
+        p.kind is p.VAR_KEYWORD or (p.name == name and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        for p in params
+    )
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

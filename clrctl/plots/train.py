@@ -1,0 +1,63 @@
+"""Plots of a training run: ``lr.png``, ``loss.png``, ``accuracy.png`` (drawn from given arrays)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from clrctl.plots._style import new_figure, save
+
+
+def plot_lr(path: Path, steps: Sequence[float], lr: Sequence[float],
+            momentum: Optional[Sequence[float]] = None, title: str = "") -> None:
+    fig, ax = new_figure()
+    ax.plot(steps, lr, color="tab:blue", lw=1.5, label="learning rate")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate", color="tab:blue")
+    if momentum is not None:
+        twin = ax.twinx()
+        twin.plot(steps, momentum, color="tab:orange", lw=1.2, alpha=0.8, label="momentum")
+        twin.set_ylabel("momentum", color="tab:orange")
+    ax.set_title(title or "Learning-rate schedule")
+    save(fig, path)
+
+
+def plot_loss(path: Path, steps: Sequence[float], loss: Sequence[float], smoothed: Sequence[float],
+              eval_steps: Sequence[float], val_loss: Sequence[float], title: str = "") -> None:
+    fig, ax = new_figure()
+    ax.plot(steps, loss, color="tab:blue", alpha=0.25, lw=0.8, label="train loss (per step)")
+    ax.plot(steps, smoothed, color="tab:blue", lw=1.6, label="train loss (moving average)")
+    if len(eval_steps):
+        ax.plot(eval_steps, val_loss, "o-", color="tab:red", ms=3, lw=1.2, label="validation loss")
+    if min((v for v in loss if v > 0), default=1.0) > 0 and max(loss, default=1.0) / max(min(loss, default=1.0), 1e-12) > 20:
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title(title or "Loss")
+    ax.legend()
+    save(fig, path)
+
+
+def plot_accuracy(path: Path, epoch_steps: Sequence[float], train_acc: Sequence[float],
+                  eval_steps: Sequence[float], val_acc: Sequence[float],
+                  target: Optional[float] = None, steps_to_target: Optional[int] = None, title: str = "") -> None:
+    fig, ax = new_figure()
+    if len(epoch_steps):
+        ax.plot(epoch_steps, train_acc, "s--", color="tab:blue", ms=4, lw=1, label="train accuracy (epoch)")
+    if len(eval_steps):
+        ax.plot(eval_steps, val_acc, "o-", color="tab:red", ms=3, lw=1.4, label="validation accuracy")
+    if target is not None:
+        ax.axhline(target, color="gray", ls=":", label=f"target {target:g}")
+    if steps_to_target is not None:
+        ax.axvline(steps_to_target, color="green", ls=":", label=f"target reached at step {steps_to_target}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or "Accuracy")
+    ax.legend(loc="lower right")
+    save(fig, path)
+
+
+def plot_schedule(path: Path, steps: Sequence[float], lr: Sequence[float],
+                  momentum: Optional[Sequence[float]], title: str) -> None:
+    """``clrctl preview``: the same picture as ``lr.png``, before any training."""
+    plot_lr(path, steps, lr, momentum, title)

@@ -1,0 +1,141 @@
+"""LR policies, stepped once per optimizer step, built on ``torch.optim.lr_scheduler``.
+
+Step convention (PyTorch's): building the schedule writes f(0) into the optimizer; the loop
+is ``log lr; optimizer.step(); schedule.step()``, so optimizer step t trains at f(t).
+
+| policy       | torch class (parameters)                                                     |
+| fixed        | LambdaLR(1)                       — constant bounds[0] (or lr)              |
+| triangular   | CyclicLR(mode="triangular")       — Smith, arXiv 1506.01186 §3.1            |
+| triangular2  | CyclicLR(mode="triangular2")      — amplitude halved each cycle             |
+| exp_range    | CyclicLR(mode="exp_range", gamma) — amplitude x gamma^t                     |
+| one_cycle    | OneCycleLR(max_lr, div_factor=max/base, final_div_factor) — arXiv 1803.09820 |
+| cosine       | CosineAnnealingLR(T_max=run length, eta_min=base), starting at max          |
+| sgdr         | CosineAnnealingWarmRestarts(T_0=stepsize, T_mult, eta_min=base) — 1608.03983 |
+| step         | MultiStepLR(milestones, gamma), starting at lr (or max)                      |
+
+Momentum is cycled inversely to the LR only when asked for (``policy.momentum``), and by
+default for one_cycle when the optimizer has a momentum term — never switched on silently
+(torch's CyclicLR does that by default; we pass ``cycle_momentum`` explicitly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch.optim import lr_scheduler
+
+from clrctl.config import CYCLIC_POLICIES, ONE_CYCLE_MOMENTUM, OptimizerConfig, PolicyConfig, resolve_steps
+from clrctl.optim import build_optimizer, current_momentum, has_momentum
+
+
+def initial_lr(policy: PolicyConfig) -> float:
+    """The LR the optimizer is built with (torch schedulers derive their base from it)."""
+    if policy.name == "fixed":
+        return policy.lr if policy.lr is not None else policy.base_lr
+    if policy.name == "step":
+        return policy.lr if policy.lr is not None else policy.max_lr
+    if policy.name in ("cosine", "sgdr", "one_cycle"):
+        return policy.max_lr
+    return policy.base_lr
+
+
+def momentum_range(policy: PolicyConfig, optimizer_cfg: OptimizerConfig) -> Optional[tuple[float, float]]:
+    """(low, high) momentum to cycle, or None to leave the optimizer's momentum alone."""
+    if policy.momentum is not None:
+        return policy.momentum
+    if policy.name == "one_cycle" and has_momentum(optimizer_cfg):
+        return ONE_CYCLE_MOMENTUM
+    return None
+
+
+@dataclass
+class Schedule:
+    """A torch LR scheduler plus, for policies torch cycles no momentum for, the inverse
+    LR→momentum coupling of CyclicLR: m = high - (high - low) * (lr - base) / (max - base)."""
+
+    scheduler: lr_scheduler.LRScheduler
+    optimizer: torch.optim.Optimizer
+    inverse_momentum: Optional[tuple[float, float, float, float]] = None  # low, high, base, max
+
+    def __post_init__(self) -> None:
+        self._couple_momentum()
+
+    def step(self) -> None:
+        self.scheduler.step()
+        self._couple_momentum()
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def momentum(self) -> Optional[float]:
+        return current_momentum(self.optimizer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)
+        self._couple_momentum()
+
+    def _couple_momentum(self) -> None:
+        if self.inverse_momentum is None:
+            return
+        low, high, base, top = self.inverse_momentum
+        for group in self.optimizer.param_groups:
+            share = min(1.0, max(0.0, (group["lr"] - base) / (top - base)))
+            value = high - (high - low) * share
+            if "betas" in group:
+                group["betas"] = (value, group["betas"][1])
+            else:
+                group["momentum"] = value
+
+
+def build_schedule(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, optimizer: torch.optim.Optimizer,
+                   steps_per_epoch: int, total_steps: int) -> Schedule:
+    """The schedule for ``policy``; ``optimizer`` must have been built with :func:`initial_lr`."""
+    moms = momentum_range(policy, optimizer_cfg)
+    stepsize = resolve_steps(policy.stepsize, steps_per_epoch)
+    name = policy.name
+    if name in CYCLIC_POLICIES:
+        kwargs = dict(base_momentum=moms[0], max_momentum=moms[1]) if moms else {}
+        sched = lr_scheduler.CyclicLR(optimizer, base_lr=policy.base_lr, max_lr=policy.max_lr,
+                                      step_size_up=stepsize, mode=name, gamma=policy.effective_gamma,
+                                      cycle_momentum=moms is not None, **kwargs)
+        return Schedule(sched, optimizer)
+    if name == "one_cycle":
+        kwargs = dict(base_momentum=moms[0], max_momentum=moms[1]) if moms else {}
+        sched = lr_scheduler.OneCycleLR(optimizer, max_lr=policy.max_lr, total_steps=total_steps,
+                                        pct_start=policy.pct_start, anneal_strategy=policy.anneal,
+                                        div_factor=policy.max_lr / policy.base_lr,
+                                        final_div_factor=policy.final_div, three_phase=policy.three_phase,
+                                        cycle_momentum=moms is not None, **kwargs)
+        return Schedule(sched, optimizer)
+    if name == "cosine":
+        sched = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=policy.base_lr)
+    elif name == "sgdr":
+        sched = lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=stepsize, T_mult=policy.t_mult,
+                                                         eta_min=policy.base_lr)
+    elif name == "step":
+        milestones = sorted(resolve_steps(m, steps_per_epoch) for m in policy.milestones)
+        sched = lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=policy.effective_gamma)
+    else:  # fixed
+        sched = lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    coupling = (moms[0], moms[1], policy.base_lr, policy.max_lr) if moms else None
+    return Schedule(sched, optimizer, coupling)
+
+
+def preview(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, steps_per_epoch: int,
+            total_steps: int) -> list[tuple[int, float, Optional[float]]]:
+    """(step, lr, momentum) for every step of a run — the trainer's own schedule, on a dummy
+    parameter, so what the preview shows is what training does."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer(optimizer_cfg, [param], initial_lr(policy))
+    schedule = build_schedule(policy, optimizer_cfg, optimizer, steps_per_epoch, total_steps)
+    trace = []
+    for step in range(total_steps):
+        trace.append((step, schedule.lr(), schedule.momentum()))
+        optimizer.step()  # keeps torch from warning that the scheduler stepped first
+        schedule.step()
+    return trace

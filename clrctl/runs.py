@@ -1,0 +1,144 @@
+"""Starting, resuming and grouping training runs: the library behind ``clrctl train``.
+
+Order matters for bad input: the config is validated and the data, model, optimizer and
+schedule are built *before* the run directory is created, so a bad config, a missing data
+root or a broken model path leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from clrctl import checkpoint
+from clrctl.config import Config, load_config, resolve_bounds_from
+from clrctl.errors import InputError
+from clrctl.rundir import RunDir, create_group, read_csv, truncate_csv, utc_now
+from clrctl.trainer import LoopState, Reporter, TrainingLoop, prepare
+
+
+def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: Optional[str | Path] = None,
+                   argv: Optional[list[str]] = None, reporter: Optional[Reporter] = None) -> tuple[Path, dict]:
+    """Train ``config`` in a new run directory; returns (run path, summary)."""
+    config = resolve_bounds_from(config)
+    setup = prepare(config)
+    run = RunDir.create(runs_root, config.name, run_dir)
+    run.write_config(config.to_dict())
+    run.start("train", config.seed, str(setup.device), argv)
+    return run.path, _run(TrainingLoop(setup, run, reporter))
+
+
+def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
+                    reporter: Optional[Reporter] = None) -> tuple[Path, dict]:
+    """Continue an interrupted or killed run in its own directory from ``checkpoints/last.pt``;
+    rows logged after that checkpoint are dropped and recomputed."""
+    run = RunDir.open(path)
+    info = run.read_run()
+    if info.get("kind") != "train":
+        raise InputError(f"{path}: not a training run (kind {info.get('kind')!r})")
+    if info.get("status") == "completed":
+        raise InputError(f"{path}: run already completed; nothing to resume")
+    config = load_config(run.path / "config.yaml")
+    setup = prepare(config)
+    state = LoopState()
+    last = run.path / "checkpoints" / "last.pt"
+    if last.is_file():
+        saved = checkpoint.load(last, setup.device)
+        setup.model.load_state_dict(saved["model"])
+        setup.optimizer.load_state_dict(saved["optimizer"])
+        setup.schedule.load_state_dict(saved["schedule"])
+        setup.scaler.load_state_dict(saved["scaler"])
+        state = LoopState(**saved["state"])
+        checkpoint.restore_rng(saved["rng"])
+    # An epoch counts only once its row is in epochs.csv; a mid-epoch checkpoint (interrupt)
+    # keeps the finished epochs and the steps done so far.
+    truncate_csv(run.path / "metrics.csv", lambda row: int(row["step"]) < state.step)
+    truncate_csv(run.path / "epochs.csv", lambda row: int(row["epoch"]) <= state.epoch)
+    run.set_status("running", resumed=[*info.get("resumed", []), {"time": utc_now(), "step": state.step}],
+                   resume_argv=argv)
+    return run.path, _run(TrainingLoop(setup, run, reporter, state))
+
+
+def train_seeds(config: Config, seeds: list[int], *, runs_root: str | Path = "runs",
+                run_dir: Optional[str | Path] = None, argv: Optional[list[str]] = None,
+                reporter_factory=None) -> tuple[Path, list[dict]]:
+    """One run per seed under a group directory (``group.json`` + ``seed-K/``)."""
+    config = resolve_bounds_from(config)
+    prepare(config)  # fail on bad input before the group directory exists
+    group = create_group(runs_root, config.name, seeds, run_dir)
+    summaries = []
+    for seed in seeds:
+        seeded = config.model_copy(update={"seed": seed})
+        reporter = reporter_factory(seed) if reporter_factory else None
+        try:
+            _, summary = start_training(seeded, run_dir=group / f"seed-{seed}", argv=argv, reporter=reporter)
+        except Exception as err:  # a diverged seed must not hide the others' results
+            from clrctl.errors import RunFailed
+
+            if not isinstance(err, RunFailed):
+                raise
+            summary = {"status": "diverged", "seed": seed, "error": str(err)}
+        summaries.append(summary)
+    return group, summaries
+
+
+def _run(loop: TrainingLoop) -> dict[str, Any]:
+    try:
+        return loop.run_all()
+    finally:
+        render_plots(loop.run.path, loop.s.config)  # diverged and interrupted runs get plots too
+
+
+# ---------------------------------------------------------------------------------------
+# Plots from the CSVs (raw data kept; everything drawn is derived from it)
+
+
+def _floats(rows: list[dict[str, str]], key: str) -> np.ndarray:
+    return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows], dtype=float)
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Centered moving average (no lag), shrinking at the edges; NaNs ignored."""
+    if len(values) == 0:
+        return values
+    window = max(1, min(window, len(values)))
+    finite = np.where(np.isfinite(values), values, 0.0)
+    weight = np.isfinite(values).astype(float)
+    kernel = np.ones(window)
+    num = np.convolve(finite, kernel, mode="same")
+    den = np.convolve(weight, kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den
+
+
+def render_plots(path: Path, config: Config) -> None:
+    from clrctl.plots.train import plot_accuracy, plot_loss, plot_lr
+
+    run = RunDir(path)
+    rows, epochs = read_csv(path / "metrics.csv"), read_csv(path / "epochs.csv")
+    if not rows:
+        return
+    steps, lr, loss = _floats(rows, "step"), _floats(rows, "lr"), _floats(rows, "loss")
+    momentum = _floats(rows, "momentum")
+    evals = [r for r in rows if r.get("val_acc")]
+    eval_steps = _floats(evals, "step") + 1  # evaluated after that step's update
+    title = f"{config.name}: {config.policy.name} on {config.dataset.name}/{config.model.name}"
+    plots = run.plots_dir
+    varies = np.isfinite(momentum).any() and np.nanmax(momentum) > np.nanmin(momentum)
+    plot_lr(plots / "lr.png", steps, lr, momentum if varies else None, title)
+    window = max(5, len(loss) // 50)
+    plot_loss(plots / "loss.png", steps, loss, moving_average(loss, window), eval_steps,
+              _floats(evals, "val_loss"), title)
+    summary_target = config.train.target or {}
+    target = summary_target.get("val_acc")
+    stt = _steps_to_target(evals, target)
+    plot_accuracy(plots / "accuracy.png", _floats(epochs, "step"), _floats(epochs, "train_acc"), eval_steps,
+                  _floats(evals, "val_acc"), target, stt, title)
+
+
+def _steps_to_target(evals: list[dict[str, str]], target: Optional[float]) -> Optional[int]:
+    if target is None:
+        return None
+    return next((int(r["step"]) + 1 for r in evals if float(r["val_acc"]) >= target), None)

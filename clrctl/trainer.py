@@ -1,0 +1,340 @@
+"""The training loop of ``clrctl train``: one optimizer step per batch, the LR policy stepped
+after each, metrics logged to the run directory, checkpoints at epoch ends.
+
+The hot loop keeps losses on the device and syncs with the host only every
+``train.log_every`` steps (and at evaluations), so a GPU is never stalled per step. Divergence
+(NaN/Inf loss) is detected at those syncs. Batches are a pure function of (seed, epoch), and
+checkpoints carry every RNG state, so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from clrctl import checkpoint
+from clrctl.config import Config
+from clrctl.data import BatchSource, DataBundle, build_data
+from clrctl.device import resolve_device, seed_everything
+from clrctl.errors import Interrupted, RunFailed
+from clrctl.models import build_model
+from clrctl.optim import build_optimizer
+from clrctl.policies import Schedule, build_schedule, initial_lr
+from clrctl.rundir import RunDir
+
+METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "val_loss", "val_acc"]
+EPOCH_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "elapsed_s"]
+
+
+class Reporter:
+    """What the trainer tells its caller (the CLI renders it with rich). Silent by default."""
+
+    def start(self, total_steps: int, done_steps: int) -> None: ...
+
+    def advance(self, steps_done: int, lr: float) -> None: ...
+
+    def metrics(self, steps_done: int, loss: Optional[float], val_acc: Optional[float]) -> None: ...
+
+    def epoch(self, row: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, built before its run directory exists (so bad input leaves none)."""
+
+    config: Config
+    device: torch.device
+    data: DataBundle
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+
+
+def prepare(config: Config) -> Setup:
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    data = build_data(config.dataset, config.seed, device)
+    model = build_model(config.model, data.input_shape, data.num_classes).to(device)
+    optimizer = build_optimizer(config.optimizer, model.parameters(), initial_lr(config.policy))
+    steps_per_epoch = len(data.train)
+    total = config.train.steps or config.train.epochs * steps_per_epoch
+    schedule = build_schedule(config.policy, config.optimizer, optimizer, steps_per_epoch, total)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp and device.type == "cuda")
+    return Setup(config, device, data, model, optimizer, schedule, scaler, steps_per_epoch, total,
+                 epochs=math.ceil(total / steps_per_epoch))
+
+
+# ---------------------------------------------------------------------------------------
+# One step, one evaluation (shared with the range test)
+
+
+def _forward_backward(model, optimizer, x, y, loss_fn, scaler=None):
+    optimizer.zero_grad(set_to_none=True)
+    amp = scaler is not None and scaler.is_enabled()
+    with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
+        logits = model(x)
+        loss = loss_fn(logits, y)
+    if amp:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def train_step(model, optimizer, x, y, loss_fn, scaler=None) -> torch.Tensor:
+    """One optimizer step; returns the batch loss as a device tensor (no host sync)."""
+    return _forward_backward(model, optimizer, x, y, loss_fn, scaler)[0]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, source: BatchSource, loss_fn: nn.Module) -> tuple[float, float]:
+    """(mean loss, accuracy) over ``source``; one host sync at the end."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, seen = None, None, 0
+    for x, y in source.batches(0):
+        logits = model(x)
+        batch_loss = loss_fn(logits, y).float() * len(y)
+        batch_correct = (logits.argmax(1) == y).sum()
+        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        correct = batch_correct if correct is None else correct + batch_correct
+        seen += len(y)
+    model.train(was_training)
+    return float(loss_sum) / seen, float(correct) / seen
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class LoopState:
+    """Counters that a checkpoint carries; ``epoch`` counts completed epochs."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # batches done in the current epoch (non-zero after a mid-epoch interrupt)
+    elapsed_s: float = 0.0
+    best_val_acc: Optional[float] = None
+    best_step: Optional[int] = None
+    final_val_acc: Optional[float] = None
+    final_val_loss: Optional[float] = None
+    steps_to_target: Optional[int] = None
+    epoch_loss_sum: float = 0.0  # sample-weighted train loss of the current epoch so far
+    epoch_correct: float = 0.0
+    epoch_seen: int = 0
+    last_lr: Optional[float] = None  # the LR the latest step trained at
+
+
+class _Diverged(Exception):
+    def __init__(self, step: int, lr: float, loss: float):
+        super().__init__(step, lr, loss)
+        self.step, self.lr, self.loss = step, lr, loss
+
+
+class TrainingLoop:
+    def __init__(self, setup: Setup, run: RunDir, reporter: Optional[Reporter] = None,
+                 state: Optional[LoopState] = None):
+        self.s = setup
+        self.run = run
+        self.reporter = reporter or Reporter()
+        self.state = state or LoopState()
+        self.metrics_log = run.csv("metrics.csv", METRIC_COLUMNS)
+        self.epochs_log = run.csv("epochs.csv", EPOCH_COLUMNS)
+        self._rows: list[dict[str, Any]] = []  # rows whose loss is still a device tensor
+        self._losses: list[torch.Tensor] = []
+        self._epoch_loss: Optional[torch.Tensor] = None
+        self._epoch_correct: Optional[torch.Tensor] = None
+        self._signal: Optional[str] = None
+        self._t0 = time.perf_counter()
+
+    # -- public ----------------------------------------------------------------------
+    def run_all(self) -> dict[str, Any]:
+        """Train to the end. Raises RunFailed (diverged) or Interrupted; both leave a summary."""
+        s, state = self.s, self.state
+        self.reporter.start(s.total_steps, state.step)
+        self.s.model.train()
+        try:
+            with self._signals():
+                # batch > 0: resumed inside an epoch (possibly its last step) that must be closed
+                while state.step < s.total_steps or state.batch > 0:
+                    self._run_epoch(state.epoch)
+        except _Diverged as div:
+            self._finish("diverged", diverged_at={"step": div.step, "lr": div.lr, "loss": div.loss})
+            raise RunFailed(
+                f"loss became {div.loss} at step {div.step} (lr {div.lr:.4g}); the run is kept as 'diverged' "
+                "in " + str(self.run.path) + " — the LR is too high for this model: `clrctl range-test` finds bounds"
+            ) from None
+        except _Stop:
+            self._flush()
+            self._checkpoint()
+            self._finish("interrupted")
+            raise Interrupted(f"interrupted at step {state.step}; resume with: clrctl train --resume {self.run.path}")
+        except BaseException:
+            self._finish("failed")
+            raise
+        return self._finish("completed")
+
+    # -- epochs and steps ------------------------------------------------------------
+    def _run_epoch(self, epoch: int) -> None:
+        s, state = self.s, self.state
+        n_batches = len(s.data.train)
+        self._epoch_loss = torch.tensor(state.epoch_loss_sum, device=s.device)
+        self._epoch_correct = torch.tensor(state.epoch_correct, device=s.device)
+        for index, (x, y) in enumerate(s.data.train.batches(epoch)):
+            if index < state.batch:
+                continue  # resumed mid-epoch: the order is replayed, done batches skipped
+            self._train_one(x, y, epoch)
+            state.batch = index + 1
+            epoch_end = index == n_batches - 1 or state.step >= s.total_steps
+            every = s.config.train.eval_every
+            if epoch_end or (every and state.step % every == 0):
+                self._evaluate()
+            if epoch_end or state.step % s.config.train.log_every == 0:
+                self._flush()
+            if self._signal:
+                raise _Stop()
+            if epoch_end:
+                break
+        self._end_epoch(epoch)
+
+    def _train_one(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
+        s, state = self.s, self.state
+        lr, momentum = s.schedule.lr(), s.schedule.momentum()
+        loss, logits = _forward_backward(s.model, s.optimizer, x, y, s.loss_fn, s.scaler)
+        if s.config.train.skip_nonfinite and not torch.isfinite(loss):  # opt-in: syncs every step
+            s.optimizer.zero_grad(set_to_none=True)
+        else:
+            self._epoch_loss += loss.float() * len(y)
+            self._epoch_correct += (logits.argmax(1) == y).sum()
+            state.epoch_seen += len(y)
+        s.schedule.step()
+        self._rows.append({"step": state.step, "epoch": epoch + 1, "lr": lr, "momentum": momentum})
+        self._losses.append(loss)
+        state.step += 1
+        state.last_lr = lr
+        self.reporter.advance(state.step, lr)
+
+    def _flush(self) -> None:
+        """The one host sync of the loop: losses to floats, rows to metrics.csv."""
+        if not self._rows:
+            return
+        losses = torch.stack(self._losses).float().cpu().tolist()
+        rows, self._rows, self._losses = self._rows, [], []
+        for i, (row, loss) in enumerate(zip(rows, losses)):
+            row["loss"] = loss
+            if not math.isfinite(loss) and not self.s.config.train.skip_nonfinite:
+                self.metrics_log.write(rows[: i + 1])
+                self.metrics_log.flush()
+                raise _Diverged(row["step"], row["lr"], loss)
+        self.metrics_log.write(rows)
+        self.metrics_log.flush()
+        self.state.epoch_loss_sum = float(self._epoch_loss)
+        self.state.epoch_correct = float(self._epoch_correct)
+        self.reporter.metrics(self.state.step, losses[-1], self.state.final_val_acc)
+
+    def _evaluate(self) -> None:
+        s, state = self.s, self.state
+        val_loss, val_acc = evaluate(s.model, s.data.val, s.loss_fn)
+        self._rows[-1].update(val_loss=val_loss, val_acc=val_acc)
+        state.final_val_loss, state.final_val_acc = val_loss, val_acc
+        if state.best_val_acc is None or val_acc > state.best_val_acc:
+            state.best_val_acc, state.best_step = val_acc, state.step
+            checkpoint.save_atomic({"model": s.model.state_dict(), "step": state.step, "val_acc": val_acc},
+                                   self.run.checkpoints_dir / "best.pt")
+        target = s.config.train.target
+        if target and state.steps_to_target is None:
+            metric, threshold = next(iter(target.items()))
+            value = val_acc if metric == "val_acc" else val_loss
+            if (value >= threshold) if metric == "val_acc" else (value <= threshold):
+                state.steps_to_target = state.step
+
+    def _end_epoch(self, epoch: int) -> None:
+        state = self.state
+        seen = max(state.epoch_seen, 1)
+        row = {"epoch": epoch + 1, "step": state.step, "train_loss": state.epoch_loss_sum / seen,
+               "train_acc": state.epoch_correct / seen, "val_loss": state.final_val_loss,
+               "val_acc": state.final_val_acc, "lr": state.last_lr, "elapsed_s": round(self._elapsed(), 3)}
+        self.epochs_log.write([row])
+        self.epochs_log.flush()
+        state.epoch, state.batch = epoch + 1, 0
+        state.epoch_loss_sum = state.epoch_correct = 0.0
+        state.epoch_seen = 0
+        self._checkpoint()
+        self.reporter.epoch(row)
+
+    # -- files -----------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        return self.state.elapsed_s + time.perf_counter() - self._t0
+
+    def _checkpoint(self) -> None:
+        s = self.s
+        state = asdict(self.state)
+        state["elapsed_s"] = self._elapsed()
+        checkpoint.save_atomic({
+            "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+            "schedule": s.schedule.state_dict(), "scaler": s.scaler.state_dict(),
+            "state": state, "rng": checkpoint.rng_state(),
+        }, self.run.checkpoints_dir / "last.pt")
+
+    def _finish(self, status: str, **extra: Any) -> dict[str, Any]:
+        for log in (self.metrics_log, self.epochs_log):
+            log.close()
+        summary = self.summary(status, **extra)
+        self.run.write_summary(summary)
+        self.run.set_status(status)
+        self.reporter.close()
+        return summary
+
+    def summary(self, status: str, **extra: Any) -> dict[str, Any]:
+        state, s = self.state, self.s
+        return {
+            "status": status, "steps": state.step, "epochs": round(state.step / s.steps_per_epoch, 4),
+            "elapsed_s": round(self._elapsed(), 3), "final_val_acc": state.final_val_acc,
+            "best_val_acc": state.best_val_acc, "best_step": state.best_step,
+            "final_val_loss": state.final_val_loss, "steps_to_target": state.steps_to_target,
+            "target": s.config.train.target, "planned_steps": s.total_steps,
+            "steps_per_epoch": s.steps_per_epoch, **extra,
+        }
+
+    # -- signals ---------------------------------------------------------------------
+    @contextmanager
+    def _signals(self):
+        """SIGINT/SIGTERM: finish the current step, then stop cleanly. A second one aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, _frame):
+            if self._signal:  # second signal: stop now
+                raise KeyboardInterrupt
+            self._signal = signal.Signals(signum).name
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+class _Stop(Exception):
+    """Raised inside the loop when a signal asked the run to stop."""
