@@ -220,7 +220,7 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _one_length(self) -> "TrainConfig":
         if self.epochs is not None and self.steps is not None:
-            raise ValueError("epochs: give train.epochs or train.steps, not both")
+            raise ValueError("epochs: give train.epochs or train.steps, not both (on the command line: train.epochs=null train.steps=N)")
         if self.epochs is None and self.steps is None:
             self.epochs = 8
         return self

@@ -43,6 +43,33 @@ _TORCHVISION_SETS = {
 }
 
 
+# Keeps the stand-in op schemas of import_torchvision() registered (a Library unregisters
+# its definitions when garbage-collected).
+_TORCHVISION_OPS_STUB: Optional[torch.library.Library] = None
+
+
+def import_torchvision():
+    """``import torchvision``, tolerating a build whose C++ ops do not load with this torch.
+
+    A CUDA torchvision wheel next to a CPU torch wheel of the same release (what pip picks
+    from PyPI next to a ``+cpu`` torch) cannot load ``torchvision/_C.so``; torchvision then
+    fails at import, registering fake kernels for ``torchvision::nms``/``qnms``. Defining
+    those two schemas lets the pure-Python parts (datasets, transforms, models) import;
+    the C++ ops (``torchvision.ops.nms`` ...) still raise torchvision's own clear error.
+    """
+    global _TORCHVISION_OPS_STUB
+    try:
+        import torchvision
+    except RuntimeError as err:
+        if "torchvision::" not in str(err) or _TORCHVISION_OPS_STUB is not None:
+            raise
+        _TORCHVISION_OPS_STUB = torch.library.Library("torchvision", "FRAGMENT")
+        for op in ("nms", "qnms"):
+            _TORCHVISION_OPS_STUB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        import torchvision
+    return torchvision
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The CPU generator behind all randomness of one epoch: a pure function of (seed, epoch)."""
     generator = torch.Generator()
@@ -371,10 +398,9 @@ def _synthetic(cfg: DatasetConfig, seed: int):
 def _torchvision(cfg: DatasetConfig):
     """The official train / test splits of a torchvision data set as uint8 (N, C, H, W)."""
     import numpy as np
-    import torchvision.datasets
 
     cls_name, label, mean, std = _TORCHVISION_SETS[cfg.name]
-    cls = getattr(torchvision.datasets, cls_name)
+    cls = getattr(import_torchvision().datasets, cls_name)
     try:
         train = cls(cfg.root, train=True, download=cfg.download)
         test = cls(cfg.root, train=False, download=cfg.download)
@@ -439,8 +465,8 @@ def _imagefolder(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBun
 
 def _image_folder(path: Path, size: int, key: str):
     """A torchvision ImageFolder of RGB images resized to size x size, normalised to [-1, 1]."""
-    from torchvision import datasets, transforms
-
+    torchvision = import_torchvision()
+    datasets, transforms = torchvision.datasets, torchvision.transforms
     transform = transforms.Compose(
         [
             transforms.Lambda(_to_rgb),

@@ -26,3 +26,9 @@ class Interrupted(ClrctlError):
     """Ctrl-C / SIGTERM: files were flushed and the run marked ``interrupted``."""
 
     exit_code = 130
+
+
+class Regression(ClrctlError):
+    """``compare --gate``: a candidate is worse than the baseline beyond the tolerance."""
+
+    exit_code = 1

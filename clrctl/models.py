@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clrctl.config import ModelConfig
+from clrctl.data import import_torchvision
 from clrctl.errors import ConfigError
 
 
@@ -172,8 +173,7 @@ class CifarResNet(nn.Module):
 
 def torchvision_model(name: str, input_shape: tuple[int, ...], num_classes: int, args: dict) -> nn.Module:
     """``torchvision.models.get_model(name, weights=None, num_classes=...)``, first conv adapted."""
-    import torchvision.models
-
+    torchvision = import_torchvision()
     known = torchvision.models.list_models()
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)

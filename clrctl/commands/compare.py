@@ -1,1 +1,121 @@
-"""`clrctl compare` (being written)."""
+"""`clrctl compare RUN_A RUN_B [RUN...]`: judge runs (or groups of seeds) against a baseline.
+
+Thin: load the sides (:mod:`clrctl.compare.runs`), build the report (:mod:`clrctl.compare.report`),
+render it (:mod:`clrctl.compare.render`), optionally draw the overlay (:mod:`clrctl.plots.compare`,
+imported only for ``--plot``). Reads CSV and JSON only: no torch here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+
+from clrctl.cli import app, console, err_console
+from clrctl.compare import render
+from clrctl.compare.metrics import GATE_METRICS, parse_target
+from clrctl.compare.report import Options, build_report, exit_code
+from clrctl.compare.runs import Side, load_sides
+from clrctl.compare.stats import N_BOOTSTRAP, Tolerance
+from clrctl.errors import InputError, Regression
+
+
+class Format(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+
+
+@app.command("compare")
+def compare(
+    runs: List[str] = typer.Argument(..., metavar="RUN...",
+                                     help="Run directories, seed-group directories or quoted globs ('runs/x*/seed-*')."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", "-b",
+                                           help="The baseline (one of RUN..., or another run). Default: the first."),
+    target: Optional[str] = typer.Option(None, "--target", help="Steps to reach it, e.g. val_acc=0.97 or val_loss=0.1."),
+    metric: str = typer.Option("final_val_acc", "--metric", help=f"What the gate judges: {', '.join(GATE_METRICS)}."),
+    tolerance: Optional[str] = typer.Option(None, "--tolerance",
+                                            help="For --metric: absolute (0.01) or relative to the baseline (2%)."),
+    gate: bool = typer.Option(False, "--gate", help="Exit 1 when a candidate is worse than the baseline beyond tolerance."),
+    strict: bool = typer.Option(False, "--strict", help="With --gate: an inconclusive result fails too."),
+    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, markdown (PR comments) or json."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to FILE instead of stdout."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Overlay loss, val acc and LR against step in a PNG."),
+    bootstrap: int = typer.Option(N_BOOTSTRAP, "--bootstrap", min=100, help="Bootstrap resamples for groups."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap (results are deterministic)."),
+) -> None:
+    """Compare runs or seed groups against a baseline; with --gate, exit 1 on a regression."""
+    options = _options(target, metric, tolerance, gate, strict, bootstrap, seed)
+    sides, base = load_sides(list(runs), baseline)
+    report = build_report(sides, base, options)
+    if plot is not None:
+        _plot(sides, report, plot)
+    _emit(report, fmt, output, plot)
+    if exit_code(report):
+        raise Regression(_failure(report))
+
+
+def _options(target, metric, tolerance, gate, strict, bootstrap, seed) -> Options:
+    if metric not in GATE_METRICS:
+        raise InputError(f"--metric {metric!r}: expected one of {', '.join(GATE_METRICS)}")
+    return Options(
+        target=parse_target(target) if target is not None else None,
+        metric=metric,
+        tolerance=Tolerance.parse(tolerance) if tolerance is not None else None,
+        gate=gate,
+        strict=strict,
+        n_boot=bootstrap,
+        seed=seed,
+    )
+
+
+def _plot(sides: list[Side], report: dict[str, Any], path: Path) -> None:
+    from clrctl.compare import curves
+    from clrctl.plots import compare as plots  # matplotlib only when a plot is asked for
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if report["kind"] == "range-test":
+        drawn = [c for side in sides for c in curves.range_curves(side)]
+        plots.plot_range_overlay(drawn, path, curves.range_log_x(sides))
+    else:
+        target = report["target"]
+        plots.plot_train_overlay([curves.train_curves(side) for side in sides], path,
+                                 (target["metric"], target["value"]) if target else None)
+
+
+def _emit(report: dict[str, Any], fmt: Format, output: Optional[Path], plot: Optional[Path]) -> None:
+    if output is None:
+        if fmt is Format.table:
+            console.print(render.rich_report(report))
+        else:
+            image = str(plot) if plot is not None else None
+            typer.echo(_text(report, fmt, image), nl=False)
+        return
+    image = os.path.relpath(plot, output.resolve().parent) if plot is not None else None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(_text(report, fmt, image), encoding="utf-8")
+    console.print(render.headline(report) if report["kind"] == "train" else "compared range tests", highlight=False)
+    err_console.print(f"wrote {output}", highlight=False)
+
+
+def _text(report: dict[str, Any], fmt: Format, image: Optional[str]) -> str:
+    if fmt is Format.json:
+        return render.to_json(report)
+    if fmt is Format.markdown:
+        return render.to_markdown(report, image)
+    buffer = io.StringIO()
+    Console(file=buffer, width=160, no_color=True, force_terminal=False).print(render.rich_report(report))
+    return buffer.getvalue()
+
+
+def _failure(report: dict[str, Any]) -> str:
+    gate = report["gate"]
+    bad = [c for c, v in gate["candidates"].items() if v == "worse" or (gate["strict"] and v == "inconclusive")]
+    what = "regression" if gate["result"] == "regression" else "inconclusive (--strict)"
+    return (f"{what}: {', '.join(bad)} vs {report['baseline']} on {gate['metric']} "
+            f"(tolerance {gate['tolerance']})")

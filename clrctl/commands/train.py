@@ -142,7 +142,9 @@ def preview(
     total = cfg.train.steps or cfg.train.epochs * spe
     trace = trace_policy(cfg.policy, cfg.optimizer, spe, total)
     stepsize = resolve_steps(cfg.policy.stepsize, spe)
-    table = Table(title=f"{cfg.policy.name}: {total} steps ({spe} per epoch, stepsize {stepsize})")
+    console.print(f"{cfg.policy.name}: {total} steps ({spe} per epoch, stepsize {stepsize})",
+                  highlight=False, soft_wrap=True)
+    table = Table()
     for col in ("step", "epoch", "lr", "momentum"):
         table.add_column(col, justify="right")
     picks = sorted({round(i * (total - 1) / (rows - 1)) for i in range(rows)})

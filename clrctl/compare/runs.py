@@ -203,3 +203,28 @@ def unique_labels(sides: list[Side]) -> None:
     for i, side in enumerate(sides):
         if sum(s.label == side.label for s in sides) > 1:
             side.label = f"{side.label}#{i + 1}"
+
+
+def load_sides(specs: list[str], baseline: Optional[str] = None) -> tuple[list[Side], int]:
+    """Load every side; the baseline is the first unless ``baseline`` names one (or another run)."""
+    index = 0
+    if baseline is not None:
+        matches = [i for i, spec in enumerate(specs) if _same(spec, baseline)]
+        if matches:
+            index = matches[0]
+        else:
+            specs, index = [baseline, *specs], 0
+    if len(specs) < 2:
+        raise InputError("compare needs at least two runs (a baseline and a candidate)")
+    sides = [load_side(spec) for spec in specs]
+    unique_labels(sides)
+    return sides, index
+
+
+def _same(spec: str, other: str) -> bool:
+    if spec == other:
+        return True
+    try:
+        return Path(spec).exists() and Path(other).exists() and Path(spec).resolve() == Path(other).resolve()
+    except OSError:
+        return False

@@ -1,0 +1,230 @@
+"""Render a report (from :mod:`.report`) as rich tables, GitHub markdown or JSON.
+
+Each function only formats what the report holds. Accuracies and losses are shown as
+fractions (the units of ``--tolerance``), a group as ``median [min–max]``, a run that never
+reached the target as ``>N`` (N = the steps it did).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from typing import Any, Optional
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+VERDICT_STYLE = {"better": "green", "worse": "bold red", "same": "dim", "inconclusive": "yellow", "-": "dim"}
+RESULT_STYLE = {"pass": "bold green", "regression": "bold red", "inconclusive": "bold yellow",
+                "incomparable": "bold yellow", "n/a": "dim"}
+ARROW = {"higher": "↑", "lower": "↓", None: ""}
+
+
+# -- numbers -----------------------------------------------------------------------------
+def fmt_value(value: Optional[float], unit: str, censored_at: Optional[float] = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if math.isinf(value):
+        return f">{censored_at:.0f}" if unit == "steps" and value > 0 and censored_at is not None else "—"
+    if unit in ("acc", "loss"):
+        return f"{value:.4f}"
+    if unit in ("steps", "count"):
+        return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+    if unit == "seconds":
+        return f"{value:.1f} s"
+    return f"{value:.3g}"
+
+
+def fmt_diff(value: Optional[float], unit: str) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    if math.isinf(value):
+        return "+∞" if value > 0 else "−∞"
+    if unit in ("acc", "loss"):
+        return f"{value:+.4f}"
+    if unit in ("steps", "count"):
+        return f"{value:+.0f}" if float(value).is_integer() else f"{value:+.1f}"
+    if unit == "seconds":
+        return f"{value:+.1f} s"
+    return f"{value:+.3g}"
+
+
+def fmt_pct(value: Optional[float]) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value * 100:+.1f}%"
+
+
+def fmt_side(entry: dict[str, Any], unit: str) -> str:
+    """``0.9733`` for one run; ``0.9733 [0.9650–0.9780]`` (median [min–max]) for a group."""
+    at = entry.get("censored_at")
+    text = fmt_value(entry["median"], unit, at)
+    if entry["n"] > 1:
+        text += f" [{fmt_value(entry['min'], unit, at)}–{fmt_value(entry['max'], unit, at)}]"
+    return text
+
+
+def fmt_ci(entry: dict[str, Any], unit: str) -> str:
+    if entry.get("ci_low") is None:
+        return ""
+    return f"[{fmt_diff(entry['ci_low'], unit)}, {fmt_diff(entry['ci_high'], unit)}]"
+
+
+def fmt_speedup(speed: Optional[dict[str, Any]]) -> str:
+    if not speed or speed.get("value") is None:
+        return "—"
+    bound = "" if speed["bound"] == "=" else speed["bound"]
+    text = f"{bound}{speed['value']:.2f}×"
+    if speed.get("ci_low") is not None and math.isfinite(speed["ci_low"]):
+        text += f" [{speed['ci_low']:.2f}, {speed['ci_high']:.2f}]"
+    return text
+
+
+def fmt_status(statuses: list[str]) -> str:
+    counts = Counter(statuses)
+    if len(statuses) == 1:
+        return statuses[0]
+    return ", ".join(f"{n} {status}" for status, n in counts.items())
+
+
+def fmt_config_value(value: Any) -> str:
+    return "—" if value is None else json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+
+
+def headline(report: dict[str, Any]) -> str:
+    gate = report["gate"]
+    if report["kind"] != "train":
+        return f"range tests against {report['baseline']}"
+    on = "gate" if gate["enabled"] else "judged on"
+    return f"{report['verdict']}: {on} {gate['metric']} (tolerance {gate['tolerance']}) against {report['baseline']}"
+
+
+def context_line(report: dict[str, Any]) -> str:
+    parts = [f"baseline: {report['baseline']}"]
+    if report.get("target"):
+        parts.append(f"target {report['target']['metric']}={report['target']['value']:g}")
+    budget = report.get("budget_steps")
+    if budget is not None and math.isfinite(budget):
+        parts.append(f"AUC over the shared {budget:.0f} steps")
+    return "; ".join(parts)
+
+
+# -- rows shared by the table and markdown renderers -------------------------------------------
+def run_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    names = list(report["metrics"])
+    header = ["run", "n", "status"] + [report["metrics"][m]["title"] for m in names]
+    rows = []
+    for run in report["runs"]:
+        cells = [run["label"], str(run["n"]), fmt_status(run["statuses"])]
+        cells += [fmt_side(run["metrics"][m], report["metrics"][m]["unit"]) for m in names]
+        rows.append(cells)
+    return header, rows
+
+
+def diff_rows(report: dict[str, Any], comp: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    grouped = any(e.get("ci_low") is not None for e in comp["metrics"].values())
+    base = next(r for r in report["runs"] if r["label"] == report["baseline"])
+    cand = next(r for r in report["runs"] if r["label"] == comp["candidate"])
+    header = ["metric", "better", "baseline", "candidate", "Δ", "Δ%"] + (["95% CI of Δ"] if grouped else []) + ["verdict"]
+    rows = []
+    for name, entry in comp["metrics"].items():
+        info = report["metrics"][name]
+        unit = info["unit"]
+        row = [info["title"], ARROW[info["direction"]], fmt_side(base["metrics"][name], unit),
+               fmt_side(cand["metrics"][name], unit), fmt_diff(entry["diff"], unit), fmt_pct(entry["rel_diff"])]
+        if grouped:
+            row.append(fmt_ci(entry, unit))
+        rows.append(row + [entry["verdict"]])
+    return header, rows
+
+
+def comparison_facts(comp: dict[str, Any]) -> list[str]:
+    facts = []
+    if "speedup" in comp:
+        facts.append(f"speed-up to target (baseline steps / candidate steps): {fmt_speedup(comp['speedup'])}")
+    if "max_lr_shift_decades" in comp and comp["max_lr_shift_decades"] is not None:
+        facts.append(f"suggested max_lr shift: {comp['max_lr_shift_decades']:+.2f} decades")
+    if comp["paired"]:
+        facts.append(f"paired by seed ({comp['n_pairs']} shared seeds)")
+    if not comp["comparable"]:
+        facts.append(f"NOT COMPARABLE: {', '.join(comp['not_comparable'])} differ")
+    return facts
+
+
+# -- rich ----------------------------------------------------------------------------------------
+def rich_report(report: dict[str, Any]) -> Group:
+    parts: list[Any] = [Text(f"clrctl compare — {context_line(report)}", style="bold")]
+    parts.append(_rich_table(*run_rows(report), title="runs"))
+    for comp in report["comparisons"]:
+        header, rows = diff_rows(report, comp)
+        parts.append(_rich_table(header, rows, title=f"{comp['candidate']} vs {report['baseline']}"))
+        parts += [Text(f"  {fact}", style="bold red" if fact.startswith("NOT") else "") for fact in comparison_facts(comp)]
+        if comp["config_diff"]:
+            parts.append(_rich_table(["changed config key", report["baseline"], comp["candidate"]],
+                                     [[d["key"], fmt_config_value(d["baseline"]), fmt_config_value(d["candidate"])]
+                                      for d in comp["config_diff"]]))
+    if report["kind"] == "train":
+        parts.append(Text(headline(report), style=RESULT_STYLE.get(report["verdict"], "")))
+    parts += [Text(f"note: {note}", style="dim") for note in report["notes"]]
+    return Group(*parts)
+
+
+def _rich_table(header: list[str], rows: list[list[str]], title: Optional[str] = None) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
+    for row in rows:
+        style = VERDICT_STYLE.get(row[-1]) if header[-1] == "verdict" else None
+        table.add_row(*row[:-1], Text(row[-1], style=style or "")) if style else table.add_row(*row)
+    return table
+
+
+# -- markdown ------------------------------------------------------------------------------------
+def to_markdown(report: dict[str, Any], plot: Optional[str] = None) -> str:
+    """GitHub-flavoured markdown for a PR comment or ``$GITHUB_STEP_SUMMARY``."""
+    icon = {"pass": "✅", "regression": "❌", "inconclusive": "⚠️", "incomparable": "⚠️"}.get(report["verdict"], "")
+    lines = [f"### clrctl compare {icon} {headline(report)}".rstrip(), "", context_line(report), ""]
+    lines += _md_table(*run_rows(report))
+    for comp in report["comparisons"]:
+        lines += ["", f"#### {comp['candidate']} vs {report['baseline']}", ""]
+        lines += _md_table(*diff_rows(report, comp))
+        facts = comparison_facts(comp)
+        if facts:
+            lines += [""] + [f"- {fact}" for fact in facts]
+        if comp["config_diff"]:
+            lines += ["", f"<details><summary>changed config keys ({len(comp['config_diff'])})</summary>", ""]
+            lines += _md_table(["key", "baseline", "candidate"],
+                               [[f"`{d['key']}`", fmt_config_value(d["baseline"]), fmt_config_value(d["candidate"])]
+                                for d in comp["config_diff"]])
+            lines += ["", "</details>"]
+    if report["notes"]:
+        lines += ["", "<details><summary>notes</summary>", ""] + [f"- {n}" for n in report["notes"]] + ["", "</details>"]
+    if plot:
+        lines += ["", f"![compare]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def esc(cell: str) -> str:
+        return cell.replace("|", "\\|")
+
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    out = ["| " + " | ".join(esc(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+    out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return out
+
+
+# -- json ------------------------------------------------------------------------------------------
+def to_json(report: dict[str, Any]) -> str:
+    """Strict JSON: NaN and ±inf become null (a censored steps-to-target has ``censored`` > 0)."""
+    return json.dumps(_finite(report), indent=2) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

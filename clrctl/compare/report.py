@@ -1,0 +1,323 @@
+"""Build the comparison report: plain data (dicts, lists, floats), the same for every format.
+
+:func:`build_report` takes the loaded sides and returns what :mod:`.render` turns into a rich
+table, markdown or JSON. Nothing here prints or draws. Non-finite floats stay in the report
+(``inf`` = a censored steps-to-target); :func:`.render.to_json` writes them as ``null``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from clrctl.compare import stats
+from clrctl.compare.metrics import (
+    HIGHER,
+    LOWER,
+    NEUTRAL,
+    RANGE_METRICS,
+    TRAIN_METRICS,
+    Metric,
+    Target,
+    range_scalars,
+    shared_budget,
+    target_from_run,
+    train_scalars,
+)
+from clrctl.compare.runs import Side
+from clrctl.compare.stats import Tolerance
+from clrctl.errors import InputError
+
+SCHEMA_VERSION = 1
+IGNORED_CONFIG_KEYS = ("name", "seed")  # differ by design between runs that are compared
+IDENTITY_KEYS = ("dataset.name", "model.name")  # runs that differ here are not comparable
+FEW_SEEDS = 3
+
+
+@dataclass
+class Options:
+    target: Optional[Target] = None
+    metric: str = "final_val_acc"  # the metric the gate judges
+    tolerance: Optional[Tolerance] = None  # for ``metric``; other metrics keep their default
+    gate: bool = False
+    strict: bool = False  # inconclusive fails the gate too
+    n_boot: int = stats.N_BOOTSTRAP
+    confidence: float = stats.CONFIDENCE
+    seed: int = stats.BOOTSTRAP_SEED
+    notes: list[str] = field(default_factory=list)
+
+
+def build_report(sides: list[Side], baseline: int, options: Options) -> dict[str, Any]:
+    """The whole report; ``sides[baseline]`` is the baseline, every other side a candidate."""
+    kinds = {side.kind for side in sides} | {run.kind for side in sides for run in side.runs}
+    if len(kinds) > 1:
+        raise InputError("cannot compare training runs with range tests; compare like with like")
+    if "range-test" in kinds:
+        if options.gate or options.target is not None:
+            raise InputError("--gate and --target apply to training runs; range tests compare by their suggestions")
+        return _build(sides, baseline, options, RANGE_METRICS, "range-test", None, math.nan)
+    target = options.target
+    if target is None:
+        target = target_from_run(sides[baseline].runs[0])
+        if target is not None:
+            options.notes.append(f"target {target} taken from the baseline's config")
+    budget = shared_budget([run for side in sides for run in side.runs])
+    return _build(sides, baseline, options, TRAIN_METRICS, "train", target, budget)
+
+
+def _build(sides, baseline, options, metrics, kind, target, budget) -> dict[str, Any]:
+    if kind == "train" and options.metric not in metrics:
+        raise InputError(f"--metric {options.metric!r}: expected one of {', '.join(_gateable(metrics))}")
+    values = [_side_values(side, kind, target, budget) for side in sides]
+    shown = _shown_metrics(metrics, values, target)
+    runs = [_side_entry(side, vals, shown) for side, vals in zip(sides, values)]
+    comparisons = [
+        _comparison(sides[baseline], values[baseline], sides[i], values[i], shown, options)
+        for i in range(len(sides))
+        if i != baseline
+    ]
+    if kind == "range-test":
+        for comp, i in zip(comparisons, [i for i in range(len(sides)) if i != baseline]):
+            comp["max_lr_shift_decades"] = _decades(runs[baseline], runs[i], "max_lr")
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "baseline": sides[baseline].label,
+        "target": {"metric": target.metric, "value": target.value} if target else None,
+        "budget_steps": budget,
+        "metrics": {name: _metric_info(metrics[name]) for name in shown},
+        "runs": runs,
+        "comparisons": comparisons,
+    }
+    report["gate"] = _gate(comparisons, options, kind)
+    report["verdict"] = _overall(comparisons, report["gate"])
+    report["notes"] = options.notes + _notes(sides, comparisons)
+    return report
+
+
+def _gateable(metrics: dict[str, Metric]) -> list[str]:
+    return [name for name, m in metrics.items() if m.direction != NEUTRAL]
+
+
+def _metric_info(metric: Metric) -> dict[str, Any]:
+    direction = {HIGHER: "higher", LOWER: "lower", NEUTRAL: None}[metric.direction]
+    return {"title": metric.title, "direction": direction, "unit": metric.unit}
+
+
+def _side_values(side: Side, kind: str, target, budget) -> dict[str, np.ndarray]:
+    """{metric: one value per run}."""
+    rows = [train_scalars(run, target, budget) if kind == "train" else range_scalars(run) for run in side.runs]
+    return {name: np.array([row[name] for row in rows], dtype=float) for name in rows[0]}
+
+
+def _shown_metrics(metrics: dict[str, Metric], values: list[dict[str, np.ndarray]], target) -> list[str]:
+    """Metrics known for at least one run (steps to target only with a target or a record)."""
+    shown = []
+    for name in metrics:
+        known = any(not np.isnan(v[name]).all() for v in values)
+        if known or (name == "steps_to_target" and target is not None):
+            shown.append(name)
+    return shown
+
+
+def _filled(values: np.ndarray, metric: Metric) -> np.ndarray:
+    """A missing value (a diverged run's accuracy, say) counts as the worst possible one."""
+    if metric.direction == NEUTRAL:
+        return values
+    worst = -math.inf if metric.direction == HIGHER else math.inf
+    return np.where(np.isnan(values), worst, values)
+
+
+def _side_entry(side: Side, values: dict[str, np.ndarray], shown: list[str]) -> dict[str, Any]:
+    metrics = TRAIN_METRICS if side.kind == "train" else RANGE_METRICS
+    entry_metrics = {}
+    for name in shown:
+        filled = _filled(values[name], metrics[name])
+        entry = stats.summarize(filled)
+        if name == "steps_to_target":
+            censored = np.isposinf(filled)
+            entry["censored"] = int(censored.sum())
+            entry["censored_at"] = float(np.nanmax(values["steps"][censored])) if censored.any() else None
+        entry_metrics[name] = entry
+    return {
+        "label": side.label,
+        "source": side.source,
+        "is_group": side.is_group,
+        "n": len(side.runs),
+        "seeds": side.seeds,
+        "statuses": [run.status for run in side.runs],
+        "metrics": entry_metrics,
+        "per_run": [
+            {"path": str(run.path), "seed": run.seed, "status": run.status,
+             **({"suggestion": run.summary.get("suggestion")} if run.kind == "range-test" else {}),
+             "values": {name: float(values[name][i]) for name in shown},
+             **({"target_reached": bool(math.isfinite(values["steps_to_target"][i]))}
+                if "steps_to_target" in shown and not math.isnan(values["steps_to_target"][i]) else {})}
+            for i, run in enumerate(side.runs)
+        ],
+    }
+
+
+def pairing(base: Side, cand: Side) -> Optional[tuple[list[int], list[int]]]:
+    """Indices of the runs that share a seed, when both sides are groups sharing >= 2 seeds."""
+    if len(base.runs) < 2 or len(cand.runs) < 2 or None in base.seeds or None in cand.seeds:
+        return None
+    shared = [s for s in base.seeds if s in cand.seeds]
+    if len(shared) < 2 or len(set(shared)) != len(shared):
+        return None
+    return [base.seeds.index(s) for s in shared], [cand.seeds.index(s) for s in shared]
+
+
+def _comparison(base: Side, b_vals, cand: Side, c_vals, shown, options: Options) -> dict[str, Any]:
+    metrics = TRAIN_METRICS if base.kind == "train" else RANGE_METRICS
+    pairs = pairing(base, cand)
+    entries = {}
+    for name in shown:
+        tol = options.tolerance if (name == options.metric and options.tolerance) else Tolerance.parse(metrics[name].tolerance)
+        entries[name] = compare_metric(metrics[name], b_vals[name], c_vals[name], pairs, tol, options)
+    comp = {
+        "candidate": cand.label,
+        "paired": pairs is not None,
+        "n_pairs": len(pairs[0]) if pairs else 0,
+        "comparable": True,
+        "not_comparable": [],
+        "config_diff": config_diff(base.runs[0].config, cand.runs[0].config),
+        "metrics": entries,
+    }
+    comp["not_comparable"] = [d["key"] for d in comp["config_diff"] if d["key"] in IDENTITY_KEYS]
+    comp["comparable"] = not comp["not_comparable"]
+    if "steps_to_target" in shown:
+        comp["speedup"] = speedup(b_vals, c_vals, pairs, options)
+    return comp
+
+
+def compare_metric(metric: Metric, base: np.ndarray, cand: np.ndarray, pairs, tol: Tolerance, options) -> dict[str, Any]:
+    """Old, new, difference (with its bootstrap CI for groups) and the verdict of one metric."""
+    base, cand = _filled(base, metric), _filled(cand, metric)
+    old, new = stats.summarize(base)["median"], stats.summarize(cand)["median"]
+    if pairs is not None:
+        base, cand = base[pairs[0]], cand[pairs[1]]
+        diff = float(stats.median_rows(stats.subtract(cand, base)))
+    else:
+        diff = stats.subtract(new, old)
+    low = high = diff
+    grouped = len(base) > 1 or len(cand) > 1
+    if grouped and metric.direction != NEUTRAL:
+        low, high = stats.bootstrap_ci(base, cand, pairs is not None, n_boot=options.n_boot,
+                                       confidence=options.confidence, seed=options.seed)
+    tolerance = tol.absolute(old)
+    with np.errstate(all="ignore"):
+        rel = diff / abs(old) if old and math.isfinite(old) and math.isfinite(diff) else math.nan
+    return {
+        "old": old, "new": new, "diff": diff, "rel_diff": rel,
+        "ci_low": low if grouped else None, "ci_high": high if grouped else None,
+        "direction": _metric_info(metric)["direction"],
+        "tolerance": str(tol), "tolerance_abs": tolerance,
+        "verdict": stats.verdict(metric.direction, low, high, tolerance),
+    }
+
+
+def speedup(b_vals, c_vals, pairs, options: Options) -> dict[str, Any]:
+    """Baseline steps to target / candidate steps to target (median over seeds), with bounds."""
+    b_steps, c_steps = b_vals["steps_to_target"], c_vals["steps_to_target"]
+    b, c = stats.summarize(b_steps)["median"], stats.summarize(c_steps)["median"]
+    out: dict[str, Any] = {"value": None, "bound": None, "ci_low": None, "ci_high": None}
+    if math.isnan(b) or math.isnan(c) or (math.isinf(b) and math.isinf(c)):
+        return out
+    if math.isinf(c):  # the candidate never got there: at most baseline / its budget
+        out.update(value=b / float(np.max(c_vals["steps"])), bound="<")
+    elif math.isinf(b):
+        out.update(value=float(np.max(b_vals["steps"])) / c, bound=">")
+    else:
+        out.update(value=b / c, bound="=")
+        if (len(b_steps) > 1 or len(c_steps) > 1) and np.isfinite(b_steps).all() and np.isfinite(c_steps).all():
+            out["ci_low"], out["ci_high"] = _speedup_ci(b_steps, c_steps, pairs, options)
+    return out
+
+
+def _speedup_ci(b_steps, c_steps, pairs, options) -> tuple[float, float]:
+    if pairs is not None:
+        b_steps, c_steps = b_steps[pairs[0]], c_steps[pairs[1]]
+        statistic = lambda b, c: stats.median_rows(b / c)  # noqa: E731
+    else:
+        statistic = lambda b, c: stats.median_rows(b) / stats.median_rows(c)  # noqa: E731
+    return stats.bootstrap_ci(b_steps, c_steps, pairs is not None, statistic=statistic,
+                              n_boot=options.n_boot, confidence=options.confidence, seed=options.seed)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"policy": {"name": "fixed"}}`` -> ``{"policy.name": "fixed"}``."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def config_diff(base: dict[str, Any], cand: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dotted keys whose values differ (``name`` and ``seed`` ignored)."""
+    a, b = flatten(base), flatten(cand)
+    keys = [k for k in list(a) + [k for k in b if k not in a] if k not in IGNORED_CONFIG_KEYS]
+    return [{"key": k, "baseline": a.get(k), "candidate": b.get(k)} for k in keys if a.get(k) != b.get(k)]
+
+
+def _decades(base: dict[str, Any], cand: dict[str, Any], name: str) -> Optional[float]:
+    b, c = base["metrics"][name]["median"], cand["metrics"][name]["median"]
+    if not (b > 0 and c > 0 and math.isfinite(b) and math.isfinite(c)):
+        return None
+    return math.log10(c / b)
+
+
+def _gate(comparisons: list[dict[str, Any]], options: Options, kind: str) -> dict[str, Any]:
+    """The gate metric's verdict per candidate and the result: pass / regression / inconclusive."""
+    if kind != "train":
+        return {"enabled": False, "metric": None, "tolerance": None, "result": None, "candidates": {}}
+    verdicts = {c["candidate"]: c["metrics"].get(options.metric, {}).get("verdict", "inconclusive") for c in comparisons}
+    if "worse" in verdicts.values():
+        result = "regression"
+    elif "inconclusive" in verdicts.values():
+        result = "inconclusive"
+    else:
+        result = "pass"
+    tolerance = options.tolerance or Tolerance.parse(TRAIN_METRICS[options.metric].tolerance)
+    return {"enabled": options.gate, "metric": options.metric, "tolerance": str(tolerance),
+            "strict": options.strict, "result": result, "candidates": verdicts}
+
+
+def _overall(comparisons: list[dict[str, Any]], gate: dict[str, Any]) -> str:
+    if gate["result"] == "regression":
+        return "regression"
+    if any(not c["comparable"] for c in comparisons):
+        return "incomparable"
+    return gate["result"] or "n/a"
+
+
+def _notes(sides: list[Side], comparisons: list[dict[str, Any]]) -> list[str]:
+    notes = []
+    for side in sides:
+        if side.is_group and len(side.runs) < FEW_SEEDS:
+            notes.append(f"{side.label}: only {len(side.runs)} run(s); the confidence interval is wide")
+        for run in side.runs:
+            if run.status != "completed":
+                notes.append(f"{run.path}: status {run.status}; its missing values count as the worst")
+    for comp in comparisons:
+        if not comp["comparable"]:
+            keys = ", ".join(comp["not_comparable"])
+            notes.append(f"{comp['candidate']}: not comparable with the baseline ({keys} differ)")
+    return notes
+
+
+def exit_code(report: dict[str, Any]) -> int:
+    """0, or 1 when the gate is on and a candidate regressed (or is inconclusive under --strict)."""
+    gate = report["gate"]
+    if not gate["enabled"]:
+        return 0
+    if gate["result"] == "regression" or (gate["strict"] and gate["result"] == "inconclusive"):
+        return 1
+    return 0

@@ -1,0 +1,49 @@
+"""The ``compare --plot`` figure: runs overlaid, drawn from curves computed by
+:mod:`clrctl.compare.curves` (a group arrives as a median line with a min–max band)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from clrctl.plots._style import new_figure, save
+
+TRAIN_PANELS = (("loss", "train loss (moving avg)"), ("val_acc", "val acc"), ("lr", "learning rate"))
+
+
+def _label(side) -> str:
+    return f"{side.label} (median of {side.n}, min–max band)" if side.n > 1 else side.label
+
+
+def plot_train_overlay(sides: Sequence, path: str | Path, target: Optional[tuple[str, float]] = None) -> Path:
+    """Loss, validation accuracy and LR against optimizer steps, one colour per side."""
+    fig, axes = new_figure(3, 1, sharex=True)
+    for ax, (key, ylabel) in zip(axes, TRAIN_PANELS):
+        for i, side in enumerate(sides):
+            curve = side.panels[key]
+            marker = "o" if key == "val_acc" and len(curve.x) <= 40 else None
+            ax.plot(curve.x, curve.y, color=f"C{i}", label=_label(side), marker=marker, markersize=3, linewidth=1.2)
+            if curve.low is not None:
+                ax.fill_between(curve.x, curve.low, curve.high, color=f"C{i}", alpha=0.2, linewidth=0)
+        ax.set_ylabel(ylabel)
+    if target is not None and target[0] == "val_acc":
+        axes[1].axhline(target[1], color="gray", linestyle="--", linewidth=1, label=f"target {target[1]:g}")
+    axes[0].legend(fontsize="small")
+    axes[-1].set_xlabel("optimizer steps")
+    save(fig, path)
+    return Path(path)
+
+
+def plot_range_overlay(curves: Sequence, path: str | Path, log_x: bool) -> Path:
+    """Range tests: smoothed loss against LR (log LR axis for an exponential sweep)."""
+    fig, ax = new_figure()
+    for i, side in enumerate(curves):
+        curve = side.panels["loss_vs_lr"]
+        ax.plot(curve.x, curve.y, color=f"C{i}", label=side.label, linewidth=1.2)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed loss")
+    ax.legend(fontsize="small")
+    save(fig, path)
+    return Path(path)

@@ -1,0 +1,347 @@
+"""The LR range test (Smith, arXiv 1506.01186 §3.3): the library behind ``clrctl range-test``.
+
+The LR rises from ``range_test.start_lr`` to ``end_lr`` over ``steps`` optimizer steps,
+linearly (the paper) or exponentially (fastai / torch-lr-finder: ``lr_i = lr_0 (end/lr_0)^(i/(N-1))``).
+Every step logs the raw loss and a debiased EMA of it (fastai's ``AvgSmoothLoss`` with a
+counter local to the sweep); every ``eval_every`` steps, loss and accuracy on a fixed
+held-out slice (``val.head(eval_size)``). The sweep stops at once on a NaN/Inf loss, or
+when the EMA rises ``diverge_factor`` x above its best — tested as
+``ema - best > (factor - 1) |best|`` so that it also works for negative losses (fastai #962).
+Either is a normal end (status ``completed``); :mod:`clrctl.suggest` turns the records into
+suggestions.
+
+The sweep trains a *deep copy* of the model with an optimizer of its own, under a forked RNG:
+nothing the caller holds is changed, and ``clrctl train`` always starts from a fresh
+initialisation of its own; the swept weights are thrown away.
+
+Layout of a run directory (``--seeds 1``): ``config.yaml``, ``run.json``, ``metrics.csv``,
+``summary.json``, ``suggested.yaml``, ``plots/range_test.png``. With ``--seeds N > 1`` each
+seed's sweep lives in ``seeds/seed-K/{metrics.csv,summary.json}`` and the top-level summary
+holds the median suggestion and its spread in decades.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from clrctl import suggest as rules
+from clrctl.config import CYCLIC_POLICIES, Config, resolve_steps
+from clrctl.data import DataBundle, build_data
+from clrctl.device import resolve_device, seed_everything
+from clrctl.errors import Interrupted
+from clrctl.models import build_model
+from clrctl.optim import build_optimizer, current_momentum
+from clrctl.rundir import RunDir
+from clrctl.trainer import Reporter, evaluate, train_step
+
+METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "smoothed_loss", "val_loss", "val_acc"]
+FLUSH_EVERY = 25  # rows between fsyncs of metrics.csv
+BOUNDED_POLICIES = CYCLIC_POLICIES + ("one_cycle", "cosine", "sgdr")
+
+
+def lr_at(step: int, steps: int, start: float, end: float, mode: str) -> float:
+    """LR of step ``step`` of ``steps``: ``start`` at 0, ``end`` at ``steps - 1``."""
+    frac = step / max(steps - 1, 1)
+    return start + frac * (end - start) if mode == "linear" else start * (end / start) ** frac
+
+
+def diverged(smoothed: float, best: float, factor: float) -> bool:
+    """``smoothed > factor * best`` for positive losses, generalised to negative ones."""
+    return smoothed - best > (factor - 1.0) * abs(best)
+
+
+@dataclass
+class SweepSetup:
+    """Everything one sweep needs, built before any run directory exists."""
+
+    config: Config
+    seed: int
+    device: torch.device
+    data: DataBundle
+    model: nn.Module
+    steps: int
+    steps_per_epoch: int
+    loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+
+
+def prepare(config: Config, seed: Optional[int] = None) -> SweepSetup:
+    """Data (split and order from ``seed``) and a freshly initialised model on the device."""
+    seed = config.seed if seed is None else seed
+    seed_everything(seed)
+    device = resolve_device(config.device)
+    data = build_data(config.dataset, seed, device)
+    model = build_model(config.model, data.input_shape, data.num_classes).to(device)
+    spe = len(data.train)
+    return SweepSetup(config, seed, device, data, model, resolve_steps(config.range_test.steps, spe), spe)
+
+
+@dataclass
+class SweepResult:
+    rows: list[dict[str, Any]]
+    steps: int  # steps run
+    planned_steps: int
+    stopped_early: bool
+    stop_reason: Optional[str]  # "non-finite loss" | "diverged" | "interrupted" | None
+    stop_lr: Optional[float]
+    elapsed_s: float
+
+
+def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] = None,
+          reporter: Optional[Reporter] = None) -> SweepResult:
+    """Run one sweep on a copy of ``setup.model``; ``on_row`` gets each metrics row."""
+    cfg, rt = setup.config, setup.config.range_test
+    reporter = reporter or Reporter()
+    model = copy.deepcopy(setup.model).train()
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), rt.start_lr)
+    eval_source = setup.data.val.head(rt.eval_size)
+    rows: list[dict[str, Any]] = []
+    stop_reason, t, avg, best = None, 0, 0.0, math.inf
+    t0 = time.perf_counter()
+    reporter.start(setup.steps, 0)
+    devices = [setup.device] if setup.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), _sigterm_as_interrupt():
+        try:
+            for epoch in range(math.ceil(setup.steps / setup.steps_per_epoch)):
+                for x, y in setup.data.train.batches(epoch):
+                    lr = lr_at(t, setup.steps, rt.start_lr, rt.end_lr, rt.mode)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    loss = train_step(model, optimizer, x, y, setup.loss_fn)
+                    # One host sync per step: the stop rule needs this step's loss now. A range
+                    # test is short, so this costs little (the trainer batches its syncs instead).
+                    value = float(loss)
+                    row = {"step": t, "epoch": epoch + 1, "lr": lr, "momentum": current_momentum(optimizer),
+                           "loss": value}
+                    if not math.isfinite(value):
+                        stop_reason = "non-finite loss"
+                    else:
+                        avg = rt.smoothing * avg + (1 - rt.smoothing) * value
+                        row["smoothed_loss"] = avg / (1 - rt.smoothing ** (t + 1))
+                        best = min(best, row["smoothed_loss"])
+                        if t % rt.eval_every == 0 or t == setup.steps - 1:
+                            row["val_loss"], row["val_acc"] = evaluate(model, eval_source, setup.loss_fn)
+                        if diverged(row["smoothed_loss"], best, rt.diverge_factor):
+                            stop_reason = "diverged"
+                    rows.append(row)
+                    if on_row:
+                        on_row(row)
+                    t += 1
+                    reporter.advance(t, lr)
+                    if "val_acc" in row or t % FLUSH_EVERY == 0:
+                        reporter.metrics(t, value, row.get("val_acc"))
+                    if stop_reason or t >= setup.steps:
+                        break
+                if stop_reason or t >= setup.steps:
+                    break
+        except KeyboardInterrupt:
+            stop_reason = "interrupted"
+        finally:
+            reporter.close()
+    return SweepResult(rows, t, setup.steps, stop_reason is not None, stop_reason,
+                       rows[-1]["lr"] if stop_reason and rows else None, round(time.perf_counter() - t0, 3))
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM ends the sweep like Ctrl-C does (SPEC: both are exit 130, files flushed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------------------------------
+# Suggestions from the records
+
+
+def columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Metrics rows (floats, or strings read back from metrics.csv) as float arrays (blank = NaN)."""
+
+    def col(key: str, subset) -> np.ndarray:
+        return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in subset], dtype=float)
+
+    evals = [r for r in rows if r.get("val_acc") not in (None, "")]
+    out = {key: col(key, rows) for key in ("step", "lr", "loss", "smoothed_loss")}
+    out.update(eval_lr=col("lr", evals), val_acc=col("val_acc", evals), val_loss=col("val_loss", evals))
+    return out
+
+
+def suggest_from_rows(rows: list[dict[str, Any]], planned_steps: int, eval_size: int) -> dict[str, Any]:
+    """The suggestion of one sweep, from its metrics rows (recomputable from metrics.csv)."""
+    c = columns(rows)
+    return rules.suggest(c["lr"], c["loss"], c["smoothed_loss"], c["eval_lr"], c["val_acc"],
+                         eval_size=eval_size, planned_steps=planned_steps)
+
+
+def best_val_acc(result: SweepResult) -> Optional[float]:
+    return max((r["val_acc"] for r in result.rows if r.get("val_acc") is not None), default=None)
+
+
+def seed_summary(result: SweepResult, suggestion: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": "interrupted" if result.stop_reason == "interrupted" else "completed",
+        "steps": result.steps, "planned_steps": result.planned_steps, "elapsed_s": result.elapsed_s,
+        "stopped_early": result.stopped_early, "stop_reason": result.stop_reason, "stop_lr": result.stop_lr,
+        "best_val_acc": best_val_acc(result), "suggestion": suggestion,
+    }
+
+
+def suggested_config(config: Config, base_lr: float, max_lr: float) -> dict[str, Any]:
+    """The config with ``policy.bounds`` filled in, ready for ``clrctl train``.
+
+    A policy without bounds (fixed, step) becomes ``triangular2`` (the paper's choice)."""
+    data = config.to_dict()
+    policy = data["policy"]
+    if policy["name"] not in BOUNDED_POLICIES:
+        policy.update(name="triangular2", lr=None, milestones=[], gamma=None)
+    policy["bounds"] = [float(f"{base_lr:.4g}"), float(f"{max_lr:.4g}")]
+    if data["name"].endswith("-range-test"):
+        data["name"] = data["name"][: -len("-range-test")] + f"-{policy['name']}"
+    return data
+
+
+# ---------------------------------------------------------------------------------------
+# A run: one or more seeds in a run directory
+
+
+def start_range_test(config: Config, *, seeds: int = 1, runs_root: str | Path = "runs",
+                     run_dir: Optional[str | Path] = None, argv: Optional[list[str]] = None,
+                     reporter_factory: Optional[Callable[[int], Reporter]] = None) -> tuple[Path, dict[str, Any]]:
+    """Sweep ``seeds`` seeds (``config.seed``, +1, …) into a new run directory; (path, summary).
+
+    Raises :class:`Interrupted` after writing an ``interrupted`` summary on Ctrl-C / SIGTERM."""
+    if seeds < 1:
+        raise ValueError("seeds must be >= 1")
+    seed_list = [config.seed + k for k in range(seeds)]
+    first = prepare(config, seed_list[0])  # bad input fails here, before the run directory exists
+    run = RunDir.create(runs_root, config.name, run_dir)
+    run.write_config(config.to_dict())
+    run.start("range-test", config.seed, str(first.device), argv)
+    per_seed: list[tuple[int, SweepResult, dict[str, Any]]] = []
+    try:
+        for seed in seed_list:
+            setup = first if seed == seed_list[0] else prepare(config, seed)
+            target = run if seeds == 1 else RunDir.create(runs_root, config.name, run.path / "seeds" / f"seed-{seed}")
+            reporter = reporter_factory(seed) if reporter_factory else None
+            result = _sweep_to_csv(setup, target, reporter)
+            eval_size = min(config.range_test.eval_size, setup.data.val.num_samples)
+            suggestion = suggest_from_rows(result.rows, setup.steps, eval_size)
+            per_seed.append((seed, result, suggestion))
+            if seeds > 1:
+                target.write_summary(seed_summary(result, suggestion))
+            if result.stop_reason == "interrupted":
+                break
+    except BaseException:
+        run.set_status("failed")
+        raise
+    summary = run_summary(per_seed, first.steps_per_epoch)
+    run.write_summary(summary)
+    suggestion = summary["suggestion"]
+    if summary["status"] == "completed" and suggestion["base_lr"] is not None:
+        run.write_config(suggested_config(config, suggestion["base_lr"], suggestion["max_lr"]), "suggested.yaml")
+    render_plot(run, config, per_seed, summary)
+    run.set_status(summary["status"])
+    if summary["status"] == "interrupted":
+        raise Interrupted(f"range test interrupted at step {per_seed[-1][1].steps}; partial results in {run.path}")
+    return run.path, summary
+
+
+def _sweep_to_csv(setup: SweepSetup, target: RunDir, reporter: Optional[Reporter]) -> SweepResult:
+    log = target.csv("metrics.csv", METRIC_COLUMNS)
+    count = [0]
+
+    def write(row: dict[str, Any]) -> None:
+        log.write([row])
+        count[0] += 1
+        if count[0] % FLUSH_EVERY == 0:
+            log.flush()
+
+    try:
+        return sweep(setup, on_row=write, reporter=reporter)
+    finally:
+        log.close()
+
+
+def run_summary(per_seed: list[tuple[int, SweepResult, dict[str, Any]]], steps_per_epoch: int) -> dict[str, Any]:
+    """summary.json: one seed's summary, or the median suggestion over several seeds."""
+    results = [r for _, r, _ in per_seed]
+    interrupted = any(r.stop_reason == "interrupted" for r in results)
+    first_seed, first, suggestion = per_seed[0]
+    summary = {**seed_summary(first, suggestion), "status": "interrupted" if interrupted else "completed",
+               "steps_per_epoch": steps_per_epoch, "epochs": round(first.steps / steps_per_epoch, 4),
+               "seeds": [s for s, _, _ in per_seed]}
+    if len(per_seed) > 1:
+        stops = [r for r in results if r.stop_lr is not None]
+        lowest = min(stops, key=lambda r: r.stop_lr) if stops else None
+        summary.update(
+            steps=sum(r.steps for r in results), elapsed_s=round(sum(r.elapsed_s for r in results), 3),
+            stopped_early=bool(stops), stop_reason=lowest.stop_reason if lowest else None,
+            stop_lr=lowest.stop_lr if lowest else None,
+            best_val_acc=max((a for a in map(best_val_acc, results) if a is not None), default=None),
+            suggestion=median_suggestion([s for _, _, s in per_seed]),
+            per_seed=[{"seed": seed, "base_lr": s["base_lr"], "max_lr": s["max_lr"], "steps": r.steps,
+                       "stop_reason": r.stop_reason, "stop_lr": r.stop_lr, "path": f"seeds/seed-{seed}"}
+                      for seed, r, s in per_seed],
+        )
+    return summary
+
+
+def median_suggestion(suggestions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-seed suggestions folded into one: each number the median over seeds."""
+    combined = rules.combine(suggestions)
+    median, n = combined["median"], len(suggestions)
+    base, high = median["base_lr"], median["max_lr"]
+    warnings = list(combined["warnings"])
+    if base is not None and high is not None and base >= high:
+        base = high / rules.BASE_DIVISOR
+        warnings.append("median base_lr >= median max_lr: used max_lr/4")
+    reasons = sorted({s["reason"] for s in suggestions if s["reason"]})
+    candidates = {
+        name: {"lr": median[name], "rule": f"{entry['rule']} (median over {n} seeds)",
+               "reason": None if median[name] is not None else entry["reason"]}
+        for name, entry in suggestions[0]["candidates"].items()
+    }
+    return {
+        "base_lr": base, "max_lr": high,
+        "base_rule": f"median over {n} seeds", "max_rule": f"median over {n} seeds",
+        "reason": None if high is not None else "; ".join(reasons) or "no seed gave bounds",
+        "warnings": warnings + sorted({w for s in suggestions for w in s["warnings"]}),
+        "spread_decades": combined["spread_decades"], "candidates": candidates,
+    }
+
+
+def render_plot(run: RunDir, config: Config, per_seed, summary: dict[str, Any]) -> None:
+    from clrctl.plots.range_test import plot_range_test
+
+    curves = []
+    for seed, result, _ in per_seed:
+        c = columns(result.rows)
+        analysis = rules.loss_analysis(c["lr"], c["loss"])
+        curves.append({**c, "label": f"seed {seed}", "zero_phase": analysis["smooth"]})
+    suggestion = summary["suggestion"]
+    markers = {name: entry["lr"] for name, entry in suggestion["candidates"].items()
+               if name in ("steepest", "valley", "min_loss/10") and entry["lr"] is not None}
+    title = (f"{config.name}: {config.range_test.mode} range test, {config.dataset.name}/{config.model.name}, "
+             f"{config.optimizer.name}")
+    plot_range_test(run.plots_dir / "range_test.png", curves, suggestion["base_lr"], suggestion["max_lr"],
+                    markers, log_x=config.range_test.mode == "exp", title=title)
