@@ -82,7 +82,10 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class BatchSource(ABC):
-    """An epoch-indexed stream of ``(x float32, y int64)`` batches already on ``device``."""
+    """An epoch-indexed stream of ``(x float32, y int64)`` batches already on ``device``.
+
+    Batches may share memory with the stored data set: never modify them in place.
+    """
 
     num_samples: int
     batch_size: int
@@ -93,8 +96,12 @@ class BatchSource(ABC):
         return math.ceil(self.num_samples / self.batch_size)
 
     @abstractmethod
-    def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """The batches of ``epoch`` (shuffled and augmented by (seed, epoch) when training)."""
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of ``epoch`` (shuffled and augmented by (seed, epoch) when training).
+
+        ``start`` skips that many batches without loading them: a run resumed mid-epoch
+        gets exactly the batches it had left.
+        """
 
     @abstractmethod
     def head(self, n: int) -> "BatchSource":
@@ -134,18 +141,18 @@ class TensorSource(BatchSource):
         self.mean, self.std = mean, std
         self._scale, self._shift = _affine(x, mean, std, self.device)
 
-    def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        size = self.batch_size
         if not self.shuffle:
-            for start in range(0, self.num_samples, self.batch_size):
-                end = start + self.batch_size
-                yield self._normalise(self.x[start:end]), self.y[start:end]
+            for begin in range(start * size, self.num_samples, size):
+                yield self._normalise(self.x[begin : begin + size]), self.y[begin : begin + size]
             return
         order, crops = self._epoch_plan(epoch)
-        for start in range(0, self.num_samples, self.batch_size):
-            index = order[start : start + self.batch_size]
+        for begin in range(start * size, self.num_samples, size):
+            index = order[begin : begin + size]
             x = self._normalise(self.x[index])
             if crops is not None:
-                x = crop_flip(x, *(part[start : start + self.batch_size] for part in crops))
+                x = crop_flip(x, *(part[begin : begin + size] for part in crops))
             yield x, self.y[index]
 
     def head(self, n: int) -> "TensorSource":
@@ -213,19 +220,24 @@ def crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int = CROP_P
 
 
 class _EpochSampler(torch.utils.data.Sampler):
-    """Yields a permutation that is a pure function of (seed, epoch); ``set_epoch`` first."""
+    """Indices of one epoch from ``skip`` on: a permutation that is a pure function of
+    (seed, epoch) when shuffling, else 0..n-1. Call ``set_epoch`` before iterating."""
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self):
-        return iter(torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist())
+        if not self.shuffle:
+            return iter(range(self.skip, self.n))
+        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
+        return iter(order[self.skip :].tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return self.n - self.skip
 
 
 class LoaderSource(BatchSource):
@@ -255,25 +267,24 @@ class LoaderSource(BatchSource):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
-        self._sampler = _EpochSampler(self.num_samples, seed) if shuffle else None
+        self._sampler = _EpochSampler(self.num_samples, seed, shuffle)
         self._loader: Optional[torch.utils.data.DataLoader] = None  # built on first use
 
-    def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        begin = min(start * self.batch_size, self.num_samples)
+        self._sampler.set_epoch(epoch, skip=begin)
         crops = None
-        if self._sampler is not None:
-            self._sampler.set_epoch(epoch)
-            if self.augment:
-                # Drawn after the permutation from the same stream as TensorSource does.
-                generator = epoch_generator(self.seed, epoch)
-                torch.randperm(self.num_samples, generator=generator)
-                crops = random_crops(self.num_samples, generator, self.device)
-        start = 0
+        if self.augment:
+            # Drawn after the permutation from the same stream, as TensorSource does.
+            generator = epoch_generator(self.seed, epoch)
+            torch.randperm(self.num_samples, generator=generator)
+            crops = random_crops(self.num_samples, generator, self.device)
         for x, y in self.loader:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, torch.int64, non_blocking=True)
             if crops is not None:
-                x = crop_flip(x, *(part[start : start + len(y)] for part in crops))
-            start += len(y)
+                x = crop_flip(x, *(part[begin : begin + len(y)] for part in crops))
+            begin += len(y)
             yield x, y
 
     @property
@@ -404,13 +415,8 @@ def _torchvision(cfg: DatasetConfig):
     try:
         train = cls(cfg.root, train=True, download=cfg.download)
         test = cls(cfg.root, train=False, download=cfg.download)
-    except (RuntimeError, OSError, ValueError) as err:
-        if cfg.download:
-            raise ConfigError(f"dataset.download: could not fetch {label} into '{cfg.root}': {_one_line(err)}") from None
-        raise ConfigError(
-            f"dataset.root: no {label} data under '{cfg.root}' "
-            "(set dataset.download: true to fetch it, or point dataset.root at it)"
-        ) from None
+    except Exception as err:  # noqa: BLE001 - torchvision raises many kinds; each is one line
+        raise _torchvision_error(cfg, label, err) from None
 
     def images(data) -> Tensor:
         data = torch.as_tensor(np.asarray(data))
@@ -426,6 +432,17 @@ def _torchvision(cfg: DatasetConfig):
     )  # fmt: skip
 
 
+def _torchvision_error(cfg: DatasetConfig, label: str, err: Exception) -> ConfigError:
+    if cfg.download:
+        return ConfigError(f"dataset.download: could not fetch {label} into '{cfg.root}': {_one_line(err)}")
+    if isinstance(err, RuntimeError):  # torchvision's "Dataset not found" (CIFAR: "or corrupted")
+        return ConfigError(
+            f"dataset.root: no {label} data under '{cfg.root}' "
+            "(set dataset.download: true to fetch it, or point dataset.root at it)"
+        )
+    return ConfigError(f"dataset.root: cannot read the {label} files under '{cfg.root}': {_one_line(err)}")
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
@@ -436,26 +453,32 @@ def _one_line(err: BaseException) -> str:
 
 
 def _imagefolder(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundle:
-    """``root/train`` + ``root/val`` class folders, or one class-folder tree split by seed."""
+    """``root/train`` + ``root/val`` class folders, or one class-folder tree split by seed.
+
+    Both splits are stored in a seeded, fixed order (ImageFolder lists class by class), so
+    that ``head(n)`` — the range test's evaluation slice — mixes the classes.
+    """
     root = Path(cfg.root)
     if not root.is_dir():
         raise ConfigError(f"dataset.root: no such directory '{cfg.root}' (expected class folders of images)")
     if (root / "train").is_dir() and (root / "val").is_dir():
-        train_set = _image_folder(root / "train", cfg.image_size, "dataset.root")
-        val_set = _image_folder(root / "val", cfg.image_size, "dataset.root")
+        train_set, val_set = _image_folder(root / "train", cfg.image_size), _image_folder(root / "val", cfg.image_size)
         if val_set.classes != train_set.classes:
             raise ConfigError(
                 f"dataset.root: train/ and val/ under '{cfg.root}' have different class folders "
                 f"({len(train_set.classes)} vs {len(val_set.classes)})"
             )
         classes = train_set.classes
+        generator = epoch_generator(seed, -2)  # a stream no training epoch uses
+        train_set = torch.utils.data.Subset(train_set, torch.randperm(len(train_set), generator=generator).tolist())
+        val_set = torch.utils.data.Subset(val_set, torch.randperm(len(val_set), generator=generator).tolist())
     else:
-        full = _image_folder(root, cfg.image_size, "dataset.root")
+        full = _image_folder(root, cfg.image_size)
         if len(full) < 2:
             raise ConfigError(f"dataset.root: need at least 2 images under '{cfg.root}' to split off validation")
-        train_idx, val_idx = _stratified_split(full.targets, cfg.val_fraction, seed)
-        train_set = torch.utils.data.Subset(full, sorted(train_idx.tolist()))
-        val_set = torch.utils.data.Subset(full, sorted(val_idx.tolist()))
+        train_idx, val_idx = _stratified_split(full.targets, cfg.val_fraction, seed)  # shuffled
+        train_set = torch.utils.data.Subset(full, train_idx.tolist())
+        val_set = torch.utils.data.Subset(full, val_idx.tolist())
         classes = full.classes
     common = dict(num_workers=cfg.num_workers, eval_batch_size=cfg.eval_batch_size)
     train = LoaderSource(train_set, cfg.batch_size, device, shuffle=True, augment=cfg.augment, seed=seed, **common)
@@ -463,7 +486,7 @@ def _imagefolder(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBun
     return DataBundle(train, val, (3, cfg.image_size, cfg.image_size), len(classes), cfg.name)
 
 
-def _image_folder(path: Path, size: int, key: str):
+def _image_folder(path: Path, size: int):
     """A torchvision ImageFolder of RGB images resized to size x size, normalised to [-1, 1]."""
     torchvision = import_torchvision()
     datasets, transforms = torchvision.datasets, torchvision.transforms
@@ -478,7 +501,7 @@ def _image_folder(path: Path, size: int, key: str):
     try:
         return datasets.ImageFolder(os.fspath(path), transform=transform)
     except (FileNotFoundError, OSError) as err:
-        raise ConfigError(f"{key}: no images in class folders under '{path}' ({_one_line(err)})") from None
+        raise ConfigError(f"dataset.root: no images in class folders under '{path}' ({_one_line(err)})") from None
 
 
 def _to_rgb(image):

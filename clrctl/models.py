@@ -152,15 +152,13 @@ class CifarResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # Kaiming (He et al. 2015, "Delving deep") for convs and the classifier, as the paper.
+        # He et al. 2015 ("Delving deep", fan-in, ReLU gain) for convs and the classifier, as
+        # the ResNet paper does; BatchNorm keeps torch's (1, 0).
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.stages(F.relu(self.bn(self.conv(x))))

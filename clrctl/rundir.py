@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import json
 import os
 import platform
@@ -79,7 +80,7 @@ class CsvLog:
         self.columns = columns
         new = not path.exists() or path.stat().st_size == 0
         self._handle = open(path, "a", newline="", encoding="utf-8")
-        self._writer = csv.DictWriter(self._handle, fieldnames=columns, extrasaction="ignore")
+        self._writer = csv.DictWriter(self._handle, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         if new:
             self._writer.writeheader()
             self.flush()
@@ -113,13 +114,11 @@ def truncate_csv(path: Path, keep: callable) -> None:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         rows = [row for row in reader if keep(row)]
-    lines = [",".join(columns)]
-    with tempfile.SpooledTemporaryFile(mode="w+", newline="") as buf:
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        writer.writerows(rows)
-        buf.seek(0)
-        body = buf.read()
-    write_text_atomic(path, "\n".join(lines) + "\n" + body)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
 
 
 class RunDir:

@@ -31,6 +31,8 @@ SG_FRACTION = 0.1
 SG_ORDER = 2
 # A loss descent counts only when larger than this many robust noise sigmas of the raw loss.
 DESCENT_SIGMAS = 3.0
+# The steepest point is searched where the smoothed loss has made less than this share of its drop.
+DESCENT_SHARE = 0.9
 # Accuracy onset: the sustained crossing of this share of the accuracy's total rise.
 ONSET_SHARE = 0.1
 # "Falls / ragged" is only looked for once accuracy has made this share of its rise.
@@ -51,7 +53,7 @@ RULES = {
     "max_lr/3": "max_lr / 3 (Smith's alternative rule for base_lr)",
     "max_lr/4": "max_lr / 4 (Smith's alternative rule for base_lr)",
     "steepest": "argmin d loss / d ln(lr) of the zero-phase (Savitzky-Golay) smoothed raw loss, "
-                "before its minimum (no EMA lag)",
+                "within its main descent (before 90% of the drop to its minimum; no EMA lag)",
     "valley": "fastai 'valley': about 2/3 down the longest decreasing run of the EMA loss (skips first 10%, last 5)",
     "min_loss/10": "LR at the minimum of the zero-phase smoothed loss, divided by 10 (fastai 'minimum')",
 }
@@ -148,7 +150,10 @@ def loss_analysis(lr: np.ndarray, loss: np.ndarray) -> dict[str, Any]:
         out["reason"] = (f"no usable descent: the smoothed loss falls by {descent:.3g}, "
                          f"within {DESCENT_SIGMAS:g} noise sigmas ({DESCENT_SIGMAS * noise:.3g})")
     else:
-        slope = np.gradient(smooth[: min_i + 1], np.log(lr[: min_i + 1]))
+        # Search the main descent only: up to where the loss has made 90% of its drop. A late
+        # wiggle on a noisy plateau can be as steep per unit of ln(lr) (linear sweeps above all).
+        end = int(np.flatnonzero(smooth <= smooth[0] - DESCENT_SHARE * descent)[0])
+        slope = np.gradient(smooth[: end + 1], np.log(lr[: end + 1]))
         out["steepest_i"] = int(np.argmin(slope))
     return out
 
@@ -167,7 +172,7 @@ def valley_index(losses: np.ndarray) -> int:
         if len(earlier):
             lds[i] = earlier.max() + 1
     max_end = int(np.argmax(lds))
-    max_start = max_end - int(lds[max_end])
+    max_start = max_end - int(lds[max_end]) if max_end else 0  # fastai only sets it on a new max
     sections = (max_end - max_start) / 3
     return max_start + int(sections) + int(sections / 2)
 
@@ -177,7 +182,7 @@ def valley(lr: np.ndarray, ema: np.ndarray, planned_steps: int) -> tuple[Optiona
     lo, hi = planned_steps // 10, n - 5
     if hi - lo < 3:
         return None, f"too few finite points after fastai's cut ([{lo}:{n}-5])"
-    return float(lr[lo + valley_index(ema[lo:hi])]), None
+    return float(lr[lo + max(valley_index(ema[lo:hi]), 0)]), None  # fastai would wrap -1 to the end
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,7 +206,8 @@ def accuracy_analysis(eval_lr: np.ndarray, acc: np.ndarray, eval_size: int) -> d
     if rise <= band:
         out["reason"] = f"val accuracy never rose by more than its noise band ({band:.3f})"
         return out
-    below = np.flatnonzero(smooth[:peak_i] < start + ONSET_SHARE * rise)
+    # Onset on the raw values: a centered mean would leak the coming rise one point back.
+    below = np.flatnonzero(acc[:peak_i] < start + ONSET_SHARE * rise)
     onset_i = int(below[-1]) + 1 if len(below) else 0
     plateau_i = int(np.flatnonzero(smooth >= start + PLATEAU_SHARE * rise)[0])
     best = np.maximum.accumulate(acc[plateau_i:])

@@ -1,1 +1,81 @@
-"""`clrctl range_test` (being written)."""
+"""``clrctl range-test``: sweep the LR, suggest ``[base_lr, max_lr]``, write ``suggested.yaml``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from clrctl.cli import app, console, err_console
+from clrctl.config import load_config
+from clrctl.errors import InputError, RunFailed
+
+ROWS = [  # (candidate name, label in the table)
+    ("accuracy_onset", "accuracy onset"), ("accuracy_falls", "accuracy falls"), ("loss_min", "loss minimum"),
+    ("max_lr/3", "max_lr / 3"), ("max_lr/4", "max_lr / 4"),
+    ("steepest", "steepest (zero-phase)"), ("valley", "valley (fastai)"), ("min_loss/10", "min loss / 10"),
+]
+
+
+@app.command("range-test")
+def range_test(
+    config: Optional[Path] = typer.Argument(None, help="YAML config file (see configs/).", show_default=False),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Hydra-style overrides: key.path=value …",
+                                                    show_default=False),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Put the run exactly here (must be new or empty)."),
+    runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="Parent of timestamped run directories."),
+    seeds: int = typer.Option(1, "--seeds", min=1,
+                              help="Repeat with seeds seed, seed+1, … (other init and data order); report medians."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """LR range test (Smith §3.3): raise the LR, record loss and accuracy, suggest CLR bounds."""
+    from clrctl.commands.train import RichReporter
+    from clrctl.range_test import start_range_test
+
+    if config is None:
+        raise InputError("missing CONFIG (a YAML file, e.g. configs/digits-range-test.yaml)")
+    cfg = load_config(config, overrides or [])
+    label = (lambda s: f"seed {s}") if seeds > 1 else (lambda s: "range-test")
+    path, summary = start_range_test(cfg, seeds=seeds, runs_root=runs_root, run_dir=run_dir,
+                                     argv=["clrctl", *sys.argv[1:]],
+                                     reporter_factory=lambda s: RichReporter(label(s), quiet))
+    print_suggestion(path, summary)
+    if summary["suggestion"]["base_lr"] is None:
+        raise RunFailed(f"{summary['suggestion']['reason']} (run kept in {path})")
+
+
+def _lr(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def print_suggestion(path: Path, summary: dict[str, Any]) -> None:
+    s = summary["suggestion"]
+    spread = s.get("spread_decades")
+    table = Table(title=f"range test: {path}", title_justify="left")
+    table.add_column("suggestion")
+    table.add_column("lr", justify="right")
+    if spread is not None:
+        table.add_column("spread (decades)", justify="right")
+    table.add_column("rule / reason", overflow="fold")
+
+    def add(name: str, value: Optional[float], note: str, key: str) -> None:
+        extra = [] if spread is None else ["-" if spread.get(key) is None else f"{spread[key]:.2f}"]
+        table.add_row(name, _lr(value), *extra, note)
+
+    add("[bold]base_lr[/bold]", s["base_lr"], s["base_rule"] or s["reason"] or "", "base_lr")
+    add("[bold]max_lr[/bold]", s["max_lr"], s["max_rule"] or s["reason"] or "", "max_lr")
+    for key, label in ROWS:
+        entry = s["candidates"][key]
+        add(label, entry["lr"], entry["reason"] or "", key)
+    console.print(table)
+    stop = (f"stopped early ({summary['stop_reason']}) at lr {_lr(summary['stop_lr'])}" if summary["stopped_early"]
+            else "ran to end_lr")
+    console.print(f"{summary['steps']} steps, {summary['elapsed_s']:.1f} s, {stop}", highlight=False)
+    for warning in s.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    if (path / "suggested.yaml").is_file():
+        console.print(f"next: clrctl train {path / 'suggested.yaml'}   "
+                      f"(or policy.bounds: {{from: {path}}})", highlight=False)

@@ -95,11 +95,11 @@ def parse_target(text: str) -> Target:
 
 def target_from_run(run: Run) -> Optional[Target]:
     """The target a run was trained with: ``train.target`` in its config, else its summary's."""
-    configured = (run.config.get("train") or {}).get("target")
-    if isinstance(configured, dict) and configured:
-        metric, value = next(iter(configured.items()))
-        if metric in TARGET_METRICS and isinstance(value, (int, float)):
-            return Target(metric, float(value))
+    for configured in ((run.config.get("train") or {}).get("target"), run.summary.get("target")):
+        if isinstance(configured, dict) and configured:
+            metric, value = next(iter(configured.items()))
+            if metric in TARGET_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                return Target(metric, float(value))
     recorded = run.summary.get("steps_to_target")
     if isinstance(recorded, dict):
         for metric, entry in recorded.items():

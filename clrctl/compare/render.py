@@ -111,30 +111,37 @@ def context_line(report: dict[str, Any]) -> str:
 
 # -- rows shared by the table and markdown renderers -------------------------------------------
 def run_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    names = list(report["metrics"])
-    header = ["run", "n", "status"] + [report["metrics"][m]["title"] for m in names]
-    rows = []
-    for run in report["runs"]:
-        cells = [run["label"], str(run["n"]), fmt_status(run["statuses"])]
-        cells += [fmt_side(run["metrics"][m], report["metrics"][m]["unit"]) for m in names]
-        rows.append(cells)
+    """One row per metric, one column per run or group (``median [min–max]`` for a group)."""
+    runs = report["runs"]
+    header = ["metric", "better"] + [run["label"] for run in runs]
+    rows = [["runs", ""] + [_count(run) for run in runs], ["status", ""] + [fmt_status(run["statuses"]) for run in runs]]
+    for name, info in report["metrics"].items():
+        rows.append([info["title"], ARROW[info["direction"]]]
+                    + [fmt_side(run["metrics"][name], info["unit"]) for run in runs])
     return header, rows
 
 
+def _count(run: dict[str, Any]) -> str:
+    if not run["is_group"]:
+        return "1"
+    seeds = [s for s in run["seeds"] if s is not None]
+    return f"{run['n']} (seeds {','.join(map(str, seeds))})" if len(seeds) == run["n"] else str(run["n"])
+
+
 def diff_rows(report: dict[str, Any], comp: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per metric: the candidate's difference from the baseline and its verdict."""
     grouped = any(e.get("ci_low") is not None for e in comp["metrics"].values())
-    base = next(r for r in report["runs"] if r["label"] == report["baseline"])
-    cand = next(r for r in report["runs"] if r["label"] == comp["candidate"])
-    header = ["metric", "better", "baseline", "candidate", "Δ", "Δ%"] + (["95% CI of Δ"] if grouped else []) + ["verdict"]
+    header = ["metric", "Δ", "Δ%"] + (["95% CI of Δ"] if grouped else []) + ["tolerance", "verdict"]
     rows = []
     for name, entry in comp["metrics"].items():
         info = report["metrics"][name]
+        if info["direction"] is None:
+            continue  # steps, epochs: shown in the runs table, nothing to judge
         unit = info["unit"]
-        row = [info["title"], ARROW[info["direction"]], fmt_side(base["metrics"][name], unit),
-               fmt_side(cand["metrics"][name], unit), fmt_diff(entry["diff"], unit), fmt_pct(entry["rel_diff"])]
+        row = [info["title"], fmt_diff(entry["diff"], unit), fmt_pct(entry["rel_diff"])]
         if grouped:
             row.append(fmt_ci(entry, unit))
-        rows.append(row + [entry["verdict"]])
+        rows.append(row + [f"±{fmt_value(entry['tolerance_abs'], unit).strip()}", entry["verdict"]])
     return header, rows
 
 

@@ -8,7 +8,7 @@ table, markdown or JSON. Nothing here prints or draws. Non-finite floats stay in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -47,7 +47,6 @@ class Options:
     n_boot: int = stats.N_BOOTSTRAP
     confidence: float = stats.CONFIDENCE
     seed: int = stats.BOOTSTRAP_SEED
-    notes: list[str] = field(default_factory=list)
 
 
 def build_report(sides: list[Side], baseline: int, options: Options) -> dict[str, Any]:
@@ -60,12 +59,15 @@ def build_report(sides: list[Side], baseline: int, options: Options) -> dict[str
             raise InputError("--gate and --target apply to training runs; range tests compare by their suggestions")
         return _build(sides, baseline, options, RANGE_METRICS, "range-test", None, math.nan)
     target = options.target
+    report_notes = []
     if target is None:
         target = target_from_run(sides[baseline].runs[0])
         if target is not None:
-            options.notes.append(f"target {target} taken from the baseline's config")
+            report_notes.append(f"target {target} taken from the baseline's config")
     budget = shared_budget([run for side in sides for run in side.runs])
-    return _build(sides, baseline, options, TRAIN_METRICS, "train", target, budget)
+    report = _build(sides, baseline, options, TRAIN_METRICS, "train", target, budget)
+    report["notes"] = report_notes + report["notes"]
+    return report
 
 
 def _build(sides, baseline, options, metrics, kind, target, budget) -> dict[str, Any]:
@@ -94,7 +96,7 @@ def _build(sides, baseline, options, metrics, kind, target, budget) -> dict[str,
     }
     report["gate"] = _gate(comparisons, options, kind)
     report["verdict"] = _overall(comparisons, report["gate"])
-    report["notes"] = options.notes + _notes(sides, comparisons)
+    report["notes"] = _notes(sides, comparisons)
     return report
 
 
@@ -305,7 +307,8 @@ def _notes(sides: list[Side], comparisons: list[dict[str, Any]]) -> list[str]:
             notes.append(f"{side.label}: only {len(side.runs)} run(s); the confidence interval is wide")
         for run in side.runs:
             if run.status != "completed":
-                notes.append(f"{run.path}: status {run.status}; its missing values count as the worst")
+                name = f"{side.label}/{run.path.name}" if side.is_group else side.label
+                notes.append(f"{name}: status {run.status}; its missing values count as the worst")
     for comp in comparisons:
         if not comp["comparable"]:
             keys = ", ".join(comp["not_comparable"])

@@ -17,7 +17,7 @@ def _label(side) -> str:
 
 def plot_train_overlay(sides: Sequence, path: str | Path, target: Optional[tuple[str, float]] = None) -> Path:
     """Loss, validation accuracy and LR against optimizer steps, one colour per side."""
-    fig, axes = new_figure(3, 1, sharex=True)
+    fig, axes = new_figure(3, 1, sharex=True, figsize=(7.5, 8.5))
     for ax, (key, ylabel) in zip(axes, TRAIN_PANELS):
         for i, side in enumerate(sides):
             curve = side.panels[key]

@@ -22,8 +22,9 @@ def plot_range_test(path: Path, curves: list[dict[str, Any]], base_lr: Optional[
     for i, c in enumerate(curves):
         color = colors[i % len(colors)]
         tag = f" ({c['label']})" if len(curves) > 1 else ""
-        ax_loss.plot(c["lr"], c["loss"], color=color, alpha=0.2, lw=0.7, label=f"raw loss{tag}")
-        ax_loss.plot(c["lr"], c["smoothed_loss"], color=color, ls="--", lw=1.0, label=f"EMA (debiased){tag}")
+        ax_loss.plot(c["lr"], c["loss"], color=color, alpha=0.2, lw=0.7, label="raw loss" if i == 0 else None)
+        ax_loss.plot(c["lr"], c["smoothed_loss"], color=color, ls="--", lw=1.0,
+                     label="EMA (debiased; stop rule)" if i == 0 else None)
         if c.get("zero_phase") is not None:
             ax_loss.plot(c["lr"][: len(c["zero_phase"])], c["zero_phase"], color=color, lw=1.8,
                          label=f"zero-phase smoothed{tag}")
