@@ -1,14 +1,15 @@
 """clrctl's range test vs torch-lr-finder's ``LRFinder.range_test``: same model, data, steps.
 
     .venv/bin/pip install torch-lr-finder      # only for this script; not a clrctl dependency
-    .venv/bin/python benchmarks/range_test_vs_lrfinder.py [--repeats 3] [--config configs/digits-range-test.yaml]
+    .venv/bin/python benchmarks/range_test_vs_lrfinder.py [--repeats 5] [--config configs/digits-range-test.yaml]
 
 Both tools start from the same freshly initialised model (clrctl's seed-0 MLP on digits),
 see the same training split with batch 32, and run the same number of steps over the same
 LR range, in two settings: the bundled linear sweep (Smith) and torch-lr-finder's default
 style exp sweep. Each keeps its own smoothing and stop rule (clrctl: debiased EMA 0.98, stop
 at 4x; torch-lr-finder: EMA 0.05, stop at 5x). clrctl also measures val accuracy on a fixed
-slice every ``eval_every`` steps — part of its timing. Wall times are medians over repeats.
+slice every ``eval_every`` steps — part of its timing. Each tool is warmed up once, then
+timed ``--repeats`` times (interleaved); min and median are shown.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def fmt(x) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/digits-range-test.yaml")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu\n")
     for name, overrides in SETTINGS.items():
@@ -122,6 +123,9 @@ def main() -> None:
         kinds = ("same batches", "DataLoader")
         times: dict[str, list[float]] = {"clrctl": [], **{k: [] for k in kinds}}
         theirs = {}
+        run_clrctl(setup)  # warm-up (the first sweep in a process pays ~1 s of lazy torch init)
+        for kind in kinds:
+            run_lrfinder(setup, kind)
         for _ in range(args.repeats):  # interleaved so all see the same machine load
             t, ours = run_clrctl(setup)
             times["clrctl"].append(t)
@@ -134,7 +138,10 @@ def main() -> None:
         print(f"{'':24}{'clrctl':>22}{'lr-finder, same batches':>26}{'lr-finder, DataLoader':>24}")
         a, b = theirs["same batches"], theirs["DataLoader"]
         rows = [
-            ("wall time, median (s)", *(f"{statistics.median(times[k]):.2f}" for k in times)),
+            ("wall time, min (s)", *(f"{min(times[k]):.3f}" for k in times)),
+            ("wall time, median (s)", *(f"{statistics.median(times[k]):.3f}" for k in times)),
+            ("ms per step (min)", *(f"{1000 * min(times[k]) / n:.2f}" for k, n in
+                                    zip(times, (ours["steps"], a["steps"], b["steps"])))),
             ("steps run", f"{ours['steps']} ({ours['stop'] or 'end'})", str(a["steps"]), str(b["steps"])),
             ("base_lr / max_lr", f"{fmt(ours['base_lr'])} / {fmt(ours['max_lr'])}", "-", "-"),
             ("steepest", fmt(c["steepest"]["lr"]) + " (zero-phase)", fmt(a["steepest"]) + " (EMA)",

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clrctl.config import DatasetConfig
+from clrctl.compat import import_torchvision
 from clrctl.errors import ConfigError
 
 # Padding of the random crop (pixels per side), as in He et al. 2015 and airbench.
@@ -43,31 +44,6 @@ _TORCHVISION_SETS = {
 }
 
 
-# Keeps the stand-in op schemas of import_torchvision() registered (a Library unregisters
-# its definitions when garbage-collected).
-_TORCHVISION_OPS_STUB: Optional[torch.library.Library] = None
-
-
-def import_torchvision():
-    """``import torchvision``, tolerating a build whose C++ ops do not load with this torch.
-
-    A CUDA torchvision wheel next to a CPU torch wheel of the same release (what pip picks
-    from PyPI next to a ``+cpu`` torch) cannot load ``torchvision/_C.so``; torchvision then
-    fails at import, registering fake kernels for ``torchvision::nms``/``qnms``. Defining
-    those two schemas lets the pure-Python parts (datasets, transforms, models) import;
-    the C++ ops (``torchvision.ops.nms`` ...) still raise torchvision's own clear error.
-    """
-    global _TORCHVISION_OPS_STUB
-    try:
-        import torchvision
-    except RuntimeError as err:
-        if "torchvision::" not in str(err) or _TORCHVISION_OPS_STUB is not None:
-            raise
-        _TORCHVISION_OPS_STUB = torch.library.Library("torchvision", "FRAGMENT")
-        for op in ("nms", "qnms"):
-            _TORCHVISION_OPS_STUB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import torchvision
-    return torchvision
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

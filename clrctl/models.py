@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clrctl.config import ModelConfig
-from clrctl.data import import_torchvision
+from clrctl.compat import import_torchvision
 from clrctl.errors import ConfigError
 
 

@@ -202,9 +202,9 @@ def versions() -> dict[str, Optional[str]]:
     except ImportError:  # pragma: no cover - torch is a dependency
         found["torch"] = found["cuda"] = None
     try:
-        import torchvision
+        from clrctl.compat import import_torchvision
 
-        found["torchvision"] = torchvision.__version__
+        found["torchvision"] = import_torchvision().__version__
     except Exception:  # torchvision is optional at run time; a broken install must not stop a run
         found["torchvision"] = None
     return found

@@ -53,7 +53,8 @@ def plot_accuracy(path: Path, epoch_steps: Sequence[float], train_acc: Sequence[
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("accuracy")
     ax.set_title(title or "Accuracy")
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
     save(fig, path)
 
 
