@@ -199,9 +199,8 @@ class TrainingLoop:
         n_batches = len(s.data.train)
         self._epoch_loss = torch.tensor(state.epoch_loss_sum, device=s.device)
         self._epoch_correct = torch.tensor(state.epoch_correct, device=s.device)
-        for index, (x, y) in enumerate(s.data.train.batches(epoch)):
-            if index < state.batch:
-                continue  # resumed mid-epoch: the order is replayed, done batches skipped
+        # A run resumed mid-epoch gets the same epoch's order, minus the batches it has done.
+        for index, (x, y) in enumerate(s.data.train.batches(epoch, start=state.batch), start=state.batch):
             self._train_one(x, y, epoch)
             state.batch = index + 1
             epoch_end = index == n_batches - 1 or state.step >= s.total_steps

@@ -190,7 +190,8 @@ def _rich_table(header: list[str], rows: list[list[str]], title: Optional[str] =
 def to_markdown(report: dict[str, Any], plot: Optional[str] = None) -> str:
     """GitHub-flavoured markdown for a PR comment or ``$GITHUB_STEP_SUMMARY``."""
     icon = {"pass": "✅", "regression": "❌", "inconclusive": "⚠️", "incomparable": "⚠️"}.get(report["verdict"], "")
-    lines = [f"### clrctl compare {icon} {headline(report)}".rstrip(), "", context_line(report), ""]
+    title = " ".join(part for part in ("### clrctl compare", icon, headline(report)) if part)
+    lines = [title, "", context_line(report), ""]
     lines += _md_table(*run_rows(report))
     for comp in report["comparisons"]:
         lines += ["", f"#### {comp['candidate']} vs {report['baseline']}", ""]

@@ -206,8 +206,8 @@ def compare_metric(metric: Metric, base: np.ndarray, cand: np.ndarray, pairs, to
     else:
         diff = stats.subtract(new, old)
     low = high = diff
-    grouped = len(base) > 1 or len(cand) > 1
-    if grouped and metric.direction != NEUTRAL:
+    grouped = (len(base) > 1 or len(cand) > 1) and metric.direction != NEUTRAL
+    if grouped:
         low, high = stats.bootstrap_ci(base, cand, pairs is not None, n_boot=options.n_boot,
                                        confidence=options.confidence, seed=options.seed)
     tolerance = tol.absolute(old)
