@@ -101,56 +101,75 @@ class SweepResult:
 def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] = None,
           reporter: Optional[Reporter] = None) -> SweepResult:
     """Run one sweep on a copy of ``setup.model``; ``on_row`` gets each metrics row."""
-    cfg, rt = setup.config, setup.config.range_test
+    rt = setup.config.range_test
     reporter = reporter or Reporter()
     model = copy.deepcopy(setup.model).train()
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), rt.start_lr)
+    optimizer = build_optimizer(setup.config.optimizer, model.parameters(), rt.start_lr)
     eval_source = setup.data.val.head(rt.eval_size)
+    smoother = _StopRule(rt.smoothing, rt.diverge_factor)
     rows: list[dict[str, Any]] = []
-    stop_reason, t, avg, best = None, 0, 0.0, math.inf
+    stop_reason = None
     t0 = time.perf_counter()
     reporter.start(setup.steps, 0)
     devices = [setup.device] if setup.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), _sigterm_as_interrupt():
         try:
-            for epoch in range(math.ceil(setup.steps / setup.steps_per_epoch)):
-                for x, y in setup.data.train.batches(epoch):
-                    lr = lr_at(t, setup.steps, rt.start_lr, rt.end_lr, rt.mode)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    loss = train_step(model, optimizer, x, y, setup.loss_fn)
-                    # One host sync per step: the stop rule needs this step's loss now. A range
-                    # test is short, so this costs little (the trainer batches its syncs instead).
-                    value = float(loss)
-                    row = {"step": t, "epoch": epoch + 1, "lr": lr, "momentum": current_momentum(optimizer),
-                           "loss": value}
-                    if not math.isfinite(value):
-                        stop_reason = "non-finite loss"
-                    else:
-                        avg = rt.smoothing * avg + (1 - rt.smoothing) * value
-                        row["smoothed_loss"] = avg / (1 - rt.smoothing ** (t + 1))
-                        best = min(best, row["smoothed_loss"])
-                        if t % rt.eval_every == 0 or t == setup.steps - 1:
-                            row["val_loss"], row["val_acc"] = evaluate(model, eval_source, setup.loss_fn)
-                        if diverged(row["smoothed_loss"], best, rt.diverge_factor):
-                            stop_reason = "diverged"
-                    rows.append(row)
-                    if on_row:
-                        on_row(row)
-                    t += 1
-                    reporter.advance(t, lr)
-                    if "val_acc" in row or t % FLUSH_EVERY == 0:
-                        reporter.metrics(t, value, row.get("val_acc"))
-                    if stop_reason or t >= setup.steps:
-                        break
-                if stop_reason or t >= setup.steps:
+            for t, epoch, (x, y) in _step_batches(setup):
+                lr = lr_at(t, setup.steps, rt.start_lr, rt.end_lr, rt.mode)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                # One host sync per step: the stop rule needs this step's loss now. A range
+                # test is short, so this costs little (the trainer batches its syncs instead).
+                loss = float(train_step(model, optimizer, x, y, setup.loss_fn))
+                row = {"step": t, "epoch": epoch + 1, "lr": lr, "momentum": current_momentum(optimizer), "loss": loss}
+                row["smoothed_loss"], stop_reason = smoother.update(loss)
+                finite = row["smoothed_loss"] is not None
+                if finite and (t % rt.eval_every == 0 or t == setup.steps - 1):
+                    row["val_loss"], row["val_acc"] = evaluate(model, eval_source, setup.loss_fn)
+                rows.append(row)
+                if on_row:
+                    on_row(row)
+                reporter.advance(t + 1, lr)
+                if "val_acc" in row or (t + 1) % FLUSH_EVERY == 0:
+                    reporter.metrics(t + 1, loss, row.get("val_acc"))
+                if stop_reason:
                     break
         except KeyboardInterrupt:
             stop_reason = "interrupted"
         finally:
             reporter.close()
-    return SweepResult(rows, t, setup.steps, stop_reason is not None, stop_reason,
+    return SweepResult(rows, len(rows), setup.steps, stop_reason is not None, stop_reason,
                        rows[-1]["lr"] if stop_reason and rows else None, round(time.perf_counter() - t0, 3))
+
+
+def _step_batches(setup: SweepSetup):
+    """``(step, epoch, batch)`` for ``setup.steps`` steps, epoch after epoch."""
+    step, epoch = 0, 0
+    while True:
+        for batch in setup.data.train.batches(epoch):
+            if step >= setup.steps:
+                return
+            yield step, epoch, batch
+            step += 1
+        epoch += 1
+
+
+class _StopRule:
+    """The debiased EMA of the loss and the two stop rules (non-finite, diverged)."""
+
+    def __init__(self, beta: float, factor: float):
+        self.beta, self.factor = beta, factor
+        self.avg, self.count, self.best = 0.0, 0, math.inf
+
+    def update(self, loss: float) -> tuple[Optional[float], Optional[str]]:
+        """(smoothed loss or None, stop reason or None) after one more step's loss."""
+        if not math.isfinite(loss):
+            return None, "non-finite loss"
+        self.avg = self.beta * self.avg + (1 - self.beta) * loss
+        self.count += 1
+        smoothed = self.avg / (1 - self.beta**self.count)
+        self.best = min(self.best, smoothed)
+        return smoothed, "diverged" if diverged(smoothed, self.best, self.factor) else None
 
 
 @contextmanager
@@ -239,31 +258,45 @@ def start_range_test(config: Config, *, seeds: int = 1, runs_root: str | Path = 
     run.start("range-test", config.seed, str(first.device), argv)
     per_seed: list[tuple[int, SweepResult, dict[str, Any]]] = []
     try:
-        for seed in seed_list:
-            setup = first if seed == seed_list[0] else prepare(config, seed)
-            target = run if seeds == 1 else RunDir.create(runs_root, config.name, run.path / "seeds" / f"seed-{seed}")
-            reporter = reporter_factory(seed) if reporter_factory else None
-            result = _sweep_to_csv(setup, target, reporter)
-            eval_size = min(config.range_test.eval_size, setup.data.val.num_samples)
-            suggestion = suggest_from_rows(result.rows, setup.steps, eval_size)
-            per_seed.append((seed, result, suggestion))
-            if seeds > 1:
-                target.write_summary(seed_summary(result, suggestion))
-            if result.stop_reason == "interrupted":
-                break
+        stopped = _sweep_seeds(config, seed_list, first, run, per_seed, reporter_factory)
+        if not per_seed:  # Ctrl-C before the first sweep started
+            run.set_status("interrupted")
+            raise Interrupted(f"range test interrupted before it started; {run.path} holds no results")
+        summary = run_summary(per_seed, first.steps_per_epoch, interrupted=stopped)
+        run.write_summary(summary)
+        suggestion = summary["suggestion"]
+        if summary["status"] == "completed" and suggestion["base_lr"] is not None:
+            run.write_config(suggested_config(config, suggestion["base_lr"], suggestion["max_lr"]), "suggested.yaml")
+        render_plot(run, config, per_seed, summary)
+    except Interrupted:
+        raise
     except BaseException:
         run.set_status("failed")
         raise
-    summary = run_summary(per_seed, first.steps_per_epoch)
-    run.write_summary(summary)
-    suggestion = summary["suggestion"]
-    if summary["status"] == "completed" and suggestion["base_lr"] is not None:
-        run.write_config(suggested_config(config, suggestion["base_lr"], suggestion["max_lr"]), "suggested.yaml")
-    render_plot(run, config, per_seed, summary)
     run.set_status(summary["status"])
     if summary["status"] == "interrupted":
-        raise Interrupted(f"range test interrupted at step {per_seed[-1][1].steps}; partial results in {run.path}")
+        raise Interrupted(f"range test interrupted after {summary['steps']} steps; partial results in {run.path}")
     return run.path, summary
+
+
+def _sweep_seeds(config, seed_list, first, run, per_seed, reporter_factory) -> bool:
+    """Sweep each seed in turn, appending (seed, result, suggestion); True when interrupted."""
+    try:
+        for seed in seed_list:
+            setup = first if seed == seed_list[0] else prepare(config, seed)
+            many = len(seed_list) > 1
+            target = RunDir.create(run.path, "", run.path / "seeds" / f"seed-{seed}") if many else run
+            result = _sweep_to_csv(setup, target, reporter_factory(seed) if reporter_factory else None)
+            eval_size = min(config.range_test.eval_size, setup.data.val.num_samples)
+            suggestion = suggest_from_rows(result.rows, setup.steps, eval_size)
+            per_seed.append((seed, result, suggestion))
+            if many:
+                target.write_summary(seed_summary(result, suggestion))
+            if result.stop_reason == "interrupted":
+                return True
+    except KeyboardInterrupt:  # between sweeps (building the next seed's data or model)
+        return True
+    return False
 
 
 def _sweep_to_csv(setup: SweepSetup, target: RunDir, reporter: Optional[Reporter]) -> SweepResult:
@@ -282,10 +315,10 @@ def _sweep_to_csv(setup: SweepSetup, target: RunDir, reporter: Optional[Reporter
         log.close()
 
 
-def run_summary(per_seed: list[tuple[int, SweepResult, dict[str, Any]]], steps_per_epoch: int) -> dict[str, Any]:
+def run_summary(per_seed: list[tuple[int, SweepResult, dict[str, Any]]], steps_per_epoch: int,
+                interrupted: bool = False) -> dict[str, Any]:
     """summary.json: one seed's summary, or the median suggestion over several seeds."""
     results = [r for _, r, _ in per_seed]
-    interrupted = any(r.stop_reason == "interrupted" for r in results)
     first_seed, first, suggestion = per_seed[0]
     summary = {**seed_summary(first, suggestion), "status": "interrupted" if interrupted else "completed",
                "steps_per_epoch": steps_per_epoch, "epochs": round(first.steps / steps_per_epoch, 4),

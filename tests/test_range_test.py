@@ -166,11 +166,12 @@ def test_seeds_layout_and_median(cfg_path, tmp_path):
     assert (run / "suggested.yaml").is_file() and (run / "plots" / "range_test.png").is_file()
 
 
-@pytest.mark.parametrize("override", ["range_test.start_lr=5.0", "range_test.nope=1", "dataset.name=nope",
-                                      "model.name=mlpp"])
-def test_bad_config_exits_2_and_leaves_no_run_dir(cfg_path, tmp_path, override):
+@pytest.mark.parametrize("overrides", [["range_test.start_lr=5.0"], ["range_test.nope=1"], ["dataset.name=nope"],
+                                       ["model.name=mlpp"], ["model.name=lenet"],  # lenet: needs images
+                                       ["dataset.name=mnist", "dataset.root=/nonexistent"]])
+def test_bad_config_exits_2_and_leaves_no_run_dir(cfg_path, tmp_path, overrides):
     run = tmp_path / "bad"
-    assert cli("range-test", cfg_path, override, "--run-dir", run, "-q") == 2
+    assert cli("range-test", cfg_path, *overrides, "--run-dir", run, "-q") == 2
     assert not run.exists()
 
 
@@ -201,3 +202,22 @@ def test_digits_bounds_agree_across_three_seeds(tmp_path):
     s = json.loads((run / "summary.json").read_text())["suggestion"]
     assert s["spread_decades"]["max_lr"] < 0.5
     assert 0.05 < s["max_lr"] < 0.2 and 0.01 < s["base_lr"] < 0.05
+
+
+def test_interrupt_in_a_later_seed_keeps_the_finished_ones(cfg_path, tmp_path, monkeypatch):
+    real, calls = rt.train_step, []
+    steps = 20
+
+    def interrupt_in_seed_1(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == steps + 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rt, "train_step", interrupt_in_seed_1)
+    run = tmp_path / "int2"
+    assert cli("range-test", cfg_path, f"range_test.steps={steps}", "--seeds", "2", "--run-dir", run, "-q") == 130
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["seeds"] == [0, 1]
+    assert [p["steps"] for p in summary["per_seed"]] == [steps, 2]
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"

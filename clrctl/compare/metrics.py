@@ -57,7 +57,7 @@ RANGE_METRICS = {
     for m in (
         Metric("base_lr", "suggested base_lr", NEUTRAL, "lr", "0"),
         Metric("max_lr", "suggested max_lr", NEUTRAL, "lr", "0"),
-        Metric("min_loss", "min smoothed loss", LOWER, "loss", "5%"),
+        Metric("min_loss", "min smoothed loss", NEUTRAL, "loss", "0"),  # sweeps differ: no verdict
         Metric("lr_at_min_loss", "LR at min loss", NEUTRAL, "lr", "0"),
         Metric("steps", "steps", NEUTRAL, "count", "0"),
     )

@@ -129,19 +129,23 @@ def _count(run: dict[str, Any]) -> str:
 
 
 def diff_rows(report: dict[str, Any], comp: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """One row per metric: the candidate's difference from the baseline and its verdict."""
+    """One row per metric: the candidate's difference from the baseline (and, for training runs,
+    its tolerance and verdict; range tests are described, not judged)."""
+    judged = report["kind"] == "train"
     grouped = any(e.get("ci_low") is not None for e in comp["metrics"].values())
-    header = ["metric", "Δ", "Δ%"] + (["95% CI of Δ"] if grouped else []) + ["tolerance", "verdict"]
+    header = ["metric", "Δ", "Δ%"] + (["95% CI of Δ"] if grouped else []) + (["tolerance", "verdict"] if judged else [])
     rows = []
     for name, entry in comp["metrics"].items():
         info = report["metrics"][name]
-        if info["direction"] is None:
+        if info["direction"] is None and judged:
             continue  # steps, epochs: shown in the runs table, nothing to judge
         unit = info["unit"]
         row = [info["title"], fmt_diff(entry["diff"], unit), fmt_pct(entry["rel_diff"])]
         if grouped:
             row.append(fmt_ci(entry, unit))
-        rows.append(row + [f"±{fmt_value(entry['tolerance_abs'], unit).strip()}", entry["verdict"]])
+        if judged:
+            row += [f"±{fmt_value(entry['tolerance_abs'], unit).strip()}", entry["verdict"]]
+        rows.append(row)
     return header, rows
 
 

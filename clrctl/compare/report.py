@@ -306,6 +306,8 @@ def _notes(sides: list[Side], comparisons: list[dict[str, Any]]) -> list[str]:
         if side.is_group and len(side.runs) < FEW_SEEDS:
             notes.append(f"{side.label}: only {len(side.runs)} run(s); the confidence interval is wide")
         for run in side.runs:
+            warnings = (run.summary.get("suggestion") or {}).get("warnings") if run.kind == "range-test" else None
+            notes += [f"{side.label}: {w}" for w in warnings or [] if isinstance(w, str)]
             if run.status != "completed":
                 name = f"{side.label}/{run.path.name}" if side.is_group else side.label
                 notes.append(f"{name}: status {run.status}; its missing values count as the worst")
