@@ -28,6 +28,8 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 _state = {"debug": False}
+# click's ClickException, found through typer (which vendors click from 0.29 on).
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def _version(value: bool) -> None:
@@ -68,16 +70,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
-    except Exception as err:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(err, click.exceptions.Exit):
-            sys.exit(err.exit_code)
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(2)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(130)
+    except (typer.Exit, typer.Abort) as err:
+        sys.exit(130 if isinstance(err, typer.Abort) else err.exit_code)
+    except _CLICK_ERROR as err:  # usage errors: bad option, missing argument
+        err.show()
+        sys.exit(2)
+    except Exception as err:  # the unexpected: still one line unless --debug
         if "--debug" in args:
             raise
         err_console.print(f"[red]error:[/red] {err.__class__.__name__}: {err} (run with --debug for a traceback)",
