@@ -15,7 +15,8 @@ import numpy as np
 from clrctl import checkpoint
 from clrctl.config import Config, load_config, resolve_bounds_from
 from clrctl.errors import InputError
-from clrctl.rundir import RunDir, create_group, read_csv, truncate_csv, utc_now
+from clrctl.rundir import RunDir, create_group, read_csv, read_json, truncate_csv, utc_now
+from clrctl.series import moving_average
 from clrctl.trainer import LoopState, Reporter, TrainingLoop, prepare
 
 
@@ -99,20 +100,6 @@ def _floats(rows: list[dict[str, str]], key: str) -> np.ndarray:
     return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows], dtype=float)
 
 
-def moving_average(values: np.ndarray, window: int) -> np.ndarray:
-    """Centered moving average (no lag), shrinking at the edges; NaNs ignored."""
-    if len(values) == 0:
-        return values
-    window = max(1, min(window, len(values)))
-    finite = np.where(np.isfinite(values), values, 0.0)
-    weight = np.isfinite(values).astype(float)
-    kernel = np.ones(window)
-    num = np.convolve(finite, kernel, mode="same")
-    den = np.convolve(weight, kernel, mode="same")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return num / den
-
-
 def render_plots(path: Path, config: Config) -> None:
     from clrctl.plots.train import plot_accuracy, plot_loss, plot_lr
 
@@ -131,14 +118,7 @@ def render_plots(path: Path, config: Config) -> None:
     window = max(5, len(loss) // 50)
     plot_loss(plots / "loss.png", steps, loss, moving_average(loss, window), eval_steps,
               _floats(evals, "val_loss"), title)
-    summary_target = config.train.target or {}
-    target = summary_target.get("val_acc")
-    stt = _steps_to_target(evals, target)
+    target = (config.train.target or {}).get("val_acc")
+    recorded = read_json(path / "summary.json").get("steps_to_target") if target is not None else None
     plot_accuracy(plots / "accuracy.png", _floats(epochs, "step"), _floats(epochs, "train_acc"), eval_steps,
-                  _floats(evals, "val_acc"), target, stt, title)
-
-
-def _steps_to_target(evals: list[dict[str, str]], target: Optional[float]) -> Optional[int]:
-    if target is None:
-        return None
-    return next((int(r["step"]) + 1 for r in evals if float(r["val_acc"]) >= target), None)
+                  _floats(evals, "val_acc"), target, recorded, title)

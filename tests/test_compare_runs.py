@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from clrctl.compare.curves import aggregate, moving_average, train_curves
+from clrctl.compare.curves import aggregate, train_curves
+from clrctl.series import moving_average
 from clrctl.compare.runs import load_side, load_sides, read_columns
 from clrctl.errors import InputError
 from test_compare_support import make_group, make_run
@@ -65,6 +66,8 @@ def test_group_curves_are_median_with_a_min_max_band(tmp_path):
 
 
 def test_moving_average_and_single_series():
-    assert moving_average([1.0, 3.0, 5.0, 7.0], 2).tolist() == [1.0, 2.0, 4.0, 6.0]
+    assert moving_average([1.0, 3.0, 5.0, 7.0], 3).tolist() == [2.0, 3.0, 5.0, 6.0]  # centered, shrinks at edges
+    assert moving_average([1.0, float("nan"), 5.0, 7.0], 3).tolist() == [1.0, 3.0, 6.0, 6.0]  # NaN skipped
+    assert moving_average([1.0, 3.0], 1).tolist() == [1.0, 3.0]
     single = aggregate([([1.0, 2.0], [3.0, 4.0])])
     assert single.low is None

@@ -1,6 +1,6 @@
 """Curves for the overlay plot, computed here so that the plot only draws (STYLE.md, rule 3).
 
-Train runs: training loss (a trailing moving average, raw loss stays in the CSV), validation
+Train runs: training loss (a centered moving average, raw loss stays in the CSV), validation
 accuracy at each evaluation and the LR, against optimizer steps done. A group is drawn as the
 median over its runs with a min–max band, on the first run's steps, up to the steps every run
 of the group has. Range tests: smoothed loss against LR, one line per run.
@@ -15,6 +15,7 @@ import numpy as np
 
 from clrctl.compare.metrics import eval_points
 from clrctl.compare.runs import Run, Side
+from clrctl.series import moving_average
 
 LOSS_POINTS = 100  # the loss moving average spans about 1/LOSS_POINTS of the run
 
@@ -34,17 +35,6 @@ class SideCurves:
     label: str
     n: int
     panels: dict[str, Curve]  # "loss", "val_acc", "lr" for train; "loss_vs_lr" for range tests
-
-
-def moving_average(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing mean over ``window`` points (fewer at the start)."""
-    values = np.asarray(values, dtype=float)
-    if window <= 1 or not len(values):
-        return values
-    sums = np.cumsum(np.insert(values, 0, 0.0))
-    idx = np.arange(1, len(values) + 1)
-    start = np.maximum(idx - window, 0)
-    return (sums[idx] - sums[start]) / (idx - start)
 
 
 def _run_series(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:

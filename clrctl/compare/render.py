@@ -23,32 +23,26 @@ ARROW = {"higher": "↑", "lower": "↓", None: ""}
 
 
 # -- numbers -----------------------------------------------------------------------------
-def fmt_value(value: Optional[float], unit: str, censored_at: Optional[float] = None) -> str:
+def fmt_value(value: Optional[float], unit: str, censored_at: Optional[float] = None, signed: bool = False) -> str:
+    """A metric value in its unit; ``signed`` for a difference (``+0.0067``, ``+∞``)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if math.isinf(value):
+        if signed:
+            return "+∞" if value > 0 else "−∞"
         return f">{censored_at:.0f}" if unit == "steps" and value > 0 and censored_at is not None else "—"
+    sign = "+" if signed else ""
     if unit in ("acc", "loss"):
-        return f"{value:.4f}"
+        return f"{value:{sign}.4f}"
     if unit in ("steps", "count"):
-        return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+        return f"{value:{sign}.0f}" if float(value).is_integer() else f"{value:{sign}.1f}"
     if unit == "seconds":
-        return f"{value:.1f} s"
-    return f"{value:.3g}"
+        return f"{value:{sign}.1f} s"
+    return f"{value:{sign}.3g}"
 
 
 def fmt_diff(value: Optional[float], unit: str) -> str:
-    if value is None or math.isnan(value):
-        return "—"
-    if math.isinf(value):
-        return "+∞" if value > 0 else "−∞"
-    if unit in ("acc", "loss"):
-        return f"{value:+.4f}"
-    if unit in ("steps", "count"):
-        return f"{value:+.0f}" if float(value).is_integer() else f"{value:+.1f}"
-    if unit == "seconds":
-        return f"{value:+.1f} s"
-    return f"{value:+.3g}"
+    return fmt_value(value, unit, signed=True)
 
 
 def fmt_pct(value: Optional[float]) -> str:
