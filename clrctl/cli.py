@@ -12,44 +12,12 @@ import sys
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from clrctl import __version__
+from clrctl.app import app, debug_enabled, err_console  # noqa: F401 (debug_enabled: public)
 from clrctl.errors import ClrctlError
 
-app = typer.Typer(
-    name="clrctl",
-    help="Cyclical learning rates: find the bounds (range-test), train with a policy, compare runs.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-console = Console()
-err_console = Console(stderr=True)
-_state = {"debug": False}
 # click's ClickException, found through typer (which vendors click from 0.29 on).
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-
-
-def _version(value: bool) -> None:
-    if value:
-        console.print(f"clrctl {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
-    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
-                                           help="Show the version and exit."),
-) -> None:
-    _state["debug"] = debug
-
-
-def debug_enabled() -> bool:
-    return _state["debug"] or "--debug" in sys.argv
-
 
 # Register the commands (each module adds itself to ``app``).
 from clrctl.commands import compare as _compare  # noqa: E402,F401

@@ -16,7 +16,7 @@ from typing import Any, List, Optional
 import typer
 from rich.console import Console
 
-from clrctl.cli import app, console, err_console
+from clrctl.app import app, console, err_console
 from clrctl.compare import render
 from clrctl.compare.metrics import GATE_METRICS, parse_target
 from clrctl.compare.report import Options, build_report, exit_code

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from clrctl.cli import app, console, err_console
+from clrctl.app import app, console, err_console
 from clrctl.config import load_config
 from clrctl.errors import InputError, RunFailed
 
@@ -32,7 +32,7 @@ def range_test(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """LR range test (Smith §3.3): raise the LR, record loss and accuracy, suggest CLR bounds."""
-    from clrctl.commands.train import RichReporter
+    from clrctl.reporting import RichReporter
     from clrctl.range_test import start_range_test
 
     if config is None:

@@ -1,0 +1,46 @@
+"""The typer application and the two rich consoles that every command module shares.
+
+Kept apart from :mod:`clrctl.cli` (which registers the commands and owns ``main()``) so that
+command modules import this one and nothing imports in a circle.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from clrctl import __version__
+
+app = typer.Typer(
+    name="clrctl",
+    help="Cyclical learning rates: find the bounds (range-test), train with a policy, compare runs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"clrctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Show the version and exit."),
+) -> None:
+    _state["debug"] = debug
+
+
+def debug_enabled() -> bool:
+    return _state["debug"] or "--debug" in sys.argv

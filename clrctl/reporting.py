@@ -1,0 +1,51 @@
+"""Rendering a run's progress with rich: the :class:`~clrctl.trainer.Reporter` that the CLI
+passes to the trainer and the range test."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from clrctl.app import console
+
+
+class RichReporter:
+    """Renders the trainer's progress: one bar with step, LR, loss and accuracy; a line per epoch."""
+
+    def __init__(self, label: str = "train", quiet: bool = False):
+        self.label, self.quiet = label, quiet
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("lr {task.fields[lr]}"), TextColumn("loss {task.fields[loss]}"),
+            TextColumn("val_acc {task.fields[acc]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False, disable=quiet,
+        )
+        self.task = None
+
+    def start(self, total_steps: int, done_steps: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(self.label, total=total_steps, completed=done_steps,
+                                           lr="-", loss="-", acc="-")
+
+    def advance(self, steps_done: int, lr: float) -> None:
+        self.progress.update(self.task, completed=steps_done, lr=f"{lr:.4g}")
+
+    def metrics(self, steps_done: int, loss: Optional[float], val_acc: Optional[float]) -> None:
+        fields: dict[str, Any] = {}
+        if loss is not None:
+            fields["loss"] = f"{loss:.4g}"
+        if val_acc is not None:
+            fields["acc"] = f"{val_acc:.4f}"
+        self.progress.update(self.task, completed=steps_done, **fields)
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        val = "-" if row["val_acc"] is None else f"{row['val_acc']:.4f}"
+        self.progress.console.print(
+            f"epoch {row['epoch']:>3}  step {row['step']:>6}  loss {row['train_loss']:.4f}  "
+            f"acc {row['train_acc']:.4f}  val_acc {val}  lr {row['lr']:.4g}", highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        self.progress.stop()
