@@ -14,6 +14,7 @@ import json
 import math
 import re
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
 import yaml
@@ -81,12 +82,23 @@ class DatasetConfig(_Section):
     # imagefolder: images are resized to image_size x image_size; loaded by worker processes
     image_size: int = Field(32, gt=0)
     num_workers: int = Field(2, ge=0)
+    # a subset of the labels, renumbered 0..k-1 in this order (e.g. pretrain on digits 0-5)
+    classes: Optional[list[int]] = None
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, classes: Optional[list[int]]) -> Optional[list[int]]:
+        if classes is not None and (len(classes) < 2 or len(set(classes)) != len(classes) or min(classes) < 0):
+            raise ValueError(f"expected two or more distinct non-negative labels (got {classes})")
+        return classes
 
 
 class ModelConfig(_Section):
     name: str = "mlp"  # mlp | lenet | resnet20 | resnet56 | torchvision:<name> | module:callable
     hidden: list[int] = [64, 64]  # mlp hidden sizes
     args: dict[str, Any] = {}  # extra keyword arguments for torchvision or user models
+    # start from these weights: a state_dict file (.pt) or a run directory (its best.pt, else last.pt)
+    weights: Optional[str] = None
 
     @field_validator("name")
     @classmethod
@@ -110,6 +122,21 @@ class ModelConfig(_Section):
         return hidden
 
 
+REST_GROUP = "rest"  # parameters that no configured group matches
+DEFAULT_GROUPS = ("body", "head")  # every built-in and torchvision model, without groups:
+NO_DECAY_KINDS = ("bias", "norm")
+
+
+class GroupConfig(_Section):
+    """A named parameter group (timm's ``lr_scale`` per group): fnmatch patterns on the names
+    of ``model.named_parameters()``; the first matching group wins."""
+
+    name: str
+    params: list[str] = Field(min_length=1)
+    lr_mult: float = Field(1.0, gt=0.0)  # this group's LR = the policy's LR x lr_mult
+    weight_decay: Optional[float] = Field(None, ge=0.0)  # default: optimizer.weight_decay
+
+
 class OptimizerConfig(_Section):
     name: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
     momentum: float = Field(0.0, ge=0.0, lt=1.0)  # sgd / rmsprop; torch's default is 0
@@ -117,12 +144,27 @@ class OptimizerConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
     eps: float = Field(1e-8, gt=0.0)
+    groups: list[GroupConfig] = []  # none: built-in models have body / head
+    # exempt biases and/or normalisation weights from weight decay (nanoGPT's and timm's habit)
+    no_decay: list[Literal[NO_DECAY_KINDS]] = []  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> "OptimizerConfig":
         if self.nesterov and (self.name != "sgd" or self.momentum <= 0):
             raise ValueError("nesterov: needs optimizer.name: sgd and momentum > 0")
+        names = [g.name for g in self.groups]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"groups: the group name {duplicate!r} is used twice")
+        if REST_GROUP in names:
+            raise ValueError(f"groups: {REST_GROUP!r} is reserved for the parameters no group matches")
         return self
+
+    def group_names(self) -> list[str]:
+        """The groups a model will have (``rest`` only where parameters are left over)."""
+        if not self.groups:
+            return list(DEFAULT_GROUPS)
+        return [g.name for g in self.groups] + [REST_GROUP]
 
 
 class BoundsFrom(_Section):
@@ -258,6 +300,51 @@ class RangeTestConfig(_Section):
         return self
 
 
+_NAME_RE = r"[A-Za-z0-9_.\-]+"
+
+
+class StageConfig(_Section):
+    """One stage of a fine-tuning run (SPEC "Fine-tuning"): what it leaves out comes from
+    the top level; ``policy`` and ``optimizer`` are merged key by key over the top-level blocks."""
+
+    name: str
+    epochs: Optional[int] = Field(None, gt=0)
+    steps: Optional[int] = Field(None, gt=0)
+    freeze: list[str] = []  # groups that get no updates in this stage
+    policy: Optional[dict[str, Any]] = None
+    optimizer: Optional[dict[str, Any]] = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not re.fullmatch(_NAME_RE, name):
+            raise ValueError(f"use letters, digits, '-', '_' or '.' only (got {name!r})")
+        return name
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "StageConfig":
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("epochs: a stage needs epochs: or steps: (one of them)")
+        if self.optimizer and "groups" in self.optimizer:
+            raise ValueError("optimizer: groups are defined once, in the top-level optimizer.groups")
+        return self
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage with its policy and optimizer resolved; a run without ``stages:`` is one stage."""
+
+    name: str
+    policy: "PolicyConfig"
+    optimizer: "OptimizerConfig"
+    epochs: Optional[int]
+    steps: Optional[int]
+    freeze: tuple[str, ...] = ()
+
+    def length(self, steps_per_epoch: int) -> int:
+        return self.steps if self.steps is not None else self.epochs * steps_per_epoch
+
+
 class Config(_Section):
     name: str = "run"
     seed: int = 0
@@ -268,6 +355,44 @@ class Config(_Section):
     policy: PolicyConfig = PolicyConfig(lr=0.01)
     train: TrainConfig = TrainConfig()
     range_test: RangeTestConfig = RangeTestConfig()
+    stages: list[StageConfig] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stages_own_the_length(cls, data: Any) -> Any:
+        train = data.get("train") if isinstance(data, dict) else None
+        if isinstance(data, dict) and data.get("stages") and isinstance(train, dict):
+            given = [k for k in ("epochs", "steps") if train.get(k) is not None]
+            if given:
+                raise ValueError(f"train: with stages, each stage sets epochs: or steps:, not train.{given[0]}")
+        return data
+
+    @model_validator(mode="after")
+    def _stage_names(self) -> "Config":
+        names = [stage.name for stage in self.stages]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"stages: the stage name {duplicate!r} is used twice")
+        if self.stages:  # the default length of train: does not apply
+            self.train.epochs = self.train.steps = None
+        return self
+
+    @property
+    def has_stages(self) -> bool:
+        return bool(self.stages)
+
+    def plan(self) -> list[Stage]:
+        """The stages in order, each with its merged policy and optimizer (one without stages:)."""
+        if not self.stages:
+            return [Stage("train", self.policy, self.optimizer, self.train.epochs, self.train.steps)]
+        return [_resolve_stage(self, stage) for stage in self.stages]
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.plan():
+            if stage.name == name:
+                return stage
+        known = ", ".join(s.name for s in self.stages) or "none: this config has no stages"
+        raise ConfigError(f"--stage {name!r}: no such stage (stages: {known})")
 
     @field_validator("device")
     @classmethod
@@ -279,7 +404,7 @@ class Config(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        if not re.fullmatch(_NAME_RE, name):
             raise ValueError(f"use letters, digits, '-', '_' or '.' only (got {name!r})")
         return name
 
@@ -344,17 +469,51 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 
 def validate(data: dict[str, Any], source: str = "config") -> Config:
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(describe_validation_error(err, data)) from None
+    config.plan()  # every stage's merged policy and optimizer must validate too
+    return config
+
+
+def _resolve_stage(config: Config, stage: StageConfig) -> Stage:
+    """A stage's policy and optimizer: its own keys over the top level's, validated as a
+    whole config so that errors name ``stages.<name>.<key>``."""
+    data = config.to_dict()
+    data.pop("stages")
+    data["train"].update(epochs=None, steps=1)
+    data["policy"] = {**_explicit(config.policy), **(stage.policy or {})}
+    data["optimizer"] = {**data["optimizer"], **(stage.optimizer or {})}
+    try:
+        merged = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"stages.{stage.name}.{describe_validation_error(err, data)}") from None
+    known = config.optimizer.group_names()
+    for group in stage.freeze:
+        if group not in known:
+            raise ConfigError(f"stages.{stage.name}.freeze: unknown group {group!r}{_did_you_mean(group, known)}; "
+                              f"groups: {', '.join(known)}")
+    if set(known) <= set(stage.freeze):
+        raise ConfigError(f"stages.{stage.name}.freeze: freezes every group ({', '.join(known)}); nothing would train")
+    return Stage(stage.name, merged.policy, merged.optimizer, stage.epochs, stage.steps, tuple(stage.freeze))
+
+
+def _explicit(policy: "PolicyConfig") -> dict[str, Any]:
+    """The top-level policy as the user gave it (so a stage's ``name`` does not inherit
+    another policy's defaults by accident)."""
+    data = json.loads(policy.model_dump_json(by_alias=True))
+    return {key: data[key] for key in policy.model_fields_set if key in data} | {"name": data["name"]}
 
 
 def describe_validation_error(err: ValidationError, data: dict[str, Any]) -> str:
     """One line: the first problem, naming the dotted key and what was expected."""
     first = err.errors()[0]
-    loc = [str(p) for p in first["loc"] if not _is_union_branch(p)]
-    key = ".".join(loc) or "config"
     kind = first["type"]
+    raw = [str(p) for p in first["loc"]]
+    # An unknown key is the last part of its location, whatever it is called (even "int").
+    last = raw[-1:] if kind == "extra_forbidden" else []
+    loc = [p for p in raw[: len(raw) - len(last)] if not _is_union_branch(p)] + last
+    key = ".".join(loc) or "config"
     if kind == "extra_forbidden":
         hint = _did_you_mean(loc[-1], _known_keys(loc[:-1]))
         return f"{key}: unknown key{hint}"
@@ -384,6 +543,8 @@ def _is_union_branch(part: Any) -> bool:
 def _known_keys(loc: list[str]) -> list[str]:
     model: Any = Config
     for part in loc:
+        if part.isdigit():  # a list index: the list's item type follows
+            continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []

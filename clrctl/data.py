@@ -316,6 +316,8 @@ def build_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundl
     """
     device = torch.device(device)
     if cfg.name == "imagefolder":
+        if cfg.classes is not None:
+            raise ConfigError("dataset.classes: not available for imagefolder; keep only those class folders instead")
         return _imagefolder(cfg, seed, device)
     if cfg.name == "digits":
         arrays = _digits(cfg, seed)
@@ -323,6 +325,8 @@ def build_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundl
         arrays = _synthetic(cfg, seed)
     else:
         arrays = _torchvision(cfg)
+    if cfg.classes is not None:
+        arrays = _keep_classes(arrays, cfg.classes)
     if cfg.augment and arrays.x.dim() != 4:
         raise ConfigError(f"dataset.augment: random crop and flip need images; {cfg.name!r} has flat features")
     norm = dict(mean=arrays.mean, std=arrays.std)
@@ -332,6 +336,23 @@ def build_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundl
     )  # fmt: skip
     val = TensorSource(arrays.val_x, arrays.val_y, cfg.eval_batch_size, device, **norm)
     return DataBundle(train, val, tuple(arrays.x.shape[1:]), arrays.num_classes, cfg.name)
+
+
+def _keep_classes(arrays: _Arrays, classes: list[int]) -> _Arrays:
+    """Only the samples of ``classes``, relabelled 0..k-1 in that order (``dataset.classes``):
+    e.g. pretrain on digits 0-5 and fine-tune a new head on 6-9."""
+    if max(classes) >= arrays.num_classes:
+        raise ConfigError(f"dataset.classes: label {max(classes)} does not exist "
+                          f"(this data set has labels 0..{arrays.num_classes - 1})")
+    relabel = torch.full((arrays.num_classes,), -1, dtype=torch.int64)
+    relabel[torch.tensor(classes)] = torch.arange(len(classes))
+
+    def keep(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        mask = relabel[y] >= 0
+        return x[mask], relabel[y[mask]]
+
+    (x, y), (val_x, val_y) = keep(arrays.x, arrays.y), keep(arrays.val_x, arrays.val_y)
+    return _Arrays(x, y, val_x, val_y, len(classes), arrays.mean, arrays.std)
 
 
 def _stratified_split(y, val_fraction: float, seed: int):

@@ -177,7 +177,9 @@ def torchvision_model(name: str, input_shape: tuple[int, ...], num_classes: int,
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f" (did you mean {', '.join(close)}?)" if close else " (see torchvision.models.list_models())"
         raise ConfigError(f"model.name: unknown torchvision model {name!r}{hint}")
-    kwargs = {"weights": None, "num_classes": num_classes, **args}
+    # Named weights (args.weights) are loaded afterwards by clrctl.weights, shape by shape, so a
+    # new head for num_classes and an adapted first conv work with pretrained weights.
+    kwargs = {"num_classes": num_classes, **{k: v for k, v in args.items() if k != "weights"}, "weights": None}
     try:
         model = torchvision.models.get_model(name, **kwargs)
     except Exception as err:  # noqa: BLE001 - any constructor failure is a config problem

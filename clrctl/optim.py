@@ -3,15 +3,18 @@ arXiv 1711.05101: decoupled weight decay) and RMSprop, built from ``optimizer:``
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
 from clrctl.config import OptimizerConfig
 
 
-def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """``lr`` is the policy's first LR; the scheduler owns it from then on."""
+def build_optimizer(cfg: OptimizerConfig, params: Iterable[Any], lr: float) -> torch.optim.Optimizer:
+    """``lr`` is the policy's first LR; the scheduler owns it from then on. ``params`` are
+    parameters or param-group dicts (:func:`clrctl.groups.torch_param_groups`), whose LR
+    starts at ``lr_mult x lr``."""
+    params = [dict(g, lr=lr * g.get("lr_mult", 1.0)) if isinstance(g, dict) else g for g in params]
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)

@@ -20,7 +20,6 @@ default for one_cycle when the optimizer has a momentum term — never switched 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -50,51 +49,85 @@ def momentum_range(policy: PolicyConfig, optimizer_cfg: OptimizerConfig) -> Opti
     return None
 
 
-@dataclass
 class Schedule:
-    """A torch LR scheduler plus, for policies torch cycles no momentum for, the inverse
-    LR→momentum coupling of CyclicLR: m = high - (high - low) * (lr - base) / (max - base)."""
+    """The policy's trace, applied to every parameter group as ``lr_mult x LR``.
 
-    scheduler: lr_scheduler.LRScheduler
-    optimizer: torch.optim.Optimizer
-    inverse_momentum: Optional[tuple[float, float, float, float]] = None  # low, high, base, max
+    The torch scheduler runs on a one-parameter *reference* optimizer whose LR is the policy's
+    LR (lr_mult 1); each step writes ``lr_mult_g x`` that LR, and the momentum, into the real
+    optimizer's groups (timm's ``lr_scale``). So group g follows the policy for the bounds
+    ``lr_mult_g x bounds`` for every policy — including cosine and SGDR, whose torch classes
+    take a single ``eta_min`` — and a group with lr_mult 1 gets torch's values bit for bit.
 
-    def __post_init__(self) -> None:
+    For policies torch cycles no momentum for, the momentum follows the inverse LR->momentum
+    coupling of CyclicLR: m = high - (high - low) * (lr - base) / (max - base).
+    """
+
+    def __init__(self, scheduler: lr_scheduler.LRScheduler, reference: torch.optim.Optimizer,
+                 inverse_momentum: Optional[tuple[float, float, float, float]] = None,
+                 target: Optional[torch.optim.Optimizer] = None):
+        self.scheduler, self.reference = scheduler, reference
+        self.inverse_momentum = inverse_momentum  # low, high, base, max
+        self.cycles_momentum = inverse_momentum is not None or getattr(scheduler, "cycle_momentum", False)
+        self.target = target
         self._couple_momentum()
+        self.apply()
 
     def step(self) -> None:
+        self.reference.step()  # keeps torch from warning that the scheduler stepped first
         self.scheduler.step()
         self._couple_momentum()
+        self.apply()
 
     def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        """The policy's LR (lr_mult 1): what metrics.csv records."""
+        return float(self.reference.param_groups[0]["lr"])
 
     def momentum(self) -> Optional[float]:
-        return current_momentum(self.optimizer)
+        return current_momentum(self.reference if self.target is None else self.target)
+
+    def apply(self) -> None:
+        """Write the reference LR (and a cycled momentum) into the real optimizer's groups."""
+        if self.target is None:
+            return
+        lr, ref = self.lr(), self.reference.param_groups[0]
+        for group in self.target.param_groups:
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+            if self.cycles_momentum:
+                if "betas" in group:
+                    group["betas"] = (ref["betas"][0], group["betas"][1])
+                elif "momentum" in group:
+                    group["momentum"] = ref["momentum"]
 
     def state_dict(self) -> dict[str, Any]:
-        return self.scheduler.state_dict()
+        hyper = {k: v for k, v in self.reference.param_groups[0].items() if k != "params"}
+        return {"scheduler": self.scheduler.state_dict(), "reference": hyper}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scheduler.load_state_dict(state)
+        if "scheduler" not in state:  # a checkpoint from clrctl 0.1: the scheduler alone
+            state = {"scheduler": state, "reference": {"lr": self.target.param_groups[0]["lr"]}}
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.reference.param_groups[0].update(state["reference"])
         self._couple_momentum()
+        self.apply()
 
     def _couple_momentum(self) -> None:
         if self.inverse_momentum is None:
             return
         low, high, base, top = self.inverse_momentum
-        for group in self.optimizer.param_groups:
-            share = min(1.0, max(0.0, (group["lr"] - base) / (top - base)))
-            value = high - (high - low) * share
-            if "betas" in group:
-                group["betas"] = (value, group["betas"][1])
-            else:
-                group["momentum"] = value
+        group = self.reference.param_groups[0]
+        share = min(1.0, max(0.0, (group["lr"] - base) / (top - base)))
+        value = high - (high - low) * share
+        if "betas" in group:
+            group["betas"] = (value, group["betas"][1])
+        else:
+            group["momentum"] = value
 
 
-def build_schedule(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, optimizer: torch.optim.Optimizer,
+def build_schedule(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, target: Optional[torch.optim.Optimizer],
                    steps_per_epoch: int, total_steps: int) -> Schedule:
-    """The schedule for ``policy``; ``optimizer`` must have been built with :func:`initial_lr`."""
+    """The schedule for ``policy`` over ``total_steps``, driving ``target``'s groups (None: a
+    trace only, as for ``preview``)."""
+    optimizer = build_optimizer(optimizer_cfg, [torch.nn.Parameter(torch.zeros(1))], initial_lr(policy))
     moms = momentum_range(policy, optimizer_cfg)
     stepsize = resolve_steps(policy.stepsize, steps_per_epoch)
     name = policy.name
@@ -103,7 +136,7 @@ def build_schedule(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, optimiz
         sched = lr_scheduler.CyclicLR(optimizer, base_lr=policy.base_lr, max_lr=policy.max_lr,
                                       step_size_up=stepsize, mode=name, gamma=policy.effective_gamma,
                                       cycle_momentum=moms is not None, **kwargs)
-        return Schedule(sched, optimizer)
+        return Schedule(sched, optimizer, target=target)
     if name == "one_cycle":
         kwargs = dict(base_momentum=moms[0], max_momentum=moms[1]) if moms else {}
         sched = lr_scheduler.OneCycleLR(optimizer, max_lr=policy.max_lr, total_steps=total_steps,
@@ -111,7 +144,7 @@ def build_schedule(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, optimiz
                                         div_factor=policy.max_lr / policy.base_lr,
                                         final_div_factor=policy.final_div, three_phase=policy.three_phase,
                                         cycle_momentum=moms is not None, **kwargs)
-        return Schedule(sched, optimizer)
+        return Schedule(sched, optimizer, target=target)
     if name == "cosine":
         sched = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=policy.base_lr)
     elif name == "sgdr":
@@ -123,19 +156,16 @@ def build_schedule(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, optimiz
     else:  # fixed
         sched = lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
     coupling = (moms[0], moms[1], policy.base_lr, policy.max_lr) if moms else None
-    return Schedule(sched, optimizer, coupling)
+    return Schedule(sched, optimizer, coupling, target)
 
 
 def preview(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, steps_per_epoch: int,
             total_steps: int) -> list[tuple[int, float, Optional[float]]]:
-    """(step, lr, momentum) for every step of a run — the trainer's own schedule, on a dummy
-    parameter, so what the preview shows is what training does."""
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = build_optimizer(optimizer_cfg, [param], initial_lr(policy))
-    schedule = build_schedule(policy, optimizer_cfg, optimizer, steps_per_epoch, total_steps)
+    """(step, lr, momentum) for every step of a run — the trainer's own schedule, so what the
+    preview shows is what training does. Group g trains at ``lr_mult_g x lr``."""
+    schedule = build_schedule(policy, optimizer_cfg, None, steps_per_epoch, total_steps)
     trace = []
     for step in range(total_steps):
         trace.append((step, schedule.lr(), schedule.momentum()))
-        optimizer.step()  # keeps torch from warning that the scheduler stepped first
         schedule.step()
     return trace

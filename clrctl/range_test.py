@@ -37,13 +37,12 @@ import torch
 from torch import nn
 
 from clrctl import suggest as rules
-from clrctl.config import CYCLIC_POLICIES, Config, resolve_steps
-from clrctl.data import DataBundle, build_data
-from clrctl.device import resolve_device, seed_everything
+from clrctl.config import CYCLIC_POLICIES, Config, Stage, resolve_steps
 from clrctl.errors import Interrupted
-from clrctl.models import build_model
+from clrctl.groups import build_groups, set_frozen, torch_param_groups
 from clrctl.optim import build_optimizer, current_momentum
 from clrctl.rundir import RunDir
+from clrctl.setup import Setup, build_setup
 from clrctl.trainer import Reporter, evaluate, train_step
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "smoothed_loss", "val_loss", "val_acc"]
@@ -64,27 +63,37 @@ def diverged(smoothed: float, best: float, factor: float) -> bool:
 
 @dataclass
 class SweepSetup:
-    """Everything one sweep needs, built before any run directory exists."""
+    """A run's :class:`~clrctl.setup.Setup`, the stage whose frozen groups and LR multipliers
+    the sweep uses, and the sweep's length; built before any run directory exists."""
 
-    config: Config
-    seed: int
-    device: torch.device
-    data: DataBundle
-    model: nn.Module
+    base: Setup
+    stage: Stage
     steps: int
-    steps_per_epoch: int
-    loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+
+    config = property(lambda self: self.base.config)
+    seed = property(lambda self: self.base.seed)
+    device = property(lambda self: self.base.device)
+    data = property(lambda self: self.base.data)
+    model = property(lambda self: self.base.model)
+    steps_per_epoch = property(lambda self: self.base.steps_per_epoch)
+    loss_fn = property(lambda self: self.base.loss_fn)
 
 
-def prepare(config: Config, seed: Optional[int] = None) -> SweepSetup:
-    """Data (split and order from ``seed``) and a freshly initialised model on the device."""
-    seed = config.seed if seed is None else seed
-    seed_everything(seed)
-    device = resolve_device(config.device)
-    data = build_data(config.dataset, seed, device)
-    model = build_model(config.model, data.input_shape, data.num_classes).to(device)
-    spe = len(data.train)
-    return SweepSetup(config, seed, device, data, model, resolve_steps(config.range_test.steps, spe), spe)
+def prepare(config: Config, seed: Optional[int] = None, stage: Optional[str] = None) -> SweepSetup:
+    """The run's setup (data split and order from ``seed``; the model with its starting
+    weights) and the stage to sweep: ``stage`` by name, else the first."""
+    chosen = config.stage(stage) if stage is not None else config.plan()[0]
+    base = build_setup(config, seed)
+    return SweepSetup(base, chosen, resolve_steps(config.range_test.steps, base.steps_per_epoch))
+
+
+def sweep_optimizer(setup: SweepSetup, model: nn.Module) -> torch.optim.Optimizer:
+    """The stage's optimizer for ``model`` (a copy): its frozen groups get no parameters and
+    every group's LR is its ``lr_mult`` x the swept LR."""
+    groups = build_groups(model, setup.config.optimizer)
+    set_frozen(groups, setup.stage.freeze)
+    params = torch_param_groups(groups, model, setup.stage.optimizer, setup.stage.freeze)
+    return build_optimizer(setup.stage.optimizer, params, setup.config.range_test.start_lr)
 
 
 @dataclass
@@ -104,7 +113,7 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
     rt = setup.config.range_test
     reporter = reporter or Reporter()
     model = copy.deepcopy(setup.model).train()
-    optimizer = build_optimizer(setup.config.optimizer, model.parameters(), rt.start_lr)
+    optimizer = sweep_optimizer(setup, model)
     eval_source = setup.data.val.head(rt.eval_size)
     smoother = _StopRule(rt.smoothing, rt.diverge_factor)
     rows: list[dict[str, Any]] = []
@@ -117,7 +126,7 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
             for t, epoch, (x, y) in _step_batches(setup):
                 lr = lr_at(t, setup.steps, rt.start_lr, rt.end_lr, rt.mode)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group["lr_mult"]
                 # One host sync per step: the stop rule needs this step's loss now. A range
                 # test is short, so this costs little (the trainer batches its syncs instead).
                 loss = float(train_step(model, optimizer, x, y, setup.loss_fn))
@@ -225,12 +234,15 @@ def seed_summary(result: SweepResult, suggestion: dict[str, Any]) -> dict[str, A
     }
 
 
-def suggested_config(config: Config, base_lr: float, max_lr: float) -> dict[str, Any]:
-    """The config with ``policy.bounds`` filled in, ready for ``clrctl train``.
+def suggested_config(config: Config, base_lr: float, max_lr: float, stage: Optional[str] = None) -> dict[str, Any]:
+    """The config with ``policy.bounds`` (or stage ``stage``'s) filled in, ready for ``clrctl train``.
 
     A policy without bounds (fixed, step) becomes ``triangular2`` (the paper's choice)."""
     data = config.to_dict()
     policy = data["policy"]
+    if stage is not None:  # the stage's own policy block, over what it inherits
+        entry = next(s for s in data["stages"] if s["name"] == stage)
+        policy = entry["policy"] = {"name": config.stage(stage).policy.name, **(entry.get("policy") or {})}
     if policy["name"] not in BOUNDED_POLICIES:
         policy.update(name="triangular2", lr=None, milestones=[], gamma=None)
     policy["bounds"] = [float(f"{base_lr:.4g}"), float(f"{max_lr:.4g}")]
@@ -245,17 +257,22 @@ def suggested_config(config: Config, base_lr: float, max_lr: float) -> dict[str,
 
 def start_range_test(config: Config, *, seeds: int = 1, runs_root: str | Path = "runs",
                      run_dir: Optional[str | Path] = None, argv: Optional[list[str]] = None,
-                     reporter_factory: Optional[Callable[[int], Reporter]] = None) -> tuple[Path, dict[str, Any]]:
+                     reporter_factory: Optional[Callable[[int], Reporter]] = None,
+                     stage: Optional[str] = None) -> tuple[Path, dict[str, Any]]:
     """Sweep ``seeds`` seeds (``config.seed``, +1, …) into a new run directory; (path, summary).
+    With stages, the sweep uses stage ``stage`` (default: the first): its frozen groups and
+    LR multipliers, and ``suggested.yaml`` fills that stage's bounds.
 
     Raises :class:`Interrupted` after writing an ``interrupted`` summary on Ctrl-C / SIGTERM."""
     if seeds < 1:
         raise ValueError("seeds must be >= 1")
     seed_list = [config.seed + k for k in range(seeds)]
-    first = prepare(config, seed_list[0])  # bad input fails here, before the run directory exists
+    first = prepare(config, seed_list[0], stage)  # bad input fails here, before the run directory exists
     run = RunDir.create(runs_root, config.name, run_dir)
     run.write_config(config.to_dict())
     run.start("range-test", config.seed, str(first.device), argv)
+    run.set_status("running", groups=first.base.describe_groups(), weights=first.base.weights,
+                   **({"stage": first.stage.name} if config.has_stages else {}))
     per_seed: list[tuple[int, SweepResult, dict[str, Any]]] = []
     try:
         stopped = _sweep_seeds(config, seed_list, first, run, per_seed, reporter_factory)
@@ -266,7 +283,9 @@ def start_range_test(config: Config, *, seeds: int = 1, runs_root: str | Path = 
         run.write_summary(summary)
         suggestion = summary["suggestion"]
         if summary["status"] == "completed" and suggestion["base_lr"] is not None:
-            run.write_config(suggested_config(config, suggestion["base_lr"], suggestion["max_lr"]), "suggested.yaml")
+            filled = first.stage.name if config.has_stages else None
+            run.write_config(suggested_config(config, suggestion["base_lr"], suggestion["max_lr"], filled),
+                             "suggested.yaml")
         render_plot(run, config, per_seed, summary)
     except Interrupted:
         raise
@@ -283,7 +302,7 @@ def _sweep_seeds(config, seed_list, first, run, per_seed, reporter_factory) -> b
     """Sweep each seed in turn, appending (seed, result, suggestion); True when interrupted."""
     try:
         for seed in seed_list:
-            setup = first if seed == seed_list[0] else prepare(config, seed)
+            setup = first if seed == seed_list[0] else prepare(config, seed, first.stage.name)
             many = len(seed_list) > 1
             target = RunDir.create(run.path, "", run.path / "seeds" / f"seed-{seed}") if many else run
             result = _sweep_to_csv(setup, target, reporter_factory(seed) if reporter_factory else None)

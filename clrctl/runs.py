@@ -17,18 +17,25 @@ from clrctl.config import Config, load_config, resolve_bounds_from
 from clrctl.errors import InputError
 from clrctl.rundir import RunDir, create_group, read_csv, read_json, truncate_csv, utc_now
 from clrctl.series import moving_average
-from clrctl.trainer import LoopState, Reporter, TrainingLoop, prepare
+from clrctl.setup import build_setup
+from clrctl.trainer import LoopState, Reporter, TrainingLoop
 
 
 def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: Optional[str | Path] = None,
                    argv: Optional[list[str]] = None, reporter: Optional[Reporter] = None) -> tuple[Path, dict]:
     """Train ``config`` in a new run directory; returns (run path, summary)."""
     config = resolve_bounds_from(config)
-    setup = prepare(config)
+    setup = build_setup(config)
     run = RunDir.create(runs_root, config.name, run_dir)
     run.write_config(config.to_dict())
     run.start("train", config.seed, str(setup.device), argv)
+    run.set_status("running", **model_record(setup))
     return run.path, _run(TrainingLoop(setup, run, reporter))
+
+
+def model_record(setup) -> dict[str, Any]:
+    """What run.json records of the model: its parameter groups and its starting weights."""
+    return {"groups": setup.describe_groups(), "weights": setup.weights}
 
 
 def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
@@ -42,24 +49,20 @@ def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
     if info.get("status") == "completed":
         raise InputError(f"{path}: run already completed; nothing to resume")
     config = load_config(run.path / "config.yaml")
-    setup = prepare(config)
-    state = LoopState()
+    setup = build_setup(config)
     last = run.path / "checkpoints" / "last.pt"
-    if last.is_file():
-        saved = checkpoint.load(last, setup.device)
-        setup.model.load_state_dict(saved["model"])
-        setup.optimizer.load_state_dict(saved["optimizer"])
-        setup.schedule.load_state_dict(saved["schedule"])
-        setup.scaler.load_state_dict(saved["scaler"])
-        state = LoopState(**saved["state"])
-        checkpoint.restore_rng(saved["rng"])
+    saved = checkpoint.load(last, setup.device) if last.is_file() else None
+    state = LoopState(**saved["state"]) if saved else LoopState()
     # An epoch counts only once its row is in epochs.csv; a mid-epoch checkpoint (interrupt)
     # keeps the finished epochs and the steps done so far.
     truncate_csv(run.path / "metrics.csv", lambda row: int(row["step"]) < state.step)
     truncate_csv(run.path / "epochs.csv", lambda row: int(row["epoch"]) <= state.epoch)
     run.set_status("running", resumed=[*info.get("resumed", []), {"time": utc_now(), "step": state.step}],
                    resume_argv=argv)
-    return run.path, _run(TrainingLoop(setup, run, reporter, state))
+    loop = TrainingLoop(setup, run, reporter, state)  # opens the CSVs: after they are truncated
+    if saved:
+        loop.restore(saved)
+    return run.path, _run(loop)
 
 
 def train_seeds(config: Config, seeds: list[int], *, runs_root: str | Path = "runs",
@@ -67,7 +70,7 @@ def train_seeds(config: Config, seeds: list[int], *, runs_root: str | Path = "ru
                 reporter_factory=None) -> tuple[Path, list[dict]]:
     """One run per seed under a group directory (``group.json`` + ``seed-K/``)."""
     config = resolve_bounds_from(config)
-    prepare(config)  # fail on bad input before the group directory exists
+    build_setup(config)  # fail on bad input before the group directory exists
     group = create_group(runs_root, config.name, seeds, run_dir)
     summaries = []
     for seed in seeds:

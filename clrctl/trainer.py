@@ -21,14 +21,10 @@ import torch
 from torch import nn
 
 from clrctl import checkpoint
-from clrctl.config import Config
-from clrctl.data import BatchSource, DataBundle, build_data
-from clrctl.device import resolve_device, seed_everything
+from clrctl.data import BatchSource
 from clrctl.errors import Interrupted, RunFailed
-from clrctl.models import build_model
-from clrctl.optim import build_optimizer
-from clrctl.policies import Schedule, build_schedule, initial_lr
 from clrctl.rundir import RunDir
+from clrctl.setup import Setup, StageRun, build_stage
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "val_loss", "val_acc"]
 EPOCH_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "elapsed_s"]
@@ -46,37 +42,6 @@ class Reporter:
     def epoch(self, row: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
-
-
-@dataclass
-class Setup:
-    """Everything a run needs, built before its run directory exists (so bad input leaves none)."""
-
-    config: Config
-    device: torch.device
-    data: DataBundle
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: Schedule
-    scaler: torch.amp.GradScaler
-    steps_per_epoch: int
-    total_steps: int
-    epochs: int
-    loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
-
-
-def prepare(config: Config) -> Setup:
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    data = build_data(config.dataset, config.seed, device)
-    model = build_model(config.model, data.input_shape, data.num_classes).to(device)
-    optimizer = build_optimizer(config.optimizer, model.parameters(), initial_lr(config.policy))
-    steps_per_epoch = len(data.train)
-    total = config.train.steps or config.train.epochs * steps_per_epoch
-    schedule = build_schedule(config.policy, config.optimizer, optimizer, steps_per_epoch, total)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp and device.type == "cuda")
-    return Setup(config, device, data, model, optimizer, schedule, scaler, steps_per_epoch, total,
-                 epochs=math.ceil(total / steps_per_epoch))
 
 
 # ---------------------------------------------------------------------------------------
@@ -138,6 +103,7 @@ class LoopState:
     final_val_acc: Optional[float] = None
     final_val_loss: Optional[float] = None
     steps_to_target: Optional[int] = None
+    stages: list = field(default_factory=list)  # {name, steps, final_val_acc} of finished stages
     epoch_loss_sum: float = 0.0  # sample-weighted train loss of the current epoch so far
     epoch_correct: float = 0.0
     epoch_seen: int = 0
@@ -151,14 +117,21 @@ class _Diverged(Exception):
 
 
 class TrainingLoop:
+    """Trains a :class:`Setup` stage after stage with one step counter; ``stage`` holds the
+    running stage's optimizer and schedule, rebuilt when the next stage begins."""
+
     def __init__(self, setup: Setup, run: RunDir, reporter: Optional[Reporter] = None,
                  state: Optional[LoopState] = None):
         self.s = setup
         self.run = run
         self.reporter = reporter or Reporter()
         self.state = state or LoopState()
-        self.metrics_log = run.csv("metrics.csv", METRIC_COLUMNS)
-        self.epochs_log = run.csv("epochs.csv", EPOCH_COLUMNS)
+        self.stage: StageRun = build_stage(setup, setup.stage_index(self.state.step))
+        device = setup.device
+        self.scaler = torch.amp.GradScaler(device.type, enabled=setup.config.train.amp and device.type == "cuda")
+        extra = ["stage"] if setup.config.has_stages else []
+        self.metrics_log = run.csv("metrics.csv", METRIC_COLUMNS + extra)
+        self.epochs_log = run.csv("epochs.csv", EPOCH_COLUMNS + extra)
         self._rows: list[dict[str, Any]] = []  # rows whose loss is still a device tensor
         self._losses: list[torch.Tensor] = []
         self._epoch_loss: Optional[torch.Tensor] = None
@@ -171,7 +144,7 @@ class TrainingLoop:
         """Train to the end. Raises RunFailed (diverged) or Interrupted; both leave a summary."""
         s, state = self.s, self.state
         self.reporter.start(s.total_steps, state.step)
-        self.s.model.train()
+        s.model.train()
         try:
             with self._signals():
                 # batch > 0: resumed inside an epoch (possibly its last step) that must be closed
@@ -204,9 +177,13 @@ class TrainingLoop:
             self._train_one(x, y, epoch)
             state.batch = index + 1
             epoch_end = index == n_batches - 1 or state.step >= s.total_steps
+            stage_end = state.step == s.stage_ends[self.stage.index]
             every = s.config.train.eval_every
-            if epoch_end or (every and state.step % every == 0):
+            if epoch_end or stage_end or (every and state.step % every == 0):
                 self._evaluate()
+            if stage_end:
+                state.stages.append({"name": self.stage.stage.name, "steps": self.stage.stage.length(s.steps_per_epoch),
+                                     "final_val_acc": state.final_val_acc})
             if epoch_end or state.step % s.config.train.log_every == 0:
                 self._flush()
             if self._signal:
@@ -217,16 +194,22 @@ class TrainingLoop:
 
     def _train_one(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
         s, state = self.s, self.state
-        lr, momentum = s.schedule.lr(), s.schedule.momentum()
-        loss, logits = _forward_backward(s.model, s.optimizer, x, y, s.loss_fn, s.scaler)
+        if state.step >= s.stage_ends[self.stage.index]:  # the previous stage is done
+            self.stage = build_stage(s, self.stage.index + 1)
+        optimizer, schedule = self.stage.optimizer, self.stage.schedule
+        lr, momentum = schedule.lr(), schedule.momentum()
+        loss, logits = _forward_backward(s.model, optimizer, x, y, s.loss_fn, self.scaler)
         if s.config.train.skip_nonfinite and not torch.isfinite(loss):  # opt-in: syncs every step
-            s.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
         else:
             self._epoch_loss += loss.float() * len(y)
             self._epoch_correct += (logits.argmax(1) == y).sum()
             state.epoch_seen += len(y)
-        s.schedule.step()
-        self._rows.append({"step": state.step, "epoch": epoch + 1, "lr": lr, "momentum": momentum})
+        schedule.step()
+        row = {"step": state.step, "epoch": epoch + 1, "lr": lr, "momentum": momentum}
+        if s.config.has_stages:
+            row["stage"] = self.stage.stage.name
+        self._rows.append(row)
         self._losses.append(loss)
         state.step += 1
         state.last_lr = lr
@@ -271,7 +254,8 @@ class TrainingLoop:
         seen = max(state.epoch_seen, 1)
         row = {"epoch": epoch + 1, "step": state.step, "train_loss": state.epoch_loss_sum / seen,
                "train_acc": state.epoch_correct / seen, "val_loss": state.final_val_loss,
-               "val_acc": state.final_val_acc, "lr": state.last_lr, "elapsed_s": round(self._elapsed(), 3)}
+               "val_acc": state.final_val_acc, "lr": state.last_lr, "elapsed_s": round(self._elapsed(), 3),
+               "stage": self.stage.stage.name}
         self.epochs_log.write([row])
         self.epochs_log.flush()
         state.epoch, state.batch = epoch + 1, 0
@@ -289,10 +273,20 @@ class TrainingLoop:
         state = asdict(self.state)
         state["elapsed_s"] = self._elapsed()
         checkpoint.save_atomic({
-            "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-            "schedule": s.schedule.state_dict(), "scaler": s.scaler.state_dict(),
-            "state": state, "rng": checkpoint.rng_state(),
+            "model": s.model.state_dict(), "optimizer": self.stage.optimizer.state_dict(),
+            "schedule": self.stage.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+            "stage": self.stage.index, "state": state, "rng": checkpoint.rng_state(),
         }, self.run.checkpoints_dir / "last.pt")
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from a ``last.pt``: the optimizer state counts only inside the stage that
+        saved it — a run stopped exactly at a stage boundary starts the next stage afresh."""
+        self.s.model.load_state_dict(saved["model"])
+        self.scaler.load_state_dict(saved["scaler"])
+        if saved.get("stage", 0) == self.stage.index:
+            self.stage.optimizer.load_state_dict(saved["optimizer"])
+            self.stage.schedule.load_state_dict(saved["schedule"])
+        checkpoint.restore_rng(saved["rng"])
 
     def _finish(self, status: str, **extra: Any) -> dict[str, Any]:
         for log in (self.metrics_log, self.epochs_log):
@@ -311,7 +305,8 @@ class TrainingLoop:
             "best_val_acc": state.best_val_acc, "best_step": state.best_step,
             "final_val_loss": state.final_val_loss, "steps_to_target": state.steps_to_target,
             "target": s.config.train.target, "planned_steps": s.total_steps,
-            "steps_per_epoch": s.steps_per_epoch, **extra,
+            "steps_per_epoch": s.steps_per_epoch,
+            **({"stages": state.stages} if s.config.has_stages else {}), **extra,
         }
 
     # -- signals ---------------------------------------------------------------------

@@ -30,6 +30,9 @@ def range_test(
     seeds: int = typer.Option(1, "--seeds", min=1,
                               help="Repeat with seeds seed, seed+1, … (other init and data order); report medians."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    stage: Optional[str] = typer.Option(None, "--stage",
+                                        help="Sweep this stage of a config with stages: its frozen groups and LR "
+                                             "multipliers (default: the first stage)."),
 ) -> None:
     """LR range test (Smith §3.3): raise the LR, record loss and accuracy, suggest CLR bounds."""
     from clrctl.reporting import RichReporter
@@ -41,7 +44,7 @@ def range_test(
     label = (lambda s: f"seed {s}") if seeds > 1 else (lambda s: "range-test")
     path, summary = start_range_test(cfg, seeds=seeds, runs_root=runs_root, run_dir=run_dir,
                                      argv=["clrctl", *sys.argv[1:]],
-                                     reporter_factory=lambda s: RichReporter(label(s), quiet))
+                                     reporter_factory=lambda s: RichReporter(label(s), quiet), stage=stage)
     print_suggestion(path, summary)
     if summary["suggestion"]["base_lr"] is None:
         raise RunFailed(f"{summary['suggestion']['reason']} (run kept in {path})")

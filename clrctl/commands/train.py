@@ -131,10 +131,10 @@ def _steps_per_epoch(cfg: Config) -> int:
 @app.command("validate")
 def validate(config: Optional[Path] = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
     """Check a config without training: schema, data, model, optimizer and schedule are all built."""
-    from clrctl.trainer import prepare
+    from clrctl.setup import build_setup
 
     cfg = resolve_bounds_from(_load(config, overrides))
-    setup = prepare(cfg)
+    setup = build_setup(cfg)
     params = sum(p.numel() for p in setup.model.parameters())
     policy = cfg.policy
     bounds = f"{policy.base_lr:g}–{policy.max_lr:g}"

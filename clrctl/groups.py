@@ -1,0 +1,132 @@
+"""Named parameter groups: the one seam that splits a model's parameters for the optimizer.
+
+Each group has a name, an LR multiplier and optionally its own weight decay (timm's
+``lr_scale`` per group, ``timm/optim/_param_groups.py``). Without ``optimizer.groups`` every
+model has ``body`` and ``head`` (head = the final classifier layer); with it, fnmatch patterns
+on ``model.named_parameters()`` pick the parameters, the first matching group wins, and the
+unmatched rest forms ``rest``. The trainer, the range test and ``preview`` all take their
+groups from here, and stages freeze groups by name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from torch import nn
+
+from clrctl.config import DEFAULT_GROUPS, REST_GROUP, OptimizerConfig
+from clrctl.errors import ConfigError
+
+# Modules whose weights count as "norm" for optimizer.no_decay (their biases are "bias" too).
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+if hasattr(nn, "RMSNorm"):
+    _NORM_TYPES += (nn.RMSNorm,)
+
+
+@dataclass
+class ParamGroup:
+    name: str
+    lr_mult: float = 1.0
+    weight_decay: Optional[float] = None  # None: optimizer.weight_decay
+    params: list[tuple[str, nn.Parameter]] = field(default_factory=list)
+
+    @property
+    def numel(self) -> int:
+        return sum(p.numel() for _, p in self.params)
+
+    def describe(self) -> dict[str, Any]:
+        """What run.json records of a group."""
+        return {"name": self.name, "lr_mult": self.lr_mult, "weight_decay": self.weight_decay,
+                "tensors": len(self.params), "parameters": self.numel}
+
+
+def head_module(model: nn.Module) -> str:
+    """The name of the final classifier layer: the last ``nn.Linear`` in registration order
+    (torchvision's ``fc``, ``classifier.6``, ``heads.head``, …), else the last module that holds
+    parameters of its own ("" when the model is a single layer)."""
+    holders = [name for name, module in model.named_modules() if any(True for _ in module.parameters(recurse=False))]
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return (linears or holders or [""])[-1]
+
+
+def build_groups(model: nn.Module, cfg: OptimizerConfig) -> list[ParamGroup]:
+    """The named groups of ``model`` for ``cfg``; empty groups are kept only for body/head."""
+    named = [(n, p) for n, p in model.named_parameters()]
+    if not cfg.groups:
+        head = head_module(model)
+        in_head = (lambda n: n.startswith(head + ".")) if head else (lambda n: True)
+        body, top = ParamGroup(DEFAULT_GROUPS[0]), ParamGroup(DEFAULT_GROUPS[1])
+        for name, param in named:
+            (top if in_head(name) else body).params.append((name, param))
+        return [body, top]
+    groups = [ParamGroup(g.name, g.lr_mult, g.weight_decay) for g in cfg.groups]
+    rest = ParamGroup(REST_GROUP)
+    claimed_by: dict[str, str] = {}
+    for name, param in named:
+        owner = next((i for i, g in enumerate(cfg.groups) if _matches(name, g.params)), None)
+        (rest if owner is None else groups[owner]).params.append((name, param))
+        if owner is not None:
+            claimed_by[name] = cfg.groups[owner].name
+    for index, (spec, group) in enumerate(zip(cfg.groups, groups)):
+        if not group.params:
+            _refuse_empty(index, spec, named, claimed_by)
+    return groups + ([rest] if rest.params else [])
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _refuse_empty(index: int, spec, named, claimed_by) -> None:
+    hits = [n for n, _ in named if _matches(n, spec.params)]
+    key = f"optimizer.groups.{index}.params"
+    if not hits:
+        sample = ", ".join(n for n, _ in named[:6]) + (", …" if len(named) > 6 else "")
+        raise ConfigError(f"{key}: {spec.params} match no parameter of the model (its parameters: {sample})")
+    owners = sorted({claimed_by[n] for n in hits})
+    raise ConfigError(f"{key}: group {spec.name!r} is dead: every parameter it matches is taken by an earlier "
+                      f"group ({', '.join(owners)}); put it before them or narrow their patterns")
+
+
+def check_trainable(groups: list[ParamGroup], frozen: tuple[str, ...], where: str) -> None:
+    """A stage must leave at least one parameter to train."""
+    if not any(g.params for g in groups if g.name not in frozen):
+        raise ConfigError(f"{where}.freeze: freezes every group that has parameters; nothing would train")
+
+
+def torch_param_groups(groups: list[ParamGroup], model: nn.Module, cfg: OptimizerConfig,
+                       frozen: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """torch optimizer ``param_groups`` for the groups that train: each carries its ``name`` and
+    ``lr_mult``; with ``no_decay`` a group is split into a decaying and a non-decaying part."""
+    exempt = _no_decay_names(model, cfg.no_decay)
+    out = []
+    for group in groups:
+        if group.name in frozen or not group.params:
+            continue
+        decay = cfg.weight_decay if group.weight_decay is None else group.weight_decay
+        parts = [(decay, [p for n, p in group.params if n not in exempt]),
+                 (0.0, [p for n, p in group.params if n in exempt])]
+        for weight_decay, params in parts:
+            if params:
+                out.append({"params": params, "name": group.name, "lr_mult": group.lr_mult,
+                            "weight_decay": weight_decay})
+    return out
+
+
+def _no_decay_names(model: nn.Module, kinds: list[str]) -> set[str]:
+    names: set[str] = set()
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if ("bias" in kinds and param_name == "bias") or ("norm" in kinds and isinstance(module, _NORM_TYPES)):
+                names.add(full)
+    return names
+
+
+def set_frozen(groups: list[ParamGroup], frozen: tuple[str, ...]) -> None:
+    """Freezing as data (airbench): requires_grad follows the stage's ``freeze`` list."""
+    for group in groups:
+        for _, param in group.params:
+            param.requires_grad_(group.name not in frozen)

@@ -1,0 +1,139 @@
+"""A run's setup, built in one place for ``train``, ``range-test``, ``validate`` and resume.
+
+Order matters for bad input: data, model, starting weights and parameter groups are built,
+and one batch is put through a throwaway copy of the model, *before* any run directory
+exists — so a bad config, a missing data root, weights of another architecture or a model
+that does not fit the data leaves nothing behind. Optimizers and schedules belong to a stage
+and are built by :func:`build_stage` when the stage starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from clrctl.config import Config, Stage
+from clrctl.data import DataBundle, build_data
+from clrctl.device import resolve_device, seed_everything
+from clrctl.errors import ConfigError
+from clrctl.groups import ParamGroup, build_groups, check_trainable, set_frozen, torch_param_groups
+from clrctl.models import build_model
+from clrctl.optim import build_optimizer
+from clrctl.policies import Schedule, build_schedule, initial_lr
+from clrctl.weights import load_weights
+
+
+@dataclass
+class Setup:
+    """Everything a run needs but its optimizer state; ``stages`` has one entry without ``stages:``."""
+
+    config: Config
+    seed: int
+    device: torch.device
+    data: DataBundle
+    model: nn.Module
+    groups: list[ParamGroup]
+    stages: list[Stage]
+    steps_per_epoch: int
+    weights: Optional[dict[str, Any]] = None  # source and re-initialised keys of model.weights
+    loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+
+    @property
+    def stage_ends(self) -> list[int]:
+        """The global step at which each stage ends (exclusive): one step counter for all."""
+        ends, total = [], 0
+        for stage in self.stages:
+            total += stage.length(self.steps_per_epoch)
+            ends.append(total)
+        return ends
+
+    @property
+    def total_steps(self) -> int:
+        return self.stage_ends[-1]
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def stage_index(self, step: int) -> int:
+        """The stage that trains global step ``step`` (the last one past the end)."""
+        return next((i for i, end in enumerate(self.stage_ends) if step < end), len(self.stages) - 1)
+
+    def stage_start(self, index: int) -> int:
+        return 0 if index == 0 else self.stage_ends[index - 1]
+
+    def describe_groups(self) -> list[dict[str, Any]]:
+        return [g.describe() for g in self.groups]
+
+
+def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = True) -> Setup:
+    """Data (split and order from ``seed``), a freshly initialised model with its starting
+    weights on the device, and its parameter groups; raises ConfigError on bad input."""
+    seed = config.seed if seed is None else seed
+    seed_everything(seed)
+    device = resolve_device(config.device)
+    data = build_data(config.dataset, seed, device)
+    model = build_model(config.model, data.input_shape, data.num_classes)
+    weights = load_weights(model, config.model)
+    model = model.to(device)
+    groups = build_groups(model, config.optimizer)
+    stages = config.plan()
+    for stage in stages:
+        check_trainable(groups, stage.freeze, f"stages.{stage.name}" if config.has_stages else "optimizer")
+    setup = Setup(config, seed, device, data, model, groups, stages, len(data.train), weights)
+    if probe:
+        probe_batch(setup)
+    return setup
+
+
+def probe_batch(setup: Setup) -> None:
+    """Forward, loss and backward of a few training samples on a throwaway copy of the model,
+    under a forked RNG: a model that does not fit the data fails here, as one line, before
+    any run directory exists — not at step 0 of a run."""
+    model_name = setup.config.model.name
+    source = setup.data.train.head(4)
+    if hasattr(source, "num_workers"):
+        source.num_workers = 0  # one tiny batch is not worth starting worker processes
+    x, y = next(iter(source.batches(0)))
+    devices = [setup.device] if setup.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        model = copy.deepcopy(setup.model).train()
+        try:
+            loss = setup.loss_fn(model(x), y)
+            loss.backward()
+        except Exception as err:  # noqa: BLE001 - any failure here is a model/data mismatch
+            raise ConfigError(f"model.name: {model_name} does not fit the data: a batch of shape "
+                              f"{tuple(x.shape)} ({setup.data.num_classes} classes) fails with "
+                              f"{type(err).__name__}: {_first_line(err)}") from err
+
+
+@dataclass
+class StageRun:
+    """A stage in progress: its optimizer over the groups it trains, and its schedule."""
+
+    index: int
+    stage: Stage
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+
+
+def build_stage(setup: Setup, index: int) -> StageRun:
+    """Freeze the stage's groups (requires_grad off, no optimizer state) and build a fresh
+    optimizer and schedule for the rest; the schedule runs over the stage's own steps."""
+    stage = setup.stages[index]
+    set_frozen(setup.groups, stage.freeze)
+    params = torch_param_groups(setup.groups, setup.model, stage.optimizer, stage.freeze)
+    optimizer = build_optimizer(stage.optimizer, params, initial_lr(stage.policy))
+    schedule = build_schedule(stage.policy, stage.optimizer, optimizer, setup.steps_per_epoch,
+                              stage.length(setup.steps_per_epoch))
+    return StageRun(index, stage, optimizer, schedule)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
