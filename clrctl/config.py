@@ -455,16 +455,30 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"override {override!r}: cannot parse the value as YAML") from None
-    node = data
+    node: Any = data
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):  # stages.1.epochs, optimizer.groups.0.lr_mult
+            node = node[_list_index(node, part, override)]
+            continue
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        if not isinstance(child, dict):
+        if not isinstance(child, (dict, list)):
             raise ConfigError(f"override {override!r}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
-    node[parts[-1]] = value
+    if isinstance(node, list):
+        node[_list_index(node, parts[-1], override)] = value
+    else:
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(parts[:-1])} is not a section")
+        node[parts[-1]] = value
+
+
+def _list_index(items: list, part: str, override: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(f"override {override!r}: {part!r} is not an index of a list of {len(items)}")
+    return int(part)
 
 
 def validate(data: dict[str, Any], source: str = "config") -> Config:

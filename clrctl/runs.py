@@ -16,7 +16,7 @@ from clrctl import checkpoint
 from clrctl.config import Config, load_config, resolve_bounds_from
 from clrctl.errors import InputError
 from clrctl.rundir import RunDir, create_group, read_csv, read_json, truncate_csv, utc_now
-from clrctl.series import moving_average
+from clrctl.series import group_lr_traces, moving_average
 from clrctl.setup import build_setup
 from clrctl.trainer import LoopState, Reporter, TrainingLoop
 
@@ -103,6 +103,17 @@ def _floats(rows: list[dict[str, str]], key: str) -> np.ndarray:
     return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows], dtype=float)
 
 
+def _group_traces(path: Path, config: Config, rows, lr: np.ndarray) -> Optional[dict[str, np.ndarray]]:
+    """One LR line per parameter group (from run.json's groups), when they differ from the
+    policy's single line: another lr_mult, or a stage that freezes them."""
+    groups = [g for g in read_json(path / "run.json").get("groups") or [] if g.get("parameters")]
+    frozen = {stage.name: stage.freeze for stage in config.plan()}
+    if not groups or (all(g["lr_mult"] == 1 for g in groups) and not any(frozen.values())):
+        return None
+    stage_of_step = [r.get("stage") or config.plan()[0].name for r in rows]
+    return group_lr_traces(lr, stage_of_step, {g["name"]: g["lr_mult"] for g in groups}, frozen)
+
+
 def render_plots(path: Path, config: Config) -> None:
     from clrctl.plots.train import plot_accuracy, plot_loss, plot_lr
 
@@ -117,7 +128,7 @@ def render_plots(path: Path, config: Config) -> None:
     title = f"{config.name}: {config.policy.name} on {config.dataset.name}/{config.model.name}"
     plots = run.plots_dir
     varies = np.isfinite(momentum).any() and np.nanmax(momentum) > np.nanmin(momentum)
-    plot_lr(plots / "lr.png", steps, lr, momentum if varies else None, title)
+    plot_lr(plots / "lr.png", steps, lr, momentum if varies else None, title, _group_traces(path, config, rows, lr))
     window = max(5, len(loss) // 50)
     plot_loss(plots / "loss.png", steps, loss, moving_average(loss, window), eval_steps,
               _floats(evals, "val_loss"), title)

@@ -18,3 +18,15 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     den = np.convolve(finite.astype(float), kernel, mode="same")
     with np.errstate(invalid="ignore", divide="ignore"):
         return num / den
+
+
+def group_lr_traces(lr: np.ndarray, stage_of_step: list[str], lr_mults: dict[str, float],
+                    frozen: dict[str, tuple[str, ...]]) -> dict[str, np.ndarray]:
+    """Each parameter group's LR per step: ``lr_mult x`` the policy's LR, NaN (no line) where
+    the step's stage freezes the group. ``frozen`` maps a stage name to its frozen groups."""
+    lr = np.asarray(lr, dtype=float)
+    traces = {}
+    for name, mult in lr_mults.items():
+        off = np.array([name in frozen.get(stage, ()) for stage in stage_of_step], dtype=bool)
+        traces[name] = np.where(off, np.nan, lr * mult)
+    return traces

@@ -9,9 +9,19 @@ from clrctl.plots._style import new_figure, save
 
 
 def plot_lr(path: Path, steps: Sequence[float], lr: Sequence[float],
-            momentum: Optional[Sequence[float]] = None, title: str = "") -> None:
+            momentum: Optional[Sequence[float]] = None, title: str = "",
+            groups: Optional[dict[str, Sequence[float]]] = None) -> None:
+    """The policy's LR, or with ``groups`` one line per parameter group (gaps where frozen)."""
     fig, ax = new_figure()
-    ax.plot(steps, lr, color="tab:blue", lw=1.5, label="learning rate")
+    if groups:
+        for name, trace in groups.items():
+            ax.plot(steps, trace, lw=1.5, label=f"lr: {name}")
+        finite = [v for trace in groups.values() for v in trace if v == v and v > 0]
+        if finite and max(finite) / min(finite) > 20:
+            ax.set_yscale("log")
+        ax.legend(loc="upper right", fontsize="small")
+    else:
+        ax.plot(steps, lr, color="tab:blue", lw=1.5, label="learning rate")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate", color="tab:blue")
     if momentum is not None:
@@ -59,6 +69,7 @@ def plot_accuracy(path: Path, epoch_steps: Sequence[float], train_acc: Sequence[
 
 
 def plot_schedule(path: Path, steps: Sequence[float], lr: Sequence[float],
-                  momentum: Optional[Sequence[float]], title: str) -> None:
+                  momentum: Optional[Sequence[float]], title: str,
+                  groups: Optional[dict[str, Sequence[float]]] = None) -> None:
     """``clrctl preview``: the same picture as ``lr.png``, before any training."""
-    plot_lr(path, steps, lr, momentum, title)
+    plot_lr(path, steps, lr, momentum, title, groups)
