@@ -309,6 +309,25 @@ class _Arrays:
     std: Optional[tuple[float, ...]] = None
 
 
+# Training-split sizes of the data sets whose size is known without reading them.
+_TRAIN_SIZES = {"mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
+
+
+def known_steps_per_epoch(cfg: DatasetConfig) -> Optional[int]:
+    """Batches per training epoch, without loading the data (None for an image folder).
+
+    digits and synthetic are split as ``train_test_split`` does: ``ceil(n * val_fraction)``
+    samples go to validation."""
+    if cfg.name in _TRAIN_SIZES:
+        n = _TRAIN_SIZES[cfg.name]
+    elif cfg.name in ("digits", "synthetic"):
+        total = 1797 if cfg.name == "digits" else cfg.num_samples  # sklearn's digits: 1797 images
+        n = total - math.ceil(cfg.val_fraction * total)
+    else:
+        return None
+    return math.ceil(n / cfg.batch_size)
+
+
 def build_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundle:
     """The train / validation sources of ``cfg.name`` on ``device``.
 

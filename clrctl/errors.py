@@ -32,3 +32,8 @@ class Regression(ClrctlError):
     """``compare --gate``: a candidate is worse than the baseline beyond the tolerance."""
 
     exit_code = 1
+
+
+class ClrctlWarning(UserWarning):
+    """Something the user should know that does not stop the command (e.g. an empty config
+    file); the CLI prints each as one ``warning:`` line on stderr."""

@@ -44,6 +44,7 @@ from clrctl.errors import Interrupted
 from clrctl.models import build_model
 from clrctl.optim import build_optimizer, current_momentum
 from clrctl.rundir import RunDir
+from clrctl.text import count
 from clrctl.trainer import Reporter, evaluate, train_step
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "smoothed_loss", "val_loss", "val_acc"]
@@ -226,16 +227,19 @@ def seed_summary(result: SweepResult, suggestion: dict[str, Any]) -> dict[str, A
 
 
 def suggested_config(config: Config, base_lr: float, max_lr: float) -> dict[str, Any]:
-    """The config with ``policy.bounds`` filled in, ready for ``clrctl train``.
+    """The config as the user wrote it (file plus overrides, no defaults spelled out) with
+    ``policy.bounds`` filled in, ready for ``clrctl train``.
 
     A policy without bounds (fixed, step) becomes ``triangular2`` (the paper's choice)."""
-    data = config.to_dict()
-    policy = data["policy"]
-    if policy["name"] not in BOUNDED_POLICIES:
-        policy.update(name="triangular2", lr=None, milestones=[], gamma=None)
+    data = config.as_written()
+    policy = data["policy"] = data.get("policy") or {}
+    if config.policy.name not in BOUNDED_POLICIES:
+        for key in ("lr", "milestones", "gamma"):  # fixed / step settings that triangular2 refuses or ignores
+            policy.pop(key, None)
+        policy["name"] = "triangular2"
     policy["bounds"] = [float(f"{base_lr:.4g}"), float(f"{max_lr:.4g}")]
-    if data["name"].endswith("-range-test"):
-        data["name"] = data["name"][: -len("-range-test")] + f"-{policy['name']}"
+    if config.name.endswith("-range-test"):
+        data["name"] = config.name[: -len("-range-test")] + f"-{policy.get('name', config.policy.name)}"
     return data
 
 
@@ -275,7 +279,7 @@ def start_range_test(config: Config, *, seeds: int = 1, runs_root: str | Path = 
         raise
     run.set_status(summary["status"])
     if summary["status"] == "interrupted":
-        raise Interrupted(f"range test interrupted after {summary['steps']} steps; partial results in {run.path}")
+        raise Interrupted(f"range test interrupted after {count(summary['steps'], 'step')}; partial results in {run.path}")
     return run.path, summary
 
 
