@@ -17,6 +17,14 @@ from clrctl.reporting import RichReporter, say, say_path
 
 CONFIG_ARG = typer.Argument(None, help="YAML config file (see configs/).", show_default=False)
 OVERRIDES_ARG = typer.Argument(None, help="Hydra-style overrides: key.path=value …", show_default=False)
+# The user-model contract (README: "Your own model"); no square brackets: help is rich markup.
+MODEL_CONTRACT = (
+    "Your own model: model.name: module:callable (imported from the working directory) is called with "
+    "input_shape (one sample's shape, a tuple: digits (1, 8, 8) standardised, MNIST (1, 28, 28), CIFAR (3, 32, 32), "
+    "imagefolder (3, S, S) in -1..1, synthetic (num_features,)), num_classes and the keys of model.args, "
+    "each only if it accepts it; it returns a torch.nn.Module mapping a float batch (batch, *input_shape) to "
+    "logits (batch, num_classes). Errors in your code name your file and line; --debug shows the traceback."
+)
 
 
 def _load(config: Optional[Path], overrides: Optional[list[str]]) -> Config:
@@ -51,7 +59,7 @@ def _print_summary(path: Path, summary: dict[str, Any]) -> None:
     say_path("run:", path)  # after the table, whole on its own line: it is what one copies next
 
 
-@app.command("train")
+@app.command("train", epilog=MODEL_CONTRACT)
 def train(
     config: Optional[Path] = CONFIG_ARG,
     overrides: Optional[list[str]] = OVERRIDES_ARG,
@@ -192,7 +200,8 @@ def _preview_steps_per_epoch(cfg: Config, sweep: bool) -> Optional[int]:
                           "loading the data)") from None
 
 
-@app.command("validate")
+@app.command("validate", epilog="A range-test config (one with a range_test: section) is described by its sweep. "
+             + MODEL_CONTRACT)
 def validate(config: Optional[Path] = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
     """Check a config without training: schema, data, model, optimizer and schedule are all built."""
     from clrctl.trainer import prepare
