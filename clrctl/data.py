@@ -29,7 +29,7 @@ from torch import Tensor
 
 from clrctl.config import DatasetConfig
 from clrctl.compat import import_torchvision
-from clrctl.errors import ConfigError
+from clrctl.errors import ConfigError, DataError
 
 # Padding of the random crop (pixels per side), as in He et al. 2015 and airbench.
 CROP_PAD = 4
@@ -255,7 +255,7 @@ class LoaderSource(BatchSource):
             generator = epoch_generator(self.seed, epoch)
             torch.randperm(self.num_samples, generator=generator)
             crops = random_crops(self.num_samples, generator, self.device)
-        for x, y in self.loader:
+        for x, y in _readable(self.loader):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, torch.int64, non_blocking=True)
             if crops is not None:
@@ -281,6 +281,17 @@ class LoaderSource(BatchSource):
         n = max(1, min(n, self.num_samples))
         subset = torch.utils.data.Subset(self.dataset, range(n))
         return LoaderSource(subset, self.eval_batch_size, self.device, num_workers=self.num_workers)
+
+
+def _readable(loader: torch.utils.data.DataLoader):
+    """The loader's batches; a :class:`DataError` from a worker process comes back as the
+    one line it was raised with (DataLoader re-raises it wrapped in the worker's traceback)."""
+    try:
+        yield from loader
+    except DataError as err:
+        prefix = f"{DataError.__module__}.{DataError.__qualname__}: "
+        line = str(err).strip().splitlines()[-1]
+        raise DataError(line[len(prefix):] if line.startswith(prefix) else line) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -494,9 +505,20 @@ def _image_folder(path: Path, size: int):
         ]
     )
     try:
-        return datasets.ImageFolder(os.fspath(path), transform=transform)
+        return datasets.ImageFolder(os.fspath(path), transform=transform, loader=_load_image)
     except (FileNotFoundError, OSError) as err:
         raise ConfigError(f"dataset.root: no images in class folders under '{path}' ({_one_line(err)})") from None
+
+
+def _load_image(path: str):
+    """torchvision's PIL loader, with a corrupt or truncated file named in one line."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as file:
+            return Image.open(file).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's ways of saying "not a readable image"
+        raise DataError(f"dataset.root: cannot read image {path}: {_one_line(err)}") from None
 
 
 def _to_rgb(image):

@@ -16,6 +16,12 @@ class InputError(ClrctlError):
     """Bad command-line input: a missing, unfinished or unreadable run, a bad argument."""
 
 
+class DataError(ClrctlError):
+    """A data file that cannot be read (a corrupt or truncated image): names the file.
+
+    Bad input (exit 2) when met before a run starts; a run that meets it mid-way fails (exit 1)."""
+
+
 class RunFailed(ClrctlError):
     """A run that started and ended badly (diverged, failed)."""
 

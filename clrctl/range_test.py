@@ -40,7 +40,7 @@ from clrctl import suggest as rules
 from clrctl.config import CYCLIC_POLICIES, Config, resolve_steps
 from clrctl.data import DataBundle, build_data
 from clrctl.device import resolve_device, seed_everything
-from clrctl.errors import Interrupted
+from clrctl.errors import DataError, Interrupted, RunFailed
 from clrctl.models import build_model
 from clrctl.optim import build_optimizer, current_momentum
 from clrctl.rundir import RunDir
@@ -274,6 +274,9 @@ def start_range_test(config: Config, *, seeds: int = 1, runs_root: str | Path = 
         render_plot(run, config, per_seed, summary)
     except Interrupted:
         raise
+    except DataError as err:  # unreadable data met mid-sweep: the run ended badly (exit 1)
+        run.set_status("failed")
+        raise RunFailed(f"{err} (the run is kept as 'failed' in {run.path})") from err
     except BaseException:
         run.set_status("failed")
         raise

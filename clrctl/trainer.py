@@ -24,7 +24,7 @@ from clrctl import checkpoint
 from clrctl.config import Config
 from clrctl.data import BatchSource, DataBundle, build_data
 from clrctl.device import resolve_device, seed_everything
-from clrctl.errors import Interrupted, RunFailed
+from clrctl.errors import DataError, Interrupted, RunFailed
 from clrctl.models import build_model
 from clrctl.optim import build_optimizer
 from clrctl.policies import Schedule, build_schedule, initial_lr
@@ -188,6 +188,9 @@ class TrainingLoop:
             self._checkpoint()
             self._finish("interrupted")
             raise Interrupted(f"interrupted at step {state.step}; resume with: clrctl train --resume {self.run.path}")
+        except DataError as err:  # unreadable data met mid-run: the run ended badly (exit 1)
+            self._finish("failed")
+            raise RunFailed(f"{err} (the run is kept as 'failed' in {self.run.path})") from err
         except BaseException:
             self._finish("failed")
             raise
