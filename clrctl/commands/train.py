@@ -185,6 +185,14 @@ def _needs_epoch_length(cfg: Config, sweep: bool) -> bool:
     return cfg.train.steps is None or any(_in_epochs(d) for d in durations)
 
 
+def _steps_per_epoch(cfg: Config) -> int:
+    import torch
+
+    from clrctl.data import build_data
+
+    return len(build_data(cfg.dataset, cfg.seed, torch.device("cpu")).train)
+
+
 def _preview_steps_per_epoch(cfg: Config, sweep: bool) -> Optional[int]:
     """Steps per epoch from the data set's known size, else by loading it when the schedule
     needs it; None when nothing is in epochs and the size is not known without the data."""
