@@ -76,6 +76,7 @@ class DatasetConfig(_Section):
     download: bool = False  # let torchvision fetch the data when a network is there
     augment: bool = False  # random crop (pad 4) + horizontal flip, done on the device
     eval_batch_size: int = Field(1024, gt=0)
+    drop_last: bool = False  # training only: drop each epoch's last, partial batch (validation keeps it)
     # synthetic: a seeded, learnable task of any size
     num_samples: int = Field(2048, gt=1)
     num_features: int = Field(32, gt=0)

@@ -66,10 +66,18 @@ class BatchSource(ABC):
     num_samples: int
     batch_size: int
     device: torch.device
+    drop_last: bool = False  # drop each epoch's last, partial batch (training sources only)
 
     def __len__(self) -> int:
-        """Batches per epoch; the last, partial batch is kept."""
+        """Batches per epoch; the last, partial batch is kept unless ``drop_last``."""
+        if self.drop_last:
+            return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
+
+    @property
+    def _end(self) -> int:
+        """Samples used per epoch: all of them, or the full batches only (``drop_last``)."""
+        return len(self) * self.batch_size if self.drop_last else self.num_samples
 
     @abstractmethod
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
@@ -104,6 +112,7 @@ class TensorSource(BatchSource):
         mean: Optional[tuple[float, ...]] = None,
         std: Optional[tuple[float, ...]] = None,
         eval_batch_size: Optional[int] = None,
+        drop_last: bool = False,
     ) -> None:
         if augment and x.dim() != 4:
             raise ValueError("augmentation needs image batches (N, C, H, W)")
@@ -115,16 +124,17 @@ class TensorSource(BatchSource):
         self.eval_batch_size = eval_batch_size or batch_size
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
         self.mean, self.std = mean, std
+        self.drop_last = drop_last
         self._scale, self._shift = _affine(x, mean, std, self.device)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         size = self.batch_size
         if not self.shuffle:
-            for begin in range(start * size, self.num_samples, size):
+            for begin in range(start * size, self._end, size):
                 yield self._normalise(self.x[begin : begin + size]), self.y[begin : begin + size]
             return
         order, crops = self._epoch_plan(epoch)
-        for begin in range(start * size, self.num_samples, size):
+        for begin in range(start * size, self._end, size):
             index = order[begin : begin + size]
             x = self._normalise(self.x[index])
             if crops is not None:
@@ -235,8 +245,10 @@ class LoaderSource(BatchSource):
         augment: bool = False,
         seed: int = 0,
         eval_batch_size: Optional[int] = None,
+        drop_last: bool = False,
     ) -> None:
         self.dataset = dataset
+        self.drop_last = drop_last
         self.device = torch.device(device)
         self.num_samples = len(dataset)
         self.batch_size = batch_size
@@ -272,6 +284,7 @@ class LoaderSource(BatchSource):
                 batch_size=self.batch_size,
                 sampler=self._sampler,
                 num_workers=workers,
+                drop_last=self.drop_last,  # the sampler skips whole batches, so this drops the same one
                 persistent_workers=workers > 0,
                 pin_memory=self.device.type == "cuda",
             )
@@ -336,7 +349,7 @@ def known_steps_per_epoch(cfg: DatasetConfig) -> Optional[int]:
         n = total - math.ceil(cfg.val_fraction * total)
     else:
         return None
-    return math.ceil(n / cfg.batch_size)
+    return n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
 
 
 def build_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundle:
@@ -358,10 +371,17 @@ def build_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundl
     norm = dict(mean=arrays.mean, std=arrays.std)
     train = TensorSource(
         arrays.x, arrays.y, cfg.batch_size, device, shuffle=True, augment=cfg.augment, seed=seed,
-        eval_batch_size=cfg.eval_batch_size, **norm,
+        eval_batch_size=cfg.eval_batch_size, drop_last=cfg.drop_last, **norm,
     )  # fmt: skip
+    _check_batches(train, cfg)
     val = TensorSource(arrays.val_x, arrays.val_y, cfg.eval_batch_size, device, **norm)
     return DataBundle(train, val, tuple(arrays.x.shape[1:]), arrays.num_classes, cfg.name)
+
+
+def _check_batches(train: BatchSource, cfg: DatasetConfig) -> None:
+    if len(train) == 0:  # only with drop_last: no full batch at all
+        raise ConfigError(f"dataset.drop_last: batch_size {cfg.batch_size} is larger than the "
+                          f"{train.num_samples} training samples, so no batch is left")
 
 
 def _stratified_split(y, val_fraction: float, seed: int):
@@ -487,7 +507,9 @@ def _imagefolder(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBun
         val_set = torch.utils.data.Subset(full, val_idx.tolist())
         classes = full.classes
     common = dict(num_workers=cfg.num_workers, eval_batch_size=cfg.eval_batch_size)
-    train = LoaderSource(train_set, cfg.batch_size, device, shuffle=True, augment=cfg.augment, seed=seed, **common)
+    train = LoaderSource(train_set, cfg.batch_size, device, shuffle=True, augment=cfg.augment, seed=seed,
+                         drop_last=cfg.drop_last, **common)
+    _check_batches(train, cfg)
     val = LoaderSource(val_set, cfg.eval_batch_size, device, **common)
     return DataBundle(train, val, (3, cfg.image_size, cfg.image_size), len(classes), cfg.name)
 

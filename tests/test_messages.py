@@ -324,3 +324,45 @@ def test_loss_axis_limits_ignore_a_few_near_zero_losses():
     assert 0.05 < low < 0.1 and 2.0 < high < 3.0
     assert robust_limits([1.0, 1.0], log=False) == (0.9, 1.1)
     assert robust_limits([np.nan, np.inf], log=True) is None
+
+
+# ---------------------------------------------------------------------------------------
+# dataset.drop_last (training batches only)
+
+
+@pytest.mark.parametrize("name, drop_last", [("digits", False), ("digits", True), ("synthetic", True)])
+def test_known_steps_per_epoch_matches_the_data(name, drop_last):
+    import torch
+
+    from clrctl.config import DatasetConfig
+    from clrctl.data import build_data, known_steps_per_epoch
+
+    cfg = DatasetConfig(name=name, batch_size=32, drop_last=drop_last, num_samples=1000)
+    bundle = build_data(cfg, 0, torch.device("cpu"))
+    assert known_steps_per_epoch(cfg) == len(bundle.train)
+    sizes = [len(y) for _, y in bundle.train.batches(0)]
+    assert len(sizes) == len(bundle.train) and (set(sizes) == {32}) == drop_last
+    assert sum(len(y) for _, y in bundle.val.batches(0)) == bundle.val.num_samples  # validation keeps all
+
+
+def test_drop_last_resumes_mid_epoch_exactly_on_both_sources(tmp_path):
+    import torch
+
+    from clrctl.config import DatasetConfig
+    from clrctl.data import build_data
+
+    write_folder(tmp_path / "images", "a/0.png")
+    (tmp_path / "images" / "a" / "0.png").unlink()  # 11 readable images
+    for cfg in (DatasetConfig(name="digits", batch_size=32, drop_last=True),
+                DatasetConfig(name="imagefolder", root=str(tmp_path / "images"), image_size=8, batch_size=3,
+                              num_workers=0, val_fraction=0.25, drop_last=True, augment=True)):
+        train = build_data(cfg, 3, torch.device("cpu")).train
+        full = list(train.batches(1))
+        assert len(full) == len(train) and all(len(y) == cfg.batch_size for _, y in full)
+        rest = list(train.batches(1, start=len(full) - 1))
+        assert len(rest) == 1 and torch.equal(rest[0][0], full[-1][0]) and torch.equal(rest[0][1], full[-1][1])
+
+
+def test_drop_last_is_refused_when_no_batch_is_left(cli, capsys):
+    assert cli("validate", CONFIGS / "digits-fixed.yaml", "dataset.drop_last=true", "dataset.batch_size=5000") == 2
+    assert "dataset.drop_last: batch_size 5000 is larger than the 1347 training samples" in capsys.readouterr().err
