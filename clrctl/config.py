@@ -299,8 +299,10 @@ class Config(_Section):
 
     @property
     def is_range_test(self) -> bool:
-        """Whether the user wrote a ``range_test:`` section: a config made for ``clrctl range-test``."""
-        return self._written is not None and "range_test" in self._written
+        """Whether this config is made for ``clrctl range-test``: by the naming convention of
+        ``configs/digits-range-test.yaml``, which ``suggested.yaml`` drops (a config.yaml or
+        suggested.yaml holds a ``range_test`` section too, so that section cannot tell)."""
+        return self.name.endswith("range-test")
 
 
 # ---------------------------------------------------------------------------------------

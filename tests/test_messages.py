@@ -366,3 +366,14 @@ def test_drop_last_resumes_mid_epoch_exactly_on_both_sources(tmp_path):
 def test_drop_last_is_refused_when_no_batch_is_left(cli, capsys):
     assert cli("validate", CONFIGS / "digits-fixed.yaml", "dataset.drop_last=true", "dataset.batch_size=5000") == 2
     assert "dataset.drop_last: batch_size 5000 is larger than the 1347 training samples" in capsys.readouterr().err
+
+
+def test_preview_of_suggested_yaml_shows_the_policy_and_range_test_flag_the_sweep(cli, tiny_config, capsys):
+    config = tiny_config(name="tiny-range-test")
+    assert cli("preview", config, "--rows", "2", "range_test.steps=30") == 0
+    assert capsys.readouterr().out.startswith("range test: linear 0.0001 -> 1 over 30 steps (22 per epoch)")
+    renamed = tiny_config(name="tiny-triangular2", range_test={"steps": 30})  # like suggested.yaml
+    assert cli("preview", renamed, "--rows", "2") == 0
+    assert capsys.readouterr().out.startswith("triangular2: 44 steps (22 per epoch, stepsize 7)")
+    assert cli("preview", renamed, "--rows", "2", "--range-test") == 0
+    assert capsys.readouterr().out.startswith("range test: linear 0.0001 -> 1 over 30 steps")

@@ -94,9 +94,10 @@ def train(
     _print_summary(path, summary)
 
 
-@app.command("preview", epilog="A config with a range_test: section (e.g. configs/digits-range-test.yaml) is "
-             "a range-test config: preview shows its sweep, start_lr to end_lr over range_test.steps; "
-             "--policy shows the training policy (what suggested.yaml will train with) instead.")
+@app.command("preview", epilog="On a range-test config (its name ends in range-test, as in "
+             "configs/digits-range-test.yaml) preview shows the sweep, start_lr to end_lr over range_test.steps, "
+             "and --policy the training policy (what suggested.yaml trains with); --range-test shows the sweep "
+             "of any config.")
 def preview(
     config: Optional[Path] = CONFIG_ARG,
     overrides: Optional[list[str]] = OVERRIDES_ARG,
@@ -104,11 +105,15 @@ def preview(
                                                   help="Skip loading the data set; assume this many steps per epoch."),
     rows: int = typer.Option(25, "--rows", min=2, help="Table rows (evenly spaced steps)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write the schedule as a PNG."),
-    policy: bool = typer.Option(False, "--policy", help="On a range-test config: show the training policy."),
+    sweep: Optional[bool] = typer.Option(None, "--range-test/--policy", show_default=False,
+                                         help="Show the range test's sweep, or the training policy "
+                                              "(default: the sweep for a range-test config)."),
 ) -> None:
     """Show a policy's LR and momentum against step, exactly as training would apply them."""
-    cfg = resolve_bounds_from(_load(config, overrides))
-    sweep = cfg.is_range_test and not policy
+    cfg = _load(config, overrides)
+    sweep = cfg.is_range_test if sweep is None else sweep
+    if not sweep:
+        cfg = resolve_bounds_from(cfg)
     spe = steps_per_epoch or _preview_steps_per_epoch(cfg, sweep)
     if sweep:
         trace = _sweep_trace(cfg, spe)
@@ -208,7 +213,7 @@ def _preview_steps_per_epoch(cfg: Config, sweep: bool) -> Optional[int]:
                           "loading the data)") from None
 
 
-@app.command("validate", epilog="A range-test config (one with a range_test: section) is described by its sweep. "
+@app.command("validate", epilog="A range-test config (its name ends in range-test) is described by its sweep. "
              + MODEL_CONTRACT)
 def validate(config: Optional[Path] = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
     """Check a config without training: schema, data, model, optimizer and schedule are all built."""
