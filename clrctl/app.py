@@ -54,7 +54,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (also accepted after the command)."),
+    debug: bool = typer.Option(False, "--debug",
+                               help="Show full tracebacks on errors (also accepted after the command)."),
     version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
                                            help="Show the version and exit."),
 ) -> None:

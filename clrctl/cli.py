@@ -49,8 +49,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except Exception as err:  # the unexpected: still one line unless --debug
         if "--debug" in args:
             raise
-        err_console.print(_line("error:", "red", f"{err.__class__.__name__}: {err} (run with --debug for a traceback)"),
-                          highlight=False, soft_wrap=True)
+        message = f"{err.__class__.__name__}: {err} (run with --debug for a traceback)"
+        err_console.print(_line("error:", "red", message), highlight=False, soft_wrap=True)
         sys.exit(1)
     sys.exit(0)
 

@@ -282,7 +282,8 @@ def start_range_test(config: Config, *, seeds: int = 1, runs_root: str | Path = 
         raise
     run.set_status(summary["status"])
     if summary["status"] == "interrupted":
-        raise Interrupted(f"range test interrupted after {count(summary['steps'], 'step')}; partial results in {run.path}")
+        raise Interrupted(f"range test interrupted after {count(summary['steps'], 'step')}; "
+                          f"partial results in {run.path}")
     return run.path, summary
 
 
