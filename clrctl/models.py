@@ -286,4 +286,5 @@ def _where(err: BaseException) -> str:
 
 
 # The standard library and installed packages: not the user's code.
-_LIBRARY_DIRS = {p for p in (sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")) if p}
+_LIBRARY_DIRS = {path for key in ("stdlib", "platstdlib", "purelib", "platlib")
+                 if (path := sysconfig.get_paths().get(key))}

@@ -121,7 +121,7 @@ def render_plots(path: Path, config: Config, train_samples: Optional[int] = None
     plot_lr(plots / "lr.png", steps, lr, momentum if varies else None, title)
     window = max(5, len(loss) // 50)
     weights = None
-    if train_samples and not config.dataset.drop_last:  # metrics.csv keeps raw losses; sizes follow from the split
+    if train_samples and not config.dataset.drop_last:  # raw losses in metrics.csv; sizes from the split
         batch = config.dataset.batch_size
         weights = batch_sizes(steps, math.ceil(train_samples / batch), batch, train_samples)
     plot_loss(plots / "loss.png", steps, loss, moving_average(loss, window, weights), eval_steps,

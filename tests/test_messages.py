@@ -230,7 +230,8 @@ def test_preview_needs_no_data_for_known_data_sets(cli, tmp_path, capsys):
 
 
 def test_preview_of_missing_image_folder_mentions_steps_per_epoch(cli, tmp_path, capsys):
-    args = ["preview", CONFIGS / "digits-triangular2.yaml", "dataset.name=imagefolder", f"dataset.root={tmp_path / 'x'}"]
+    args = ["preview", CONFIGS / "digits-triangular2.yaml", "dataset.name=imagefolder",
+            f"dataset.root={tmp_path / 'x'}"]
     assert cli(*args) == 2
     err = capsys.readouterr().err
     assert "dataset.root" in err and "--steps-per-epoch" in err
