@@ -9,12 +9,14 @@ Commands live in :mod:`clrctl.commands` and import torch only inside their bodie
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Optional
 
 import typer
+from rich.text import Text
 
 from clrctl.app import app, debug_enabled, err_console  # noqa: F401 (debug_enabled: public)
-from clrctl.errors import ClrctlError
+from clrctl.errors import ClrctlError, ClrctlWarning
 
 # click's ClickException, found through typer (which vendors click from 0.29 on).
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -27,13 +29,14 @@ from clrctl.commands import train as _train  # noqa: E402,F401
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point: every error is one line and an exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _debug_first(list(sys.argv[1:] if argv is None else argv))
+    _print_library_warnings()
     try:
         app(args=args, prog_name="clrctl", standalone_mode=False)
     except ClrctlError as err:
         if "--debug" in args:
             raise
-        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        err_console.print(_line("error:", "red", str(err)), highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -46,7 +49,42 @@ def main(argv: Optional[list[str]] = None) -> None:
     except Exception as err:  # the unexpected: still one line unless --debug
         if "--debug" in args:
             raise
-        err_console.print(f"[red]error:[/red] {err.__class__.__name__}: {err} (run with --debug for a traceback)",
-                          highlight=False, soft_wrap=True)
+        message = f"{err.__class__.__name__}: {err} (run with --debug for a traceback)"
+        err_console.print(_line("error:", "red", message), highlight=False, soft_wrap=True)
         sys.exit(1)
     sys.exit(0)
+
+
+def _line(label: str, style: str, message: str) -> Text:
+    """``label message`` with only the label styled: messages quote config text such as
+    ``[base_lr, max_lr]``, which rich would otherwise swallow as markup."""
+    return Text.assemble((label, style), " ", message)
+
+
+def _debug_first(args: list[str]) -> list[str]:
+    """Accept ``--debug`` anywhere (``clrctl train CFG --debug`` is where error messages lead
+    people to type it) by moving it before the command, the only place typer takes it.
+    Arguments after a ``--`` separator are left alone."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end]:
+        return args
+    rest = [a for a in args[:end] if a != "--debug"]
+    return ["--debug", *rest, *args[end:]]
+
+
+def _print_library_warnings() -> None:
+    """Show the library's :class:`ClrctlWarning` s as one ``warning:`` line each on stderr
+    (the library warns; only the CLI prints); other warnings keep Python's rendering."""
+    previous = warnings.showwarning
+    if getattr(previous, "clrctl", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ClrctlWarning):
+            err_console.print(_line("warning:", "yellow", str(message)), highlight=False, soft_wrap=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    show.clrctl = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+    warnings.simplefilter("always", ClrctlWarning)

@@ -9,18 +9,20 @@ integer number of optimizer steps or ``"N epochs"``; they are resolved to steps 
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from clrctl.errors import ConfigError
+from clrctl.errors import ClrctlWarning, ConfigError
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 BUILTIN_MODELS = ("mlp", "lenet", "resnet20", "resnet56")
@@ -75,6 +77,7 @@ class DatasetConfig(_Section):
     download: bool = False  # let torchvision fetch the data when a network is there
     augment: bool = False  # random crop (pad 4) + horizontal flip, done on the device
     eval_batch_size: int = Field(1024, gt=0)
+    drop_last: bool = False  # training only: drop each epoch's last, partial batch (validation keeps it)
     # synthetic: a seeded, learnable task of any size
     num_samples: int = Field(2048, gt=1)
     num_features: int = Field(32, gt=0)
@@ -355,6 +358,9 @@ class Config(_Section):
     policy: PolicyConfig = PolicyConfig(lr=0.01)
     train: TrainConfig = TrainConfig()
     range_test: RangeTestConfig = RangeTestConfig()
+    # The config as the user wrote it (YAML plus overrides, before defaults): see as_written().
+    _written: Optional[dict[str, Any]] = PrivateAttr(default=None)
+
     stages: list[StageConfig] = []
 
     @model_validator(mode="before")
@@ -412,6 +418,18 @@ class Config(_Section):
         """Plain data for config.yaml (``bounds.from`` keeps its YAML spelling)."""
         return json.loads(self.model_dump_json(by_alias=True))
 
+    def as_written(self) -> dict[str, Any]:
+        """The keys the user set (file plus overrides), without the defaults; a config not
+        loaded from a file gives :meth:`to_dict`."""
+        return copy.deepcopy(self._written) if self._written is not None else self.to_dict()
+
+    @property
+    def is_range_test(self) -> bool:
+        """Whether this config is made for ``clrctl range-test``: by the naming convention of
+        ``configs/digits-range-test.yaml``, which ``suggested.yaml`` drops (a config.yaml or
+        suggested.yaml holds a ``range_test`` section too, so that section cannot tell)."""
+        return self.name.endswith("range-test")
+
 
 # ---------------------------------------------------------------------------------------
 # Loading: file -> dict -> overrides -> validated Config
@@ -422,7 +440,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data = read_yaml(path)
     for override in overrides:
         apply_override(data, override)
-    return validate(data, source=str(path))
+    config = validate(data, source=str(path))
+    config._written = copy.deepcopy(data)
+    return config
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -439,6 +459,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file") from None
     if data is None:
+        # Not an error (a config of defaults is valid), but rarely what was meant.
+        warnings.warn(f"{path}: the config file is empty; every setting takes its default", ClrctlWarning,
+                      stacklevel=2)
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
@@ -527,6 +550,13 @@ def describe_validation_error(err: ValidationError, data: dict[str, Any]) -> str
     # An unknown key is the last part of its location, whatever it is called (even "int").
     last = raw[-1:] if kind == "extra_forbidden" else []
     loc = [p for p in raw[: len(raw) - len(last)] if not _is_union_branch(p)] + last
+    if kind == "missing" and len(loc) > 1 and loc[-1].isdigit():
+        # A short list for a pair such as bounds: pydantic names the missing position
+        # (policy.bounds.1); the user wrote the list, so name the list and show it.
+        loc = loc[:-1]
+        kind, first = "too_short", {**first, "msg": "expected 2 values", "input": _lookup(data, loc)}
+    elif loc[:2] == ["policy", "bounds"] and len(loc) == 3 and loc[2].isdigit():
+        loc, first = loc[:2], {**first, "input": _lookup(data, loc[:2])}  # e.g. [0.1, 'a']
     key = ".".join(loc) or "config"
     if kind == "extra_forbidden":
         hint = _did_you_mean(loc[-1], _known_keys(loc[:-1]))
@@ -543,9 +573,21 @@ def describe_validation_error(err: ValidationError, data: dict[str, Any]) -> str
     if key == "policy.bounds" and kind in ("tuple_type", "too_short", "too_long", "float_parsing", "float_type"):
         msg = "expected [base_lr, max_lr] or {from: <range-test run>}"
     given = first.get("input")
-    if "got" not in msg and kind != "missing" and not isinstance(given, (dict, list)):
+    if "got" not in msg and kind != "missing" and not isinstance(given, dict):
         msg = f"{msg} (got {given!r})"
     return f"{key}: {msg}"
+
+
+def _lookup(data: Any, loc: list[str]) -> Any:
+    """The user's value at a dotted location (None where there is none)."""
+    for part in loc:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, (list, tuple)) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None
+    return data
 
 
 def _is_union_branch(part: Any) -> bool:
@@ -596,4 +638,6 @@ def resolve_bounds_from(config: Config) -> Config:
         raise ConfigError(f"policy.bounds.from: {run} has no suggested bounds (not a completed range test?)")
     data = config.to_dict()
     data["policy"]["bounds"] = [float(base), float(high)]
-    return validate(data)
+    resolved = validate(data)
+    resolved._written = config._written
+    return resolved

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from clrctl.config import DatasetConfig
 from clrctl.compat import import_torchvision
-from clrctl.errors import ConfigError
+from clrctl.errors import ConfigError, DataError
 
 # Padding of the random crop (pixels per side), as in He et al. 2015 and airbench.
 CROP_PAD = 4
@@ -66,10 +66,18 @@ class BatchSource(ABC):
     num_samples: int
     batch_size: int
     device: torch.device
+    drop_last: bool = False  # drop each epoch's last, partial batch (training sources only)
 
     def __len__(self) -> int:
-        """Batches per epoch; the last, partial batch is kept."""
+        """Batches per epoch; the last, partial batch is kept unless ``drop_last``."""
+        if self.drop_last:
+            return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
+
+    @property
+    def _end(self) -> int:
+        """Samples used per epoch: all of them, or the full batches only (``drop_last``)."""
+        return len(self) * self.batch_size if self.drop_last else self.num_samples
 
     @abstractmethod
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
@@ -104,6 +112,7 @@ class TensorSource(BatchSource):
         mean: Optional[tuple[float, ...]] = None,
         std: Optional[tuple[float, ...]] = None,
         eval_batch_size: Optional[int] = None,
+        drop_last: bool = False,
     ) -> None:
         if augment and x.dim() != 4:
             raise ValueError("augmentation needs image batches (N, C, H, W)")
@@ -115,16 +124,17 @@ class TensorSource(BatchSource):
         self.eval_batch_size = eval_batch_size or batch_size
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
         self.mean, self.std = mean, std
+        self.drop_last = drop_last
         self._scale, self._shift = _affine(x, mean, std, self.device)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         size = self.batch_size
         if not self.shuffle:
-            for begin in range(start * size, self.num_samples, size):
+            for begin in range(start * size, self._end, size):
                 yield self._normalise(self.x[begin : begin + size]), self.y[begin : begin + size]
             return
         order, crops = self._epoch_plan(epoch)
-        for begin in range(start * size, self.num_samples, size):
+        for begin in range(start * size, self._end, size):
             index = order[begin : begin + size]
             x = self._normalise(self.x[index])
             if crops is not None:
@@ -235,8 +245,10 @@ class LoaderSource(BatchSource):
         augment: bool = False,
         seed: int = 0,
         eval_batch_size: Optional[int] = None,
+        drop_last: bool = False,
     ) -> None:
         self.dataset = dataset
+        self.drop_last = drop_last
         self.device = torch.device(device)
         self.num_samples = len(dataset)
         self.batch_size = batch_size
@@ -255,7 +267,7 @@ class LoaderSource(BatchSource):
             generator = epoch_generator(self.seed, epoch)
             torch.randperm(self.num_samples, generator=generator)
             crops = random_crops(self.num_samples, generator, self.device)
-        for x, y in self.loader:
+        for x, y in _readable(self.loader):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, torch.int64, non_blocking=True)
             if crops is not None:
@@ -272,6 +284,7 @@ class LoaderSource(BatchSource):
                 batch_size=self.batch_size,
                 sampler=self._sampler,
                 num_workers=workers,
+                drop_last=self.drop_last,  # the sampler skips whole batches, so this drops the same one
                 persistent_workers=workers > 0,
                 pin_memory=self.device.type == "cuda",
             )
@@ -281,6 +294,17 @@ class LoaderSource(BatchSource):
         n = max(1, min(n, self.num_samples))
         subset = torch.utils.data.Subset(self.dataset, range(n))
         return LoaderSource(subset, self.eval_batch_size, self.device, num_workers=self.num_workers)
+
+
+def _readable(loader: torch.utils.data.DataLoader):
+    """The loader's batches; a :class:`DataError` from a worker process comes back as the
+    one line it was raised with (DataLoader re-raises it wrapped in the worker's traceback)."""
+    try:
+        yield from loader
+    except DataError as err:
+        prefix = f"{DataError.__module__}.{DataError.__qualname__}: "
+        line = str(err).strip().splitlines()[-1]
+        raise DataError(line[len(prefix):] if line.startswith(prefix) else line) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -309,6 +333,25 @@ class _Arrays:
     std: Optional[tuple[float, ...]] = None
 
 
+# Training-split sizes of the data sets whose size is known without reading them.
+_TRAIN_SIZES = {"mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
+
+
+def known_steps_per_epoch(cfg: DatasetConfig) -> Optional[int]:
+    """Batches per training epoch, without loading the data (None for an image folder).
+
+    digits and synthetic are split as ``train_test_split`` does: ``ceil(n * val_fraction)``
+    samples go to validation."""
+    if cfg.name in _TRAIN_SIZES:
+        n = _TRAIN_SIZES[cfg.name]
+    elif cfg.name in ("digits", "synthetic"):
+        total = 1797 if cfg.name == "digits" else cfg.num_samples  # sklearn's digits: 1797 images
+        n = total - math.ceil(cfg.val_fraction * total)
+    else:
+        return None
+    return n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
+
+
 def build_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundle:
     """The train / validation sources of ``cfg.name`` on ``device``.
 
@@ -332,8 +375,9 @@ def build_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundl
     norm = dict(mean=arrays.mean, std=arrays.std)
     train = TensorSource(
         arrays.x, arrays.y, cfg.batch_size, device, shuffle=True, augment=cfg.augment, seed=seed,
-        eval_batch_size=cfg.eval_batch_size, **norm,
+        eval_batch_size=cfg.eval_batch_size, drop_last=cfg.drop_last, **norm,
     )  # fmt: skip
+    _check_batches(train, cfg)
     val = TensorSource(arrays.val_x, arrays.val_y, cfg.eval_batch_size, device, **norm)
     return DataBundle(train, val, tuple(arrays.x.shape[1:]), arrays.num_classes, cfg.name)
 
@@ -353,6 +397,12 @@ def _keep_classes(arrays: _Arrays, classes: list[int]) -> _Arrays:
 
     (x, y), (val_x, val_y) = keep(arrays.x, arrays.y), keep(arrays.val_x, arrays.val_y)
     return _Arrays(x, y, val_x, val_y, len(classes), arrays.mean, arrays.std)
+
+
+def _check_batches(train: BatchSource, cfg: DatasetConfig) -> None:
+    if len(train) == 0:  # only with drop_last: no full batch at all
+        raise ConfigError(f"dataset.drop_last: batch_size {cfg.batch_size} is larger than the "
+                          f"{train.num_samples} training samples, so no batch is left")
 
 
 def _stratified_split(y, val_fraction: float, seed: int):
@@ -478,7 +528,9 @@ def _imagefolder(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBun
         val_set = torch.utils.data.Subset(full, val_idx.tolist())
         classes = full.classes
     common = dict(num_workers=cfg.num_workers, eval_batch_size=cfg.eval_batch_size)
-    train = LoaderSource(train_set, cfg.batch_size, device, shuffle=True, augment=cfg.augment, seed=seed, **common)
+    train = LoaderSource(train_set, cfg.batch_size, device, shuffle=True, augment=cfg.augment, seed=seed,
+                         drop_last=cfg.drop_last, **common)
+    _check_batches(train, cfg)
     val = LoaderSource(val_set, cfg.eval_batch_size, device, **common)
     return DataBundle(train, val, (3, cfg.image_size, cfg.image_size), len(classes), cfg.name)
 
@@ -496,9 +548,20 @@ def _image_folder(path: Path, size: int):
         ]
     )
     try:
-        return datasets.ImageFolder(os.fspath(path), transform=transform)
+        return datasets.ImageFolder(os.fspath(path), transform=transform, loader=_load_image)
     except (FileNotFoundError, OSError) as err:
         raise ConfigError(f"dataset.root: no images in class folders under '{path}' ({_one_line(err)})") from None
+
+
+def _load_image(path: str):
+    """torchvision's PIL loader, with a corrupt or truncated file named in one line."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as file:
+            return Image.open(file).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's ways of saying "not a readable image"
+        raise DataError(f"dataset.root: cannot read image {path}: {_one_line(err)}") from None
 
 
 def _to_rgb(image):

@@ -16,6 +16,12 @@ class InputError(ClrctlError):
     """Bad command-line input: a missing, unfinished or unreadable run, a bad argument."""
 
 
+class DataError(ClrctlError):
+    """A data file that cannot be read (a corrupt or truncated image): names the file.
+
+    Bad input (exit 2) when met before a run starts; a run that meets it mid-way fails (exit 1)."""
+
+
 class RunFailed(ClrctlError):
     """A run that started and ended badly (diverged, failed)."""
 
@@ -32,3 +38,8 @@ class Regression(ClrctlError):
     """``compare --gate``: a candidate is worse than the baseline beyond the tolerance."""
 
     exit_code = 1
+
+
+class ClrctlWarning(UserWarning):
+    """Something the user should know that does not stop the command (e.g. an empty config
+    file); the CLI prints each as one ``warning:`` line on stderr."""

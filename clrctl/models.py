@@ -23,6 +23,8 @@ import inspect
 import math
 import os
 import sys
+import sysconfig
+import traceback
 
 import torch
 import torch.nn.functional as F
@@ -221,7 +223,8 @@ def user_model(spec: str, input_shape: tuple[int, ...], num_classes: int, args: 
     try:
         model = factory(**kwargs)
     except Exception as err:  # noqa: BLE001 - user code: report, do not crash
-        raise ConfigError(f"model.name: {spec!r} raised {type(err).__name__}: {_one_line(err)}") from None
+        # Chained (not `from None`): --debug then shows the user's own traceback.
+        raise ConfigError(f"model.name: {spec!r} raised {_describe(err)}") from err
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name: {spec!r} returned {type(model).__name__}, expected a torch.nn.Module")
     return model
@@ -236,7 +239,7 @@ def _resolve_callable(spec: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - ImportError, SyntaxError, or the module's own failure
-        raise ConfigError(f"model.name: cannot import module {module_name!r}: {_one_line(err)}") from None
+        raise ConfigError(f"model.name: cannot import module {module_name!r}: {_describe(err)}") from err
     target = module
     for part in attr_path.split("."):
         if not hasattr(target, part):
@@ -262,3 +265,28 @@ def _accepts(factory, name: str) -> bool:
 def _one_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
+
+
+def _describe(err: BaseException) -> str:
+    """``Type: first line (at FILE:LINE)`` of an exception raised by the user's code."""
+    text = err.msg if isinstance(err, SyntaxError) else _one_line(err)  # msg: without "(file, line)"
+    kind = "" if isinstance(err, ImportError) else f"{type(err).__name__}: "  # "No module named …" says it
+    return f"{kind}{text}{_where(err)}"
+
+
+def _where(err: BaseException) -> str:
+    """`` (at FILE:LINE)``: where the user's code failed — the innermost frame outside clrctl,
+    the standard library and installed packages (a SyntaxError: its own file and line)."""
+    if isinstance(err, SyntaxError) and err.filename:
+        return f" (at {err.filename}:{err.lineno})"
+    frames = traceback.extract_tb(err.__traceback__)
+    library = tuple(os.path.realpath(p) + os.sep for p in {*_LIBRARY_DIRS, os.path.dirname(__file__)})
+    user = [f for f in frames if not f.filename.startswith("<")
+            and not os.path.realpath(f.filename).startswith(library)]
+    frame = user[-1] if user else None
+    return f" (at {frame.filename}:{frame.lineno})" if frame else ""
+
+
+# The standard library and installed packages: not the user's code.
+_LIBRARY_DIRS = {path for key in ("stdlib", "platstdlib", "purelib", "platlib")
+                 if (path := sysconfig.get_paths().get(key))}

@@ -38,11 +38,12 @@ from torch import nn
 
 from clrctl import suggest as rules
 from clrctl.config import CYCLIC_POLICIES, Config, Stage, resolve_steps
-from clrctl.errors import Interrupted
+from clrctl.errors import DataError, Interrupted, RunFailed
 from clrctl.groups import build_groups, set_frozen, torch_param_groups
 from clrctl.optim import build_optimizer, current_momentum
 from clrctl.rundir import RunDir
 from clrctl.setup import Setup, build_setup
+from clrctl.text import count
 from clrctl.trainer import Reporter, evaluate, train_step
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "smoothed_loss", "val_loss", "val_acc"]
@@ -235,19 +236,24 @@ def seed_summary(result: SweepResult, suggestion: dict[str, Any]) -> dict[str, A
 
 
 def suggested_config(config: Config, base_lr: float, max_lr: float, stage: Optional[str] = None) -> dict[str, Any]:
-    """The config with ``policy.bounds`` (or stage ``stage``'s) filled in, ready for ``clrctl train``.
+    """The config as the user wrote it (file plus overrides, no defaults spelled out) with
+    ``policy.bounds`` — or stage ``stage``'s — filled in, ready for ``clrctl train``.
 
     A policy without bounds (fixed, step) becomes ``triangular2`` (the paper's choice)."""
-    data = config.to_dict()
-    policy = data["policy"]
+    data = config.as_written()
+    policy = data["policy"] = data.get("policy") or {}
+    effective = config.policy
     if stage is not None:  # the stage's own policy block, over what it inherits
         entry = next(s for s in data["stages"] if s["name"] == stage)
-        policy = entry["policy"] = {"name": config.stage(stage).policy.name, **(entry.get("policy") or {})}
-    if policy["name"] not in BOUNDED_POLICIES:
-        policy.update(name="triangular2", lr=None, milestones=[], gamma=None)
+        policy = entry["policy"] = entry.get("policy") or {}
+        effective = config.stage(stage).policy
+    if effective.name not in BOUNDED_POLICIES:
+        for key in ("lr", "milestones", "gamma"):  # fixed / step settings that triangular2 refuses or ignores
+            policy.pop(key, None)
+        policy["name"] = "triangular2"
     policy["bounds"] = [float(f"{base_lr:.4g}"), float(f"{max_lr:.4g}")]
-    if data["name"].endswith("-range-test"):
-        data["name"] = data["name"][: -len("-range-test")] + f"-{policy['name']}"
+    if config.name.endswith("-range-test"):
+        data["name"] = config.name[: -len("-range-test")] + f"-{policy.get('name', config.policy.name)}"
     return data
 
 
@@ -289,12 +295,16 @@ def start_range_test(config: Config, *, seeds: int = 1, runs_root: str | Path = 
         render_plot(run, config, per_seed, summary)
     except Interrupted:
         raise
+    except DataError as err:  # unreadable data met mid-sweep: the run ended badly (exit 1)
+        run.set_status("failed")
+        raise RunFailed(f"{err} (the run is kept as 'failed' in {run.path})") from err
     except BaseException:
         run.set_status("failed")
         raise
     run.set_status(summary["status"])
     if summary["status"] == "interrupted":
-        raise Interrupted(f"range test interrupted after {summary['steps']} steps; partial results in {run.path}")
+        raise Interrupted(f"range test interrupted after {count(summary['steps'], 'step')}; "
+                          f"partial results in {run.path}")
     return run.path, summary
 
 

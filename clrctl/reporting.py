@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from clrctl.app import console
+from clrctl.app import console, err_console
 
 
 class RichReporter:
@@ -25,7 +26,7 @@ class RichReporter:
 
     def start(self, total_steps: int, done_steps: int) -> None:
         self.progress.start()
-        self.task = self.progress.add_task(self.label, total=total_steps, completed=done_steps,
+        self.task = self.progress.add_task(escape(self.label), total=total_steps, completed=done_steps,
                                            lr="-", loss="-", acc="-")
 
     def advance(self, steps_done: int, lr: float) -> None:
@@ -49,3 +50,15 @@ class RichReporter:
 
     def close(self) -> None:
         self.progress.stop()
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """One line printed literally (no markup: it may quote config text such as ``[0.1]``)
+    and never wrapped, so paths and commands in it can be copied whole."""
+    (err_console if err else console).print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def say_path(label: str, path: object, *, err: bool = False) -> None:
+    """``label`` and then ``path`` on a line of its own, whole at any terminal width."""
+    say(label, err=err)
+    say(str(path), err=err)

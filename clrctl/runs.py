@@ -7,6 +7,7 @@ root or a broken model path leaves nothing behind.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,7 +17,7 @@ from clrctl import checkpoint
 from clrctl.config import Config, load_config, resolve_bounds_from
 from clrctl.errors import InputError
 from clrctl.rundir import RunDir, create_group, read_csv, read_json, truncate_csv, utc_now
-from clrctl.series import group_lr_traces, moving_average
+from clrctl.series import batch_sizes, group_lr_traces, moving_average
 from clrctl.setup import build_setup
 from clrctl.trainer import LoopState, Reporter, TrainingLoop
 
@@ -92,7 +93,8 @@ def _run(loop: TrainingLoop) -> dict[str, Any]:
     try:
         return loop.run_all()
     finally:
-        render_plots(loop.run.path, loop.s.config)  # diverged and interrupted runs get plots too
+        render_plots(loop.run.path, loop.s.config,  # diverged and interrupted runs get plots too
+                     train_samples=loop.s.data.train.num_samples)
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,7 +116,9 @@ def _group_traces(path: Path, config: Config, rows, lr: np.ndarray) -> Optional[
     return group_lr_traces(lr, stage_of_step, {g["name"]: g["lr_mult"] for g in groups}, frozen)
 
 
-def render_plots(path: Path, config: Config) -> None:
+def render_plots(path: Path, config: Config, train_samples: Optional[int] = None) -> None:
+    """lr.png, loss.png and accuracy.png from the run's CSVs; ``train_samples`` (the training
+    split's size) lets the loss average weight each step by its batch size."""
     from clrctl.plots.train import plot_accuracy, plot_loss, plot_lr
 
     run = RunDir(path)
@@ -130,7 +134,11 @@ def render_plots(path: Path, config: Config) -> None:
     varies = np.isfinite(momentum).any() and np.nanmax(momentum) > np.nanmin(momentum)
     plot_lr(plots / "lr.png", steps, lr, momentum if varies else None, title, _group_traces(path, config, rows, lr))
     window = max(5, len(loss) // 50)
-    plot_loss(plots / "loss.png", steps, loss, moving_average(loss, window), eval_steps,
+    weights = None
+    if train_samples and not config.dataset.drop_last:  # raw losses in metrics.csv; sizes from the split
+        batch = config.dataset.batch_size
+        weights = batch_sizes(steps, math.ceil(train_samples / batch), batch, train_samples)
+    plot_loss(plots / "loss.png", steps, loss, moving_average(loss, window, weights), eval_steps,
               _floats(evals, "val_loss"), title)
     target = (config.train.target or {}).get("val_acc")
     recorded = read_json(path / "summary.json").get("steps_to_target") if target is not None else None

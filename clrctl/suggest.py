@@ -26,6 +26,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from clrctl.text import count
+
 # Savitzky–Golay window as a share of the recorded steps (odd, >= 5) and polynomial order.
 SG_FRACTION = 0.1
 SG_ORDER = 2
@@ -132,7 +134,7 @@ def loss_analysis(lr: np.ndarray, loss: np.ndarray) -> dict[str, Any]:
     lr, loss = np.asarray(lr, float)[:n], np.asarray(loss, float)[:n]
     out: dict[str, Any] = {"n": n, "smooth": None, "min_i": None, "steepest_i": None, "reason": None}
     if n < 8:
-        out["reason"] = f"only {n} finite loss values (need 8)"
+        out["reason"] = f"only {count(n, 'finite loss value')} (need 8)"
         return out
     window = sg_window(n)
     # Loss above anything seen in the first window means "diverging"; clipping it there keeps
@@ -195,7 +197,7 @@ def accuracy_analysis(eval_lr: np.ndarray, acc: np.ndarray, eval_size: int) -> d
     eval_lr, acc = np.asarray(eval_lr, float)[:n], np.asarray(acc, float)[:n]
     out: dict[str, Any] = {"onset": None, "falls": None, "peak": None, "reason": None}
     if n < 4:
-        out["reason"] = f"only {n} accuracy evaluations (need 4; lower range_test.eval_every)"
+        out["reason"] = f"only {count(n, 'accuracy evaluation')} (need 4; lower range_test.eval_every)"
         return out
     smooth = centered_mean(acc)
     peak_i = int(np.argmax(smooth))

@@ -22,7 +22,7 @@ from torch import nn
 
 from clrctl import checkpoint
 from clrctl.data import BatchSource
-from clrctl.errors import Interrupted, RunFailed
+from clrctl.errors import DataError, Interrupted, RunFailed
 from clrctl.rundir import RunDir
 from clrctl.setup import Setup, StageRun, build_stage
 
@@ -161,6 +161,9 @@ class TrainingLoop:
             self._checkpoint()
             self._finish("interrupted")
             raise Interrupted(f"interrupted at step {state.step}; resume with: clrctl train --resume {self.run.path}")
+        except DataError as err:  # unreadable data met mid-run: the run ended badly (exit 1)
+            self._finish("failed")
+            raise RunFailed(f"{err} (the run is kept as 'failed' in {self.run.path})") from err
         except BaseException:
             self._finish("failed")
             raise

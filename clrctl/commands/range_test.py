@@ -8,10 +8,13 @@ from typing import Any, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from clrctl.app import app, console, err_console
 from clrctl.config import load_config
 from clrctl.errors import InputError, RunFailed
+from clrctl.reporting import say, say_path
+from clrctl.text import count
 
 ROWS = [  # (candidate name, label in the table)
     ("accuracy_onset", "accuracy onset"), ("accuracy_falls", "accuracy falls"), ("loss_min", "loss minimum"),
@@ -57,7 +60,7 @@ def _lr(value: Optional[float]) -> str:
 def print_suggestion(path: Path, summary: dict[str, Any]) -> None:
     s = summary["suggestion"]
     spread = s.get("spread_decades")
-    table = Table(title=f"range test: {path}", title_justify="left")
+    table = Table()
     table.add_column("suggestion")
     table.add_column("lr", justify="right")
     if spread is not None:
@@ -66,7 +69,7 @@ def print_suggestion(path: Path, summary: dict[str, Any]) -> None:
 
     def add(name: str, value: Optional[float], note: str, key: str) -> None:
         extra = [] if spread is None else ["-" if spread.get(key) is None else f"{spread[key]:.2f}"]
-        table.add_row(name, _lr(value), *extra, note)
+        table.add_row(name, _lr(value), *extra, Text(note))  # notes quote ranges such as [lo:n-5]
 
     add("[bold]base_lr[/bold]", s["base_lr"], s["base_rule"] or s["reason"] or "", "base_lr")
     add("[bold]max_lr[/bold]", s["max_lr"], s["max_rule"] or s["reason"] or "", "max_lr")
@@ -76,9 +79,12 @@ def print_suggestion(path: Path, summary: dict[str, Any]) -> None:
     console.print(table)
     stop = (f"stopped early ({summary['stop_reason']}) at lr {_lr(summary['stop_lr'])}" if summary["stopped_early"]
             else "ran to end_lr")
-    console.print(f"{summary['steps']} steps, {summary['elapsed_s']:.1f} s, {stop}", highlight=False)
+    say(f"{count(summary['steps'], 'step')}, {summary['elapsed_s']:.1f} s, {stop}")
     for warning in s.get("warnings", []):
-        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        err_console.print(Text.assemble(("warning:", "yellow"), f" {warning}"), highlight=False, soft_wrap=True)
+    say_path("range test:", path)
     if (path / "suggested.yaml").is_file():
-        console.print(f"next: clrctl train {path / 'suggested.yaml'}   "
-                      f"(or policy.bounds: {{from: {path}}})", highlight=False)
+        # Each on a line of its own, never wrapped, so that it can be copied whole.
+        say("next:")
+        say(f"clrctl train {path / 'suggested.yaml'}")
+        say(f"or in any config: policy.bounds: {{from: {path}}}")

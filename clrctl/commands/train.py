@@ -8,14 +8,23 @@ from typing import Any, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from clrctl.app import app, console
-from clrctl.config import Config, load_config, resolve_bounds_from, resolve_steps
-from clrctl.errors import InputError
-from clrctl.reporting import RichReporter
+from clrctl.config import CYCLIC_POLICIES, Config, load_config, resolve_bounds_from, resolve_steps
+from clrctl.errors import ClrctlError, ConfigError, InputError
+from clrctl.reporting import RichReporter, say, say_path
 
 CONFIG_ARG = typer.Argument(None, help="YAML config file (see configs/).", show_default=False)
 OVERRIDES_ARG = typer.Argument(None, help="Hydra-style overrides: key.path=value …", show_default=False)
+# The user-model contract (README: "Your own model"); no square brackets: help is rich markup.
+MODEL_CONTRACT = (
+    "Your own model: model.name: module:callable (imported from the working directory) is called with "
+    "input_shape (one sample's shape, a tuple: digits (1, 8, 8) standardised, MNIST (1, 28, 28), CIFAR (3, 32, 32), "
+    "imagefolder (3, S, S) in -1..1, synthetic (num_features,)), num_classes and the keys of model.args, "
+    "each only if it accepts it; it returns a torch.nn.Module mapping a float batch (batch, *input_shape) to "
+    "logits (batch, num_classes). Errors in your code name your file and line; --debug shows the traceback."
+)
 
 
 def _load(config: Optional[Path], overrides: Optional[list[str]]) -> Config:
@@ -39,17 +48,18 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def _print_summary(path: Path, summary: dict[str, Any]) -> None:
-    table = Table(title=f"run: {path}", show_header=False, title_justify="left")
+    table = Table(show_header=False)
     for key in ("status", "steps", "epochs", "final_val_acc", "best_val_acc", "best_step",
                 "final_val_loss", "steps_to_target", "elapsed_s"):
         value = summary.get(key)
         if isinstance(value, float):
             value = f"{value:g}" if key == "epochs" else f"{value:.1f}" if key == "elapsed_s" else f"{value:.4f}"
-        table.add_row(key, "-" if value is None else str(value))
+        table.add_row(key, Text("-" if value is None else str(value)))
     console.print(table)
+    say_path("run:", path)  # after the table, whole on its own line: it is what one copies next
 
 
-@app.command("train")
+@app.command("train", epilog=MODEL_CONTRACT)
 def train(
     config: Optional[Path] = CONFIG_ARG,
     overrides: Optional[list[str]] = OVERRIDES_ARG,
@@ -74,7 +84,7 @@ def train(
     if seeds is not None:
         group, summaries = train_seeds(cfg, _parse_seeds(seeds), runs_root=runs_root, run_dir=run_dir, argv=argv,
                                        reporter_factory=lambda s: RichReporter(f"seed {s}", quiet))
-        console.print(f"seed group: {group}")
+        say_path("seed group:", group)
         failed = [s for s in summaries if s.get("status") != "completed"]
         if failed:
             raise RunFailed(f"{len(failed)} of {len(summaries)} seeds did not complete (see {group})")
@@ -84,7 +94,10 @@ def train(
     _print_summary(path, summary)
 
 
-@app.command("preview")
+@app.command("preview", epilog="On a range-test config (its name ends in range-test, as in "
+             "configs/digits-range-test.yaml) preview shows the sweep, start_lr to end_lr over range_test.steps, "
+             "and --policy the training policy (what suggested.yaml trains with); --range-test shows the sweep "
+             "of any config.")
 def preview(
     config: Optional[Path] = CONFIG_ARG,
     overrides: Optional[list[str]] = OVERRIDES_ARG,
@@ -92,32 +105,89 @@ def preview(
                                                   help="Skip loading the data set; assume this many steps per epoch."),
     rows: int = typer.Option(25, "--rows", min=2, help="Table rows (evenly spaced steps)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write the schedule as a PNG."),
+    sweep: Optional[bool] = typer.Option(None, "--range-test/--policy", show_default=False,
+                                         help="Show the range test's sweep, or the training policy "
+                                              "(default: the sweep for a range-test config)."),
 ) -> None:
     """Show a policy's LR and momentum against step, exactly as training would apply them."""
-    from clrctl.policies import preview as trace_policy
-
-    cfg = resolve_bounds_from(_load(config, overrides))
-    spe = steps_per_epoch or _steps_per_epoch(cfg)
-    total = cfg.train.steps or cfg.train.epochs * spe
-    trace = trace_policy(cfg.policy, cfg.optimizer, spe, total)
-    stepsize = resolve_steps(cfg.policy.stepsize, spe)
-    console.print(f"{cfg.policy.name}: {total} steps ({spe} per epoch, stepsize {stepsize})",
-                  highlight=False, soft_wrap=True)
+    cfg = _load(config, overrides)
+    sweep = cfg.is_range_test if sweep is None else sweep
+    if not sweep:
+        cfg = resolve_bounds_from(cfg)
+    spe = steps_per_epoch or _preview_steps_per_epoch(cfg, sweep)
+    if sweep:
+        trace = _sweep_trace(cfg, spe)
+        say(f"{_sweep_text(cfg, spe)}{_per_epoch(spe)}")
+    else:
+        trace = _policy_trace(cfg, spe)
+        notes = [f"{spe} per epoch"] * (spe is not None) + _stepsize_text(cfg, spe)
+        say(f"{cfg.policy.name}: {len(trace)} steps" + (f" ({', '.join(notes)})" if notes else ""))
     table = Table()
     for col in ("step", "epoch", "lr", "momentum"):
         table.add_column(col, justify="right")
+    total = len(trace)
     picks = sorted({round(i * (total - 1) / (rows - 1)) for i in range(rows)})
     for step in picks:
         _, lr, mom = trace[step]
-        table.add_row(str(step), f"{step / spe:.2f}", f"{lr:.6g}", "-" if mom is None else f"{mom:.4g}")
+        # metrics.csv's epoch column: step t is in epoch t // steps_per_epoch + 1.
+        epoch = "-" if spe is None else str(step // spe + 1)
+        table.add_row(str(step), epoch, f"{lr:.6g}", "-" if mom is None else f"{mom:.4g}")
     console.print(table)
     if plot is not None:
         from clrctl.plots.train import plot_schedule
 
         moms = [m for _, _, m in trace]
+        what = f"{cfg.range_test.mode} range test" if sweep else cfg.policy.name
         plot_schedule(plot, [s for s, _, _ in trace], [lr for _, lr, _ in trace],
-                      None if moms[0] is None else moms, f"{cfg.name}: {cfg.policy.name} (preview)")
-        console.print(f"plot: {plot}")
+                      None if moms[0] is None else moms, f"{cfg.name}: {what} (preview)")
+        say(f"wrote {plot}", err=True)
+
+
+def _per_epoch(spe: Optional[int]) -> str:
+    return "" if spe is None else f" ({spe} per epoch)"
+
+
+def _stepsize_text(cfg: Config, spe: Optional[int]) -> list[str]:
+    """The half-cycle (cyclic policies) or T_0 (sgdr); other policies have no stepsize."""
+    if cfg.policy.name not in (*CYCLIC_POLICIES, "sgdr"):
+        return []
+    return [f"stepsize {resolve_steps(cfg.policy.stepsize, spe or 1)}"]
+
+
+def _sweep_text(cfg: Config, spe: Optional[int]) -> str:
+    rt = cfg.range_test
+    return f"range test: {rt.mode} {rt.start_lr:g} -> {rt.end_lr:g} over {resolve_steps(rt.steps, spe or 1)} steps"
+
+
+def _policy_trace(cfg: Config, spe: Optional[int]) -> list[tuple[int, float, Optional[float]]]:
+    from clrctl.policies import preview as trace_policy
+
+    total = cfg.train.steps or cfg.train.epochs * spe
+    return trace_policy(cfg.policy, cfg.optimizer, spe or 1, total)
+
+
+def _sweep_trace(cfg: Config, spe: Optional[int]) -> list[tuple[int, float, Optional[float]]]:
+    """(step, lr, momentum) of the range test: the LR of ``range_test.lr_at``, constant momentum."""
+    from clrctl.range_test import lr_at
+
+    rt, opt = cfg.range_test, cfg.optimizer
+    steps = resolve_steps(rt.steps, spe or 1)
+    momentum = opt.betas[0] if opt.name in ("adam", "adamw") else opt.momentum
+    return [(t, lr_at(t, steps, rt.start_lr, rt.end_lr, rt.mode), momentum) for t in range(steps)]
+
+
+def _in_epochs(duration: Any) -> bool:
+    return isinstance(duration, str) and "epoch" in duration
+
+
+def _needs_epoch_length(cfg: Config, sweep: bool) -> bool:
+    """Whether the schedule to preview has a length in epochs (else the data set is not needed)."""
+    if sweep:
+        return _in_epochs(cfg.range_test.steps)
+    durations = list(cfg.policy.milestones) if cfg.policy.name == "step" else []
+    if cfg.policy.name in (*CYCLIC_POLICIES, "sgdr"):
+        durations.append(cfg.policy.stepsize)
+    return cfg.train.steps is None or any(_in_epochs(d) for d in durations)
 
 
 def _steps_per_epoch(cfg: Config) -> int:
@@ -128,7 +198,23 @@ def _steps_per_epoch(cfg: Config) -> int:
     return len(build_data(cfg.dataset, cfg.seed, torch.device("cpu")).train)
 
 
-@app.command("validate")
+def _preview_steps_per_epoch(cfg: Config, sweep: bool) -> Optional[int]:
+    """Steps per epoch from the data set's known size, else by loading it when the schedule
+    needs it; None when nothing is in epochs and the size is not known without the data."""
+    from clrctl.data import known_steps_per_epoch
+
+    known = known_steps_per_epoch(cfg.dataset)
+    if known is not None or not _needs_epoch_length(cfg, sweep):
+        return known
+    try:
+        return _steps_per_epoch(cfg)
+    except ClrctlError as err:
+        raise ConfigError(f"{err} (preview needs the steps per epoch: pass --steps-per-epoch N to skip "
+                          "loading the data)") from None
+
+
+@app.command("validate", epilog="A range-test config (its name ends in range-test) is described by its sweep. "
+             + MODEL_CONTRACT)
 def validate(config: Optional[Path] = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
     """Check a config without training: schema, data, model, optimizer and schedule are all built."""
     from clrctl.setup import build_setup
@@ -138,8 +224,9 @@ def validate(config: Optional[Path] = CONFIG_ARG, overrides: Optional[list[str]]
     params = sum(p.numel() for p in setup.model.parameters())
     policy = cfg.policy
     bounds = f"{policy.base_lr:g}–{policy.max_lr:g}"
-    console.print(
-        f"[green]ok[/green] {config}: {cfg.dataset.name} ({setup.data.train.num_samples} train / "
+    schedule = (_sweep_text(cfg, setup.steps_per_epoch) if cfg.is_range_test
+                else f"{policy.name} {bounds}, {setup.total_steps} steps")
+    console.print(Text.assemble(("ok", "green"), (
+        f" {config}: {cfg.dataset.name} ({setup.data.train.num_samples} train / "
         f"{setup.data.val.num_samples} val), {cfg.model.name} ({params:,} parameters), {cfg.optimizer.name}, "
-        f"{policy.name} {bounds}, {setup.total_steps} steps ({setup.steps_per_epoch} per epoch) on {setup.device}",
-        highlight=False)
+        f"{schedule} ({setup.steps_per_epoch} per epoch) on {setup.device}")), highlight=False, soft_wrap=True)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from clrctl.plots._style import new_figure, save
+from clrctl.series import robust_limits
 
 
 def plot_lr(path: Path, steps: Sequence[float], lr: Sequence[float],
@@ -39,8 +42,16 @@ def plot_loss(path: Path, steps: Sequence[float], loss: Sequence[float], smoothe
     ax.plot(steps, smoothed, color="tab:blue", lw=1.6, label="train loss (moving average)")
     if len(eval_steps):
         ax.plot(eval_steps, val_loss, "o-", color="tab:red", ms=3, lw=1.2, label="validation loss")
-    if min((v for v in loss if v > 0), default=1.0) > 0 and max(loss, default=1.0) / max(min(loss, default=1.0), 1e-12) > 20:
+    # The scale follows the smoothed curve and the validation loss, not single steps: a
+    # near-zero loss of an epoch's tiny last batch would otherwise push a log axis to 1e-7.
+    curve = np.concatenate([np.asarray(smoothed, dtype=float), np.asarray(val_loss, dtype=float)])
+    spread = robust_limits(curve, log=True, margin=0.0)
+    log = spread is not None and spread[1] / spread[0] > 20
+    if log:
         ax.set_yscale("log")
+    limits = robust_limits(curve, log=log)
+    if limits is not None:
+        ax.set_ylim(*limits)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy loss")
     ax.set_title(title or "Loss")
