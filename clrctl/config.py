@@ -135,9 +135,17 @@ class GroupConfig(_Section):
     of ``model.named_parameters()``; the first matching group wins."""
 
     name: str
-    params: list[str] = Field(min_length=1)
+    # fnmatch patterns; body / head may leave them out to mean the built-in split
+    params: Optional[list[str]] = Field(None, min_length=1)
     lr_mult: float = Field(1.0, gt=0.0)  # this group's LR = the policy's LR x lr_mult
     weight_decay: Optional[float] = Field(None, ge=0.0)  # default: optimizer.weight_decay
+
+    @model_validator(mode="after")
+    def _params_or_builtin(self) -> "GroupConfig":
+        if self.params is None and self.name not in DEFAULT_GROUPS:
+            raise ValueError(f"params: group {self.name!r} needs params: [patterns] "
+                             f"(only {' and '.join(DEFAULT_GROUPS)} may leave them out: the built-in split)")
+        return self
 
 
 class OptimizerConfig(_Section):

@@ -64,27 +64,37 @@ def build_groups(model: nn.Module, cfg: OptimizerConfig) -> list[ParamGroup]:
     groups = [ParamGroup(g.name, g.lr_mult, g.weight_decay) for g in cfg.groups]
     rest = ParamGroup(REST_GROUP)
     claimed_by: dict[str, str] = {}
+    patterns = [g.params if g.params is not None else _builtin_patterns(model, g.name) for g in cfg.groups]
     for name, param in named:
-        owner = next((i for i, g in enumerate(cfg.groups) if _matches(name, g.params)), None)
+        owner = next((i for i, p in enumerate(patterns) if _matches(name, p)), None)
         (rest if owner is None else groups[owner]).params.append((name, param))
         if owner is not None:
             claimed_by[name] = cfg.groups[owner].name
     for index, (spec, group) in enumerate(zip(cfg.groups, groups)):
         if not group.params:
-            _refuse_empty(index, spec, named, claimed_by)
+            _refuse_empty(index, spec, patterns[index], named, claimed_by)
     return groups + ([rest] if rest.params else [])
+
+
+def _builtin_patterns(model: nn.Module, name: str) -> list[str]:
+    """``body`` / ``head`` without params: the split of :func:`head_module`, as patterns."""
+    head = head_module(model)
+    in_head = [n for n, _ in model.named_parameters() if not head or n.startswith(head + ".")]
+    if name == DEFAULT_GROUPS[1]:
+        return in_head
+    return [n for n, _ in model.named_parameters() if n not in in_head]  # parameter names match themselves
 
 
 def _matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def _refuse_empty(index: int, spec, named, claimed_by) -> None:
-    hits = [n for n, _ in named if _matches(n, spec.params)]
+def _refuse_empty(index: int, spec, patterns: list[str], named, claimed_by) -> None:
+    hits = [n for n, _ in named if _matches(n, patterns)]
     key = f"optimizer.groups.{index}.params"
     if not hits:
         sample = ", ".join(n for n, _ in named[:6]) + (", …" if len(named) > 6 else "")
-        raise ConfigError(f"{key}: {spec.params} match no parameter of the model (its parameters: {sample})")
+        raise ConfigError(f"{key}: {patterns} match no parameter of the model (its parameters: {sample})")
     owners = sorted({claimed_by[n] for n in hits})
     raise ConfigError(f"{key}: group {spec.name!r} is dead: every parameter it matches is taken by an earlier "
                       f"group ({', '.join(owners)}); put it before them or narrow their patterns")

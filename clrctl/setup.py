@@ -20,7 +20,7 @@ from torch import nn
 from clrctl.config import Config, Stage
 from clrctl.data import DataBundle, build_data
 from clrctl.device import resolve_device, seed_everything
-from clrctl.errors import ConfigError
+from clrctl.errors import ConfigError, DataError
 from clrctl.groups import ParamGroup, build_groups, check_trainable, set_frozen, torch_param_groups
 from clrctl.models import build_model
 from clrctl.optim import build_optimizer
@@ -106,6 +106,8 @@ def probe_batch(setup: Setup) -> None:
         try:
             loss = setup.loss_fn(model(x), y)
             loss.backward()
+        except DataError:  # an unreadable sample: already one line naming the file
+            raise
         except Exception as err:  # noqa: BLE001 - any failure here is a model/data mismatch
             raise ConfigError(f"model.name: {model_name} does not fit the data: a batch of shape "
                               f"{tuple(x.shape)} ({setup.data.num_classes} classes) fails with "

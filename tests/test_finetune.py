@@ -374,3 +374,14 @@ def test_range_test_of_a_frozen_stage_leaves_the_frozen_group_alone(staged):
     assert [name for name, _ in seen["groups"]] == ["head"] and seen["body"] is False
     with pytest.raises(ConfigError, match=r"--stage 'nope': no such stage \(stages: head-only, all\)"):
         rt.prepare(load_config(staged), stage="nope")
+
+
+def test_body_and_head_may_leave_out_params_to_mean_the_builtin_split():
+    model = build_model(ModelConfig(name="mlp", hidden=[16, 16]), (64,), 4)
+    cfg = OptimizerConfig(groups=[{"name": "body", "lr_mult": 0.1}, {"name": "head"}])
+    body, head = build_groups(model, cfg)
+    assert (body.name, body.lr_mult, head.name) == ("body", 0.1, "head")
+    assert [n for n, _ in head.params] == ["5.weight", "5.bias"]
+    assert [n for n, _ in body.params] == ["1.weight", "1.bias", "3.weight", "3.bias"]
+    with pytest.raises(ConfigError, match=r"optimizer.groups.0.params: group 'convs' needs params"):
+        validate({"optimizer": {"groups": [{"name": "convs", "lr_mult": 0.1}]}})

@@ -133,6 +133,9 @@ def _check_info(path: Path, info: dict[str, Any]) -> None:
         raise InputError(f"{path}: unreadable run.json (unknown kind {kind!r})")
 
 
+TEXT_COLUMNS = ("stage",)  # the stage name of a fine-tuning run: not a number, not compared
+
+
 def read_columns(path: Path) -> dict[str, np.ndarray]:
     """A CSV with a header -> {column: float array}; blank cells become NaN."""
     try:
@@ -144,12 +147,13 @@ def read_columns(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: unreadable ({err.__class__.__name__})") from None
     if not header:
         raise InputError(f"{path}: unreadable (empty file)")
-    columns: dict[str, list[float]] = {name: [] for name in header}
+    columns: dict[str, list[float]] = {name: [] for name in header if name not in TEXT_COLUMNS}
     for number, row in enumerate(rows, start=2):
         if len(row) != len(header):
             raise InputError(f"{path}: unreadable (line {number} has {len(row)} fields, expected {len(header)})")
         for name, cell in zip(header, row):
-            columns[name].append(_float(cell, path, number, name))
+            if name not in TEXT_COLUMNS:
+                columns[name].append(_float(cell, path, number, name))
     return {name: np.asarray(values, dtype=float) for name, values in columns.items()}
 
 
