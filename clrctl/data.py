@@ -342,6 +342,8 @@ def known_steps_per_epoch(cfg: DatasetConfig) -> Optional[int]:
 
     digits and synthetic are split as ``train_test_split`` does: ``ceil(n * val_fraction)``
     samples go to validation."""
+    if cfg.classes is not None:  # how many samples a subset of labels keeps depends on the data
+        return None
     if cfg.name in _TRAIN_SIZES:
         n = _TRAIN_SIZES[cfg.name]
     elif cfg.name in ("digits", "synthetic"):

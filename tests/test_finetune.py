@@ -385,3 +385,16 @@ def test_body_and_head_may_leave_out_params_to_mean_the_builtin_split():
     assert [n for n, _ in body.params] == ["1.weight", "1.bias", "3.weight", "3.bias"]
     with pytest.raises(ConfigError, match=r"optimizer.groups.0.params: group 'convs' needs params"):
         validate({"optimizer": {"groups": [{"name": "convs", "lr_mult": 0.1}]}})
+
+
+def test_preview_and_validate_show_every_stage_and_group(cli, staged, capsys, tmp_path):
+    assert cli("preview", staged, "--rows", "5", "--plot", tmp_path / "p.png") == 0
+    out = capsys.readouterr().out
+    assert "2 stages: 44 steps (22 per epoch)" in out
+    assert "stage head-only: one_cycle, 22 steps (0.01–0.1, frozen: body)" in out
+    assert "lr body" in out and "lr head" in out and "frozen" in out
+    assert (tmp_path / "p.png").stat().st_size > 0
+    assert cli("validate", staged) == 0
+    out = capsys.readouterr().out
+    assert "groups: body (2,080 parameters, lr x0.1), head (330 parameters, lr x1)" in out
+    assert "stage all: one_cycle, 22 steps (0.002–0.02)" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -120,10 +121,13 @@ def preview(
         say(f"{_sweep_text(cfg, spe)}{_per_epoch(spe)}")
     else:
         trace = _policy_trace(cfg, spe)
-        notes = [f"{spe} per epoch"] * (spe is not None) + _stepsize_text(cfg, spe)
-        say(f"{cfg.policy.name}: {len(trace)} steps" + (f" ({', '.join(notes)})" if notes else ""))
+        for line in _stage_lines(cfg, spe, len(trace)):
+            say(line)
+    stages = [name for _, name in _stage_steps(cfg, spe)] if not sweep else [None] * len(trace)
+    groups = {} if sweep else _group_columns(cfg, [lr for _, lr, _ in trace], stages)
     table = Table()
-    for col in ("step", "epoch", "lr", "momentum"):
+    for col in ("step", "epoch", *(["stage"] if cfg.has_stages and not sweep else []), "lr",
+                *(f"lr {g}" for g in groups), "momentum"):
         table.add_column(col, justify="right")
     total = len(trace)
     picks = sorted({round(i * (total - 1) / (rows - 1)) for i in range(rows)})
@@ -131,27 +135,68 @@ def preview(
         _, lr, mom = trace[step]
         # metrics.csv's epoch column: step t is in epoch t // steps_per_epoch + 1.
         epoch = "-" if spe is None else str(step // spe + 1)
-        table.add_row(str(step), epoch, f"{lr:.6g}", "-" if mom is None else f"{mom:.4g}")
+        stage = [stages[step]] if cfg.has_stages and not sweep else []
+        per_group = ["frozen" if math.isnan(g[step]) else f"{g[step]:.6g}" for g in groups.values()]
+        table.add_row(str(step), epoch, *stage, f"{lr:.6g}", *per_group, "-" if mom is None else f"{mom:.4g}")
     console.print(table)
     if plot is not None:
         from clrctl.plots.train import plot_schedule
 
         moms = [m for _, _, m in trace]
-        what = f"{cfg.range_test.mode} range test" if sweep else cfg.policy.name
+        what = f"{cfg.range_test.mode} range test" if sweep else " + ".join(s.policy.name for s in cfg.plan())
         plot_schedule(plot, [s for s, _, _ in trace], [lr for _, lr, _ in trace],
-                      None if moms[0] is None else moms, f"{cfg.name}: {what} (preview)")
+                      None if moms[0] is None else moms, f"{cfg.name}: {what} (preview)", groups or None)
         say(f"wrote {plot}", err=True)
+
+
+def _stage_steps(cfg: Config, spe: Optional[int]) -> list[tuple[int, str]]:
+    """(global step, stage name) for every step of the run: one step counter for all stages."""
+    out = []
+    for stage in cfg.plan():
+        out.extend((len(out) + t, stage.name) for t in range(_stage_length(cfg, stage, spe)))
+    return out
+
+
+def _stage_length(cfg: Config, stage, spe: Optional[int]) -> int:
+    return stage.length(spe or 1)
+
+
+def _stage_lines(cfg: Config, spe: Optional[int], total: int) -> list[str]:
+    """One header line, plus one per stage for a config with stages."""
+    if not cfg.has_stages:
+        notes = [f"{spe} per epoch"] * (spe is not None) + _stepsize_text(cfg.policy, spe)
+        return [f"{cfg.policy.name}: {total} steps" + (f" ({', '.join(notes)})" if notes else "")]
+    lines = [f"{len(cfg.stages)} stages: {total} steps" + (f" ({spe} per epoch)" if spe is not None else "")]
+    for stage in cfg.plan():
+        policy = stage.policy
+        notes = [f"{policy.base_lr:g}–{policy.max_lr:g}", *_stepsize_text(policy, spe)]
+        if stage.freeze:
+            notes.append(f"frozen: {', '.join(stage.freeze)}")
+        lines.append(f"  stage {stage.name}: {policy.name}, {_stage_length(cfg, stage, spe)} steps ({', '.join(notes)})")
+    return lines
+
+
+def _group_columns(cfg: Config, lr: list[float], stages: list[str]) -> dict[str, list[float]]:
+    """Each configured group's LR (lr_mult x the policy's; NaN where frozen), when some group
+    differs from the policy's own LR column."""
+    from clrctl.series import group_lr_traces
+
+    mults = {g.name: g.lr_mult for g in cfg.optimizer.groups} or {name: 1.0 for name in cfg.optimizer.group_names()}
+    frozen = {stage.name: stage.freeze for stage in cfg.plan()}
+    if all(m == 1 for m in mults.values()) and not any(frozen.values()):
+        return {}
+    return {name: list(trace) for name, trace in group_lr_traces(lr, stages, mults, frozen).items()}
 
 
 def _per_epoch(spe: Optional[int]) -> str:
     return "" if spe is None else f" ({spe} per epoch)"
 
 
-def _stepsize_text(cfg: Config, spe: Optional[int]) -> list[str]:
+def _stepsize_text(policy, spe: Optional[int]) -> list[str]:
     """The half-cycle (cyclic policies) or T_0 (sgdr); other policies have no stepsize."""
-    if cfg.policy.name not in (*CYCLIC_POLICIES, "sgdr"):
+    if policy.name not in (*CYCLIC_POLICIES, "sgdr"):
         return []
-    return [f"stepsize {resolve_steps(cfg.policy.stepsize, spe or 1)}"]
+    return [f"stepsize {resolve_steps(policy.stepsize, spe or 1)}"]
 
 
 def _sweep_text(cfg: Config, spe: Optional[int]) -> str:
@@ -162,8 +207,11 @@ def _sweep_text(cfg: Config, spe: Optional[int]) -> str:
 def _policy_trace(cfg: Config, spe: Optional[int]) -> list[tuple[int, float, Optional[float]]]:
     from clrctl.policies import preview as trace_policy
 
-    total = cfg.train.steps or cfg.train.epochs * spe
-    return trace_policy(cfg.policy, cfg.optimizer, spe or 1, total)
+    trace: list[tuple[int, float, Optional[float]]] = []
+    for stage in cfg.plan():  # each stage runs its own policy from its own start
+        for _, lr, momentum in trace_policy(stage.policy, stage.optimizer, spe or 1, stage.length(spe or 1)):
+            trace.append((len(trace), lr, momentum))
+    return trace
 
 
 def _sweep_trace(cfg: Config, spe: Optional[int]) -> list[tuple[int, float, Optional[float]]]:
@@ -184,10 +232,15 @@ def _needs_epoch_length(cfg: Config, sweep: bool) -> bool:
     """Whether the schedule to preview has a length in epochs (else the data set is not needed)."""
     if sweep:
         return _in_epochs(cfg.range_test.steps)
-    durations = list(cfg.policy.milestones) if cfg.policy.name == "step" else []
-    if cfg.policy.name in (*CYCLIC_POLICIES, "sgdr"):
-        durations.append(cfg.policy.stepsize)
-    return cfg.train.steps is None or any(_in_epochs(d) for d in durations)
+    durations: list[Any] = []
+    for stage in cfg.plan():
+        policy = stage.policy
+        durations += list(policy.milestones) if policy.name == "step" else []
+        if policy.name in (*CYCLIC_POLICIES, "sgdr"):
+            durations.append(policy.stepsize)
+        if stage.steps is None:
+            return True
+    return any(_in_epochs(d) for d in durations)
 
 
 def _steps_per_epoch(cfg: Config) -> int:
@@ -225,8 +278,23 @@ def validate(config: Optional[Path] = CONFIG_ARG, overrides: Optional[list[str]]
     policy = cfg.policy
     bounds = f"{policy.base_lr:g}–{policy.max_lr:g}"
     schedule = (_sweep_text(cfg, setup.steps_per_epoch) if cfg.is_range_test
-                else f"{policy.name} {bounds}, {setup.total_steps} steps")
+                else f"{policy.name} {bounds}, {setup.total_steps} steps" if not cfg.has_stages
+                else f"{len(cfg.stages)} stages, {setup.total_steps} steps")
     console.print(Text.assemble(("ok", "green"), (
         f" {config}: {cfg.dataset.name} ({setup.data.train.num_samples} train / "
         f"{setup.data.val.num_samples} val), {cfg.model.name} ({params:,} parameters), {cfg.optimizer.name}, "
         f"{schedule} ({setup.steps_per_epoch} per epoch) on {setup.device}")), highlight=False, soft_wrap=True)
+    for line in _validate_details(cfg, setup):
+        say(line)
+
+
+def _validate_details(cfg: Config, setup) -> list[str]:
+    """Parameter groups, starting weights and stages: what a fine-tuning config will do."""
+    lines = ["  groups: " + ", ".join(f"{g.name} ({g.numel:,} parameters, lr x{g.lr_mult:g})" for g in setup.groups)]
+    if setup.weights:
+        fresh = setup.weights["reinitialised"]
+        lines.append(f"  weights: {setup.weights['source']}"
+                     + (f" (freshly initialised: {', '.join(fresh)})" if fresh else ""))
+    if cfg.has_stages and not cfg.is_range_test:
+        lines += _stage_lines(cfg, setup.steps_per_epoch, setup.total_steps)[1:]
+    return lines

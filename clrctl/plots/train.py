@@ -29,8 +29,9 @@ def plot_lr(path: Path, steps: Sequence[float], lr: Sequence[float],
     ax.set_ylabel("learning rate", color="tab:blue")
     if momentum is not None:
         twin = ax.twinx()
-        twin.plot(steps, momentum, color="tab:orange", lw=1.2, alpha=0.8, label="momentum")
-        twin.set_ylabel("momentum", color="tab:orange")
+        color = "tab:gray" if groups else "tab:orange"  # group lines take the colour cycle
+        twin.plot(steps, momentum, color=color, lw=1.0, alpha=0.7, ls="--" if groups else "-", label="momentum")
+        twin.set_ylabel("momentum", color=color)
     ax.set_title(title or "Learning-rate schedule")
     save(fig, path)
 
