@@ -398,3 +398,68 @@ def test_preview_and_validate_show_every_stage_and_group(cli, staged, capsys, tm
     out = capsys.readouterr().out
     assert "groups: body (2,080 parameters, lr x0.1), head (330 parameters, lr x1)" in out
     assert "stage all: one_cycle, 22 steps (0.002–0.02)" in out
+
+
+# -- end to end: a torchvision model over an image folder; kill -9 inside stage 2 ----------------------
+
+
+def _image_folder(root):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog", "fox"):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+
+
+def test_torchvision_model_on_an_image_folder_fine_tunes_from_a_state_dict(cli, tiny_config, tmp_path):
+    from clrctl.compat import import_torchvision
+
+    _image_folder(tmp_path / "images")
+    imagenet_like = import_torchvision().models.resnet18(num_classes=1000)
+    torch.save(imagenet_like.state_dict(), tmp_path / "resnet18.pt")
+    cfg = tiny_config(
+        "tv", dataset={"name": "imagefolder", "root": str(tmp_path / "images"), "image_size": 16, "batch_size": 4,
+                       "num_workers": 0, "val_fraction": 0.5, "drop_last": True},  # no 1-sample BatchNorm batch
+        model={"name": "torchvision:resnet18", "weights": str(tmp_path / "resnet18.pt")},
+        optimizer={"name": "sgd", "momentum": 0.9, "groups": [{"name": "body", "lr_mult": 0.1}, {"name": "head"}]},
+        train={"epochs": None, "eval_every": 2},
+        stages=[{"name": "head", "steps": 2, "freeze": ["body"], "policy": {"name": "fixed", "lr": 0.01}},
+                {"name": "all", "steps": 2, "policy": {"name": "one_cycle", "bounds": [0.001, 0.01]}}])
+    assert cli("train", cfg, "--run-dir", tmp_path / "run", "-q") == 0
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["weights"]["reinitialised"] == ["fc.weight", "fc.bias"]  # 3 classes, not 1000
+    assert [g["name"] for g in info["groups"]] == ["body", "head"]
+    assert [r["stage"] for r in rows(tmp_path / "run" / "metrics.csv")] == ["head", "head", "all", "all"]
+
+
+def test_kill_9_inside_stage_2_then_resume_equals_uninterrupted(cli, tiny_config, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    monkeypatch.syspath_prepend(str(tests))
+    cfg = tiny_config("slow-stages", model={"name": "slow_model:build", "args": {"delay_s": 0.01}},
+                      train={"epochs": None, "eval_every": 5},
+                      stages=[{**STAGES[0], "freeze": ["body"]}, {**STAGES[1], "epochs": 2}])
+    assert cli("train", cfg, "--run-dir", tmp_path / "ref", "-q") == 0
+    env = {**os.environ, "PYTHONPATH": f"{tests}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "clrctl", "train", str(cfg), "--run-dir", str(killed), "-q"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    # stage 2 is epochs 2-3: wait for epoch 2's checkpoint, then part of epoch 3
+    while not (killed / "epochs.csv").exists() or len(rows(killed / "epochs.csv")) < 2 \
+            or len(rows(killed / "metrics.csv")) < 50:
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended or stalled before stage 2"
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert cli("train", "--resume", killed, "-q") == 0
+    assert (killed / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
+    ref, got = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "ref", killed))
+    assert got["stages"] == ref["stages"]
