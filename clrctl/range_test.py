@@ -286,6 +286,8 @@ def start_range_test(config: Config, *, seeds: int = 1, runs_root: str | Path = 
             run.set_status("interrupted")
             raise Interrupted(f"range test interrupted before it started; {run.path} holds no results")
         summary = run_summary(per_seed, first.steps_per_epoch, interrupted=stopped)
+        if config.has_stages:
+            summary["stage"] = first.stage.name
         run.write_summary(summary)
         suggestion = summary["suggestion"]
         if summary["status"] == "completed" and suggestion["base_lr"] is not None:

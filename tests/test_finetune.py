@@ -463,3 +463,16 @@ def test_kill_9_inside_stage_2_then_resume_equals_uninterrupted(cli, tiny_config
     assert (killed / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
     ref, got = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "ref", killed))
     assert got["stages"] == ref["stages"]
+
+
+def test_a_stage_takes_its_bounds_from_a_range_test_run(cli, staged, tmp_path):
+    from clrctl.config import resolve_bounds_from
+
+    assert cli("range-test", staged, "--stage", "all", "--run-dir", tmp_path / "rt", "-q",
+               "range_test.steps=60", "range_test.eval_every=5") == 0
+    suggestion = json.loads((tmp_path / "rt" / "summary.json").read_text())["suggestion"]
+    config = resolve_bounds_from(load_config(staged, [f"stages.1.policy.bounds={{from: {tmp_path / 'rt'}}}"]))
+    assert config.stage("all").policy.bounds == (suggestion["base_lr"], suggestion["max_lr"])
+    assert config.stage("head-only").policy.bounds == (0.01, 0.1)
+    with pytest.raises(ConfigError, match=r"^stages.all.policy.bounds.from: .*nowhere is not a finished run"):
+        resolve_bounds_from(load_config(staged, [f"stages.1.policy.bounds={{from: {tmp_path / 'nowhere'}}}"]))

@@ -87,4 +87,6 @@ def print_suggestion(path: Path, summary: dict[str, Any]) -> None:
         # Each on a line of its own, never wrapped, so that it can be copied whole.
         say("next:")
         say(f"clrctl train {path / 'suggested.yaml'}")
-        say(f"or in any config: policy.bounds: {{from: {path}}}")
+        stage = summary.get("stage")
+        key = f"stages.{stage}.policy.bounds" if stage else "policy.bounds"
+        say(f"or in any config: {key}: {{from: {path}}}")
