@@ -88,5 +88,5 @@ def print_suggestion(path: Path, summary: dict[str, Any]) -> None:
         say("next:")
         say(f"clrctl train {path / 'suggested.yaml'}")
         stage = summary.get("stage")
-        key = f"stages.{stage}.policy.bounds" if stage else "policy.bounds"
-        say(f"or in any config: {key}: {{from: {path}}}")
+        where = f"in stage {stage!r} of any config" if stage else "in any config"
+        say(f"or {where}: policy.bounds: {{from: {path}}}")
