@@ -4,14 +4,14 @@ then rename) so a crash mid-write never leaves a torn ``last.pt``."""
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from clrctl.rundir import atomic_file
 
 
 def rng_state() -> dict[str, Any]:
@@ -30,15 +30,10 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # No fsync (as before): best.pt is saved at every improving evaluation; the rename alone
+    # keeps an interrupted or killed process from leaving a torn file.
+    with atomic_file(path, "wb", fsync=False) as handle:
+        torch.save(payload, handle)
 
 
 def load(path: Path, device: torch.device) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 from rich.text import Text
 
+from clrctl import interrupts
 from clrctl.app import app, debug_enabled, err_console  # noqa: F401 (debug_enabled: public)
 from clrctl.errors import ClrctlError, ClrctlWarning
 
@@ -28,19 +29,37 @@ from clrctl.commands import train as _train  # noqa: E402,F401
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console-script entry point: every error is one line and an exit code."""
-    args = _debug_first(list(sys.argv[1:] if argv is None else argv))
+    """Console-script entry point: every error is one line and an exit code.
+
+    SIGINT and SIGTERM raise KeyboardInterrupt from here on (the trainer swaps in its own
+    handler for the loop). The library turns one that lands after a run directory exists into
+    :class:`~clrctl.errors.Interrupted` (which names the directory); any other — while
+    importing, parsing, building data and model — means that nothing was written.
+    """
+    previous, early = interrupts.install()
     _print_library_warnings()
     try:
-        app(args=args, prog_name="clrctl", standalone_mode=False)
+        if early:  # arrived while the CLI was importing (clrctl.__main__)
+            raise KeyboardInterrupt
+        _main(_debug_first(list(sys.argv[1:] if argv is None else argv)))
+    except KeyboardInterrupt:
+        interrupts.ignore()  # a second Ctrl-C must not cut this line short
+        err_console.print("interrupted; nothing was written", highlight=False)
+        sys.exit(130)
+    finally:
+        interrupts.restore(previous)
+
+
+def _main(args: list[str]) -> None:
+    try:
+        # typer turns a KeyboardInterrupt inside a command into exit code 130, returned here
+        if app(args=args, prog_name="clrctl", standalone_mode=False) == 130:
+            raise KeyboardInterrupt
     except ClrctlError as err:
         if "--debug" in args:
             raise
         err_console.print(_line("error:", "red", str(err)), highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
     except (typer.Exit, typer.Abort) as err:
         sys.exit(130 if isinstance(err, typer.Abort) else err.exit_code)
     except _CLICK_ERROR as err:  # usage errors: bad option, missing argument

@@ -36,12 +36,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from clrctl import interrupts
 from clrctl import suggest as rules
 from clrctl.config import CYCLIC_POLICIES, Config, Stage, resolve_steps
 from clrctl.errors import DataError, Interrupted, RunFailed
 from clrctl.groups import build_groups, set_frozen, torch_param_groups
 from clrctl.optim import build_optimizer, current_momentum
-from clrctl.rundir import RunDir
+from clrctl.rundir import RunDir, holds_no_results, run_info
 from clrctl.setup import Setup, build_setup
 from clrctl.text import count
 from clrctl.trainer import Reporter, evaluate, train_step
@@ -261,30 +262,44 @@ def suggested_config(config: Config, base_lr: float, max_lr: float, stage: Optio
 # A run: one or more seeds in a run directory
 
 
-def start_range_test(config: Config, *, seeds: int = 1, runs_root: str | Path = "runs",
+def start_range_test(config: Config, *, seeds: Optional[list[int]] = None, runs_root: str | Path = "runs",
                      run_dir: Optional[str | Path] = None, argv: Optional[list[str]] = None,
                      reporter_factory: Optional[Callable[[int], Reporter]] = None,
                      stage: Optional[str] = None) -> tuple[Path, dict[str, Any]]:
-    """Sweep ``seeds`` seeds (``config.seed``, +1, …) into a new run directory; (path, summary).
+    """Sweep each of ``seeds`` (default: ``[config.seed]``; see :func:`clrctl.seeds.parse_seeds`)
+    into a new run directory; (path, summary). Its config.yaml records the first seed.
     With stages, the sweep uses stage ``stage`` (default: the first): its frozen groups and
     LR multipliers, and ``suggested.yaml`` fills that stage's bounds.
 
     Raises :class:`Interrupted` after writing an ``interrupted`` summary on Ctrl-C / SIGTERM."""
-    if seeds < 1:
-        raise ValueError("seeds must be >= 1")
-    seed_list = [config.seed + k for k in range(seeds)]
+    seed_list = [config.seed] if seeds is None else list(seeds)
+    if not seed_list or len(set(seed_list)) != len(seed_list) or min(seed_list) < 0:
+        raise ValueError(f"seeds must be distinct non-negative integers (got {seeds!r})")
     first = prepare(config, seed_list[0], stage)  # bad input fails here, before the run directory exists
-    run = RunDir.create(runs_root, config.name, run_dir)
-    run.write_config(config.to_dict())
-    run.start("range-test", config.seed, str(first.device), argv)
-    run.set_status("running", groups=first.base.describe_groups(), weights=first.base.weights,
-                   **({"stage": first.stage.name} if config.has_stages else {}))
+    info = {**run_info("range-test", seed_list[0], str(first.device), argv),
+            "groups": first.base.describe_groups(), "weights": first.base.weights,
+            **({"stage": first.stage.name} if config.has_stages else {})}
+    run = None
+    try:
+        with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
+            run = RunDir.create(runs_root, config.name, run_dir)
+            run.begin(info, config.model_copy(update={"seed": seed_list[0]}).to_dict())
+        return _range_test(config, seed_list, first, run, reporter_factory)
+    except KeyboardInterrupt:  # outside a sweep: before the first, or while writing the results
+        if run is None:
+            raise
+        run.set_status("interrupted")
+        raise _interrupted(run) from None
+
+
+def _range_test(config: Config, seed_list: list[int], first: SweepSetup, run: RunDir,
+                reporter_factory: Optional[Callable[[int], Reporter]]) -> tuple[Path, dict[str, Any]]:
     per_seed: list[tuple[int, SweepResult, dict[str, Any]]] = []
     try:
         stopped = _sweep_seeds(config, seed_list, first, run, per_seed, reporter_factory)
         if not per_seed:  # Ctrl-C before the first sweep started
             run.set_status("interrupted")
-            raise Interrupted(f"range test interrupted before it started; {run.path} holds no results")
+            raise _interrupted(run)
         summary = run_summary(per_seed, first.steps_per_epoch, interrupted=stopped)
         if config.has_stages:
             summary["stage"] = first.stage.name
@@ -295,7 +310,7 @@ def start_range_test(config: Config, *, seeds: int = 1, runs_root: str | Path = 
             run.write_config(suggested_config(config, suggestion["base_lr"], suggestion["max_lr"], filled),
                              "suggested.yaml")
         render_plot(run, config, per_seed, summary)
-    except Interrupted:
+    except (Interrupted, KeyboardInterrupt):
         raise
     except DataError as err:  # unreadable data met mid-sweep: the run ended badly (exit 1)
         run.set_status("failed")
@@ -310,6 +325,13 @@ def start_range_test(config: Config, *, seeds: int = 1, runs_root: str | Path = 
     return run.path, summary
 
 
+def _interrupted(run: RunDir) -> Interrupted:
+    if holds_no_results(run.path):
+        return Interrupted(f"range test interrupted before it started; {run.path} holds no results "
+                           f"(a rerun with --run-dir {run.path} reuses it)")
+    return Interrupted(f"range test interrupted; partial results in {run.path}")
+
+
 def _sweep_seeds(config, seed_list, first, run, per_seed, reporter_factory) -> bool:
     """Sweep each seed in turn, appending (seed, result, suggestion); True when interrupted."""
     try:
@@ -318,6 +340,8 @@ def _sweep_seeds(config, seed_list, first, run, per_seed, reporter_factory) -> b
             many = len(seed_list) > 1
             target = RunDir.create(run.path, "", run.path / "seeds" / f"seed-{seed}") if many else run
             result = _sweep_to_csv(setup, target, reporter_factory(seed) if reporter_factory else None)
+            if not result.rows and result.stop_reason == "interrupted":
+                return True  # before this seed's first step: nothing to summarise
             eval_size = min(config.range_test.eval_size, setup.data.val.num_samples)
             suggestion = suggest_from_rows(result.rows, setup.steps, eval_size)
             per_seed.append((seed, result, suggestion))

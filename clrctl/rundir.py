@@ -16,11 +16,13 @@ import json
 import os
 import platform
 import socket
+import secrets
+import shutil
 import subprocess
 import sys
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import IO, Any, Iterable, Iterator, Optional
 
 import yaml
 
@@ -28,6 +30,9 @@ from clrctl import __version__
 from clrctl.errors import InputError
 
 TERMINAL_STATUSES = ("completed", "diverged", "interrupted", "failed")
+TEMP_SUFFIX = ".tmp"  # temporary files of atomic writes: ".<name>.<random>.tmp"
+# What a run directory holds before its first result (see holds_no_results)
+BOOKKEEPING = ("run.json", "config.yaml", "group.json")
 
 
 def utc_now() -> str:
@@ -50,16 +55,34 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_file(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "w", *, fsync: bool = True, **open_args: Any) -> Iterator[IO]:
+    """A temporary file beside ``path`` that replaces it (``os.replace``) when the block ends
+    without error, and is removed otherwise: a reader never sees half a file.
+
+    The temporary file is created like ``open()`` creates files, mode 0o666 less the umask
+    (``tempfile.mkstemp``'s 0600 would survive the rename and lock teammates out)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, mode, **open_args) as handle:
+            yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -132,7 +155,9 @@ class RunDir:
     def create(cls, runs_root: str | Path, name: str, run_dir: Optional[str | Path] = None) -> "RunDir":
         path = Path(run_dir) if run_dir is not None else default_run_path(runs_root, name)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise InputError(f"{path}: run directory exists and is not empty (use --resume to continue it)")
+            if not holds_no_results(path):
+                raise InputError(f"{path}: run directory exists and is not empty (use --resume to continue it)")
+            _clear(path)  # a run interrupted before its first result: reused, not overwritten
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
 
@@ -169,20 +194,16 @@ class RunDir:
         return read_json(self.path / "run.json")
 
     def start(self, kind: str, seed: int, device: str, argv: Optional[list[str]] = None) -> dict[str, Any]:
-        info = {
-            "kind": kind,
-            "status": "running",
-            "start_time": utc_now(),
-            "end_time": None,
-            "argv": list(argv if argv is not None else sys.argv),
-            "seed": seed,
-            "device": device,
-            "versions": versions(),
-            "host": socket.gethostname(),
-            "git": git_state(),
-        }
+        info = run_info(kind, seed, device, argv)
         write_json_atomic(self.path / "run.json", info)
         return info
+
+    def begin(self, info: dict[str, Any], config: dict[str, Any]) -> None:
+        """A new run's first files: run.json (from :func:`run_info`, status ``running``), then
+        config.yaml. Call it inside ``interrupts.deferred()`` right after :meth:`create`, so
+        that the directory is never left holding a config without a run.json."""
+        write_json_atomic(self.path / "run.json", {**info, "start_time": utc_now()})
+        self.write_config(config)
 
     def set_status(self, status: str, **extra: Any) -> None:
         info = self.read_run()
@@ -190,6 +211,56 @@ class RunDir:
         info["end_time"] = utc_now() if status in TERMINAL_STATUSES else None
         info.update(extra)
         write_json_atomic(self.path / "run.json", info)
+
+
+def run_info(kind: str, seed: int, device: str, argv: Optional[list[str]] = None) -> dict[str, Any]:
+    """run.json of a new run (status ``running``). It runs ``git`` and imports torchvision, so
+    build it before the short critical section that creates the directory."""
+    return {
+        "kind": kind,
+        "status": "running",
+        "start_time": utc_now(),
+        "end_time": None,
+        "argv": list(argv if argv is not None else sys.argv),
+        "seed": seed,
+        "device": device,
+        "versions": versions(),
+        "host": socket.gethostname(),
+        "git": git_state(),
+    }
+
+
+def holds_no_results(path: Path) -> bool:
+    """Whether ``path`` is a run (or group) directory that clrctl created — it has a run.json or
+    group.json — but that holds no result yet: nothing but run.json, config.yaml, group.json,
+    CSVs with only their header, temporary files of atomic writes and empty folders.
+
+    Such a directory is what an interrupt during start-up leaves; a rerun may reuse it."""
+    path = Path(path)
+    if not ((path / "run.json").is_file() or (path / "group.json").is_file()):
+        return False
+    return all(_not_a_result(p) for p in path.rglob("*"))
+
+
+def _not_a_result(path: Path) -> bool:
+    if path.is_dir() and not path.is_symlink():
+        return True
+    if not path.is_file() or path.is_symlink():
+        return False
+    if path.name in BOOKKEEPING or (path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)):
+        return True
+    if path.suffix == ".csv":
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return sum(1 for _, line in zip(range(2), handle) if line.strip()) <= 1
+    return False
+
+
+def _clear(path: Path) -> None:
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def versions() -> dict[str, Optional[str]]:
@@ -231,11 +302,16 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def create_group(runs_root: str | Path, name: str, seeds: list[int], path: Optional[str | Path] = None) -> Path:
-    """A seed group: ``<group>/group.json`` plus one run directory ``seed-K/`` per seed."""
-    group = RunDir.create(runs_root, name, path).path
-    write_json_atomic(group / "group.json", {
+def create_group(runs_root: str | Path, name: str, seeds: list[int], path: Optional[str | Path] = None,
+                 config: Optional[dict[str, Any]] = None) -> Path:
+    """A seed group: ``<group>/group.json`` plus one run directory ``seed-K/`` per seed, and the
+    group's ``config.yaml`` (each seed's config but for ``seed``), from which ``--resume``
+    starts the seeds that never started."""
+    group = RunDir.create(runs_root, name, path)
+    write_json_atomic(group.path / "group.json", {
         "kind": "group", "name": name, "seeds": seeds, "runs": [f"seed-{s}" for s in seeds],
         "created": utc_now(),
     })
-    return group
+    if config is not None:
+        group.write_config(config)
+    return group.path

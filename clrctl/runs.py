@@ -13,10 +13,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from clrctl import checkpoint
+from clrctl import checkpoint, interrupts
 from clrctl.config import Config, load_config, resolve_bounds_from
-from clrctl.errors import InputError
-from clrctl.rundir import RunDir, create_group, read_csv, read_json, truncate_csv, utc_now
+from clrctl.errors import InputError, Interrupted, RunFailed
+from clrctl.rundir import RunDir, create_group, read_csv, read_json, run_info, truncate_csv, utc_now
 from clrctl.series import batch_sizes, group_lr_traces, moving_average
 from clrctl.setup import build_setup
 from clrctl.trainer import LoopState, Reporter, TrainingLoop
@@ -27,11 +27,17 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
     """Train ``config`` in a new run directory; returns (run path, summary)."""
     config = resolve_bounds_from(config)
     setup = build_setup(config)
-    run = RunDir.create(runs_root, config.name, run_dir)
-    run.write_config(config.to_dict())
-    run.start("train", config.seed, str(setup.device), argv)
-    run.set_status("running", **model_record(setup))
-    return run.path, _run(TrainingLoop(setup, run, reporter))
+    info = {**run_info("train", config.seed, str(setup.device), argv), **model_record(setup)}
+    run = None
+    try:
+        with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
+            run = RunDir.create(runs_root, config.name, run_dir)
+            run.begin(info, config.to_dict())
+        return run.path, _run(TrainingLoop(setup, run, reporter))
+    except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
+        if run is None:
+            raise
+        raise _interrupted(run) from None
 
 
 def model_record(setup) -> dict[str, Any]:
@@ -49,6 +55,13 @@ def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
         raise InputError(f"{path}: not a training run (kind {info.get('kind')!r})")
     if info.get("status") == "completed":
         raise InputError(f"{path}: run already completed; nothing to resume")
+    try:
+        return run.path, _resume(run, info, argv, reporter)
+    except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
+        raise _interrupted(run) from None
+
+
+def _resume(run: RunDir, info: dict[str, Any], argv: Optional[list[str]], reporter: Optional[Reporter]) -> dict:
     config = load_config(run.path / "config.yaml")
     setup = build_setup(config)
     last = run.path / "checkpoints" / "last.pt"
@@ -63,30 +76,94 @@ def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
     loop = TrainingLoop(setup, run, reporter, state)  # opens the CSVs: after they are truncated
     if saved:
         loop.restore(saved)
-    return run.path, _run(loop)
+    return _run(loop)
 
 
 def train_seeds(config: Config, seeds: list[int], *, runs_root: str | Path = "runs",
                 run_dir: Optional[str | Path] = None, argv: Optional[list[str]] = None,
                 reporter_factory=None) -> tuple[Path, list[dict]]:
-    """One run per seed under a group directory (``group.json`` + ``seed-K/``)."""
+    """One run per seed under a group directory (``group.json``, ``config.yaml``, ``seed-K/``)."""
     config = resolve_bounds_from(config)
     build_setup(config)  # fail on bad input before the group directory exists
-    group = create_group(runs_root, config.name, seeds, run_dir)
+    group = None
+    try:
+        with interrupts.deferred():
+            group = create_group(runs_root, config.name, seeds, run_dir, config.to_dict())
+    except KeyboardInterrupt:
+        if group is None:
+            raise
+        raise Interrupted(f"seed group interrupted before its first seed; resume with: "
+                          f"clrctl train --resume {group}") from None
+    return group, _train_group(group, config, seeds, argv, reporter_factory)
+
+
+def is_group(path: str | Path) -> bool:
+    return (Path(path) / "group.json").is_file()
+
+
+def resume_group(path: str | Path, *, argv: Optional[list[str]] = None,
+                 reporter_factory=None) -> tuple[Path, list[dict]]:
+    """Finish an interrupted seed group: resume the seeds that started, start those that never
+    did; seeds that completed or diverged are kept as they are."""
+    group = Path(path)
+    info = read_json(group / "group.json")
+    seeds = info.get("seeds")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise InputError(f"{group / 'group.json'}: unreadable (expected a non-empty 'seeds' list)")
+    if all(_finished(group / f"seed-{s}") for s in seeds):
+        raise InputError(f"{group}: seed group already finished; nothing to resume")
+    # Groups written before the group kept its own config.yaml: any seed's, with its seed replaced.
+    sources = [group / "config.yaml", *(group / f"seed-{s}" / "config.yaml" for s in seeds)]
+    source = next((p for p in sources if p.is_file()), None)
+    if source is None:
+        raise InputError(f"{group}: no config.yaml in the group nor in any seed; start it again")
+    return group, _train_group(group, load_config(source), seeds, argv, reporter_factory)
+
+
+def _finished(path: Path) -> bool:
+    return (path / "run.json").is_file() and read_json(path / "run.json").get("status") in ("completed", "diverged")
+
+
+def _train_group(group: Path, config: Config, seeds: list[int], argv, reporter_factory) -> list[dict]:
     summaries = []
-    for seed in seeds:
-        seeded = config.model_copy(update={"seed": seed})
+    for index, seed in enumerate(seeds):
+        path = group / f"seed-{seed}"
         reporter = reporter_factory(seed) if reporter_factory else None
         try:
-            _, summary = start_training(seeded, run_dir=group / f"seed-{seed}", argv=argv, reporter=reporter)
-        except Exception as err:  # a diverged seed must not hide the others' results
-            from clrctl.errors import RunFailed
+            summaries.append(_train_seed(path, config.model_copy(update={"seed": seed}), argv, reporter))
+        except RunFailed as err:  # a diverged seed must not hide the others' results
+            summaries.append({"status": "diverged", "seed": seed, "error": str(err)})
+        except (Interrupted, KeyboardInterrupt):
+            rest = seeds[index + 1:]
+            left = f" (not started: seed{'s' if len(rest) > 1 else ''} {', '.join(map(str, rest))})" if rest else ""
+            raise Interrupted(f"seed {seed} interrupted{left}; resume with: clrctl train --resume {group}") from None
+    return summaries
 
-            if not isinstance(err, RunFailed):
-                raise
-            summary = {"status": "diverged", "seed": seed, "error": str(err)}
-        summaries.append(summary)
-    return group, summaries
+
+def _train_seed(path: Path, config: Config, argv, reporter) -> dict:
+    """One seed of a group: kept if finished, resumed if started, started otherwise."""
+    if (path / "run.json").is_file() and (path / "config.yaml").is_file():
+        status = read_json(path / "run.json").get("status")
+        if status in ("completed", "diverged"):
+            summary = path / "summary.json"
+            return read_json(summary) if summary.is_file() else {"status": status, "seed": config.seed}
+        return resume_training(path, argv=argv, reporter=reporter)[1]
+    return start_training(config, run_dir=path, argv=argv, reporter=reporter)[1]
+
+
+def _interrupted(run: RunDir) -> Interrupted:
+    """The error for a KeyboardInterrupt outside the loop's handler; marks the run ``interrupted``
+    unless it already recorded how it ended."""
+    status = None
+    try:
+        status = run.read_run().get("status")
+        if status == "running":
+            run.set_status("interrupted")
+    except (InputError, KeyboardInterrupt):  # unreadable, or one more Ctrl-C: 'running' resumes too
+        pass
+    if status == "completed":  # while drawing the plots of a finished run
+        return Interrupted(f"interrupted after the run completed (plots may be missing): {run.path}")
+    return Interrupted(f"interrupted; resume with: clrctl train --resume {run.path}")
 
 
 def _run(loop: TrainingLoop) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from clrctl.errors import InputError
 
 _HELP = "expected a count like 3, a list like 0,1,2 or a range like 0..4"
+SEEDS_HELP = ("Seeds: a count N means N seeds from the config's seed (seed, seed+1, …); "
+              "0,1,2 or 0..4 name them.")
 
 
 def parse_seeds(text: str, start: int = 0) -> list[int]:

@@ -15,6 +15,7 @@ from clrctl.config import load_config
 from clrctl.errors import InputError, RunFailed
 from clrctl.reporting import say, say_path
 from clrctl.text import count
+from clrctl.seeds import SEEDS_HELP, parse_seeds
 
 ROWS = [  # (candidate name, label in the table)
     ("accuracy_onset", "accuracy onset"), ("accuracy_falls", "accuracy falls"), ("loss_min", "loss minimum"),
@@ -30,8 +31,9 @@ def range_test(
                                                     show_default=False),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Put the run exactly here (must be new or empty)."),
     runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="Parent of timestamped run directories."),
-    seeds: int = typer.Option(1, "--seeds", min=1,
-                              help="Repeat with seeds seed, seed+1, … (other init and data order); report medians."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", show_default=False,
+                                        help=f"{SEEDS_HELP} Repeats the sweep per seed (other init and data "
+                                             "order) and suggests the medians."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     stage: Optional[str] = typer.Option(None, "--stage",
                                         help="Sweep this stage of a config with stages: its frozen groups and LR "
@@ -44,8 +46,9 @@ def range_test(
     if config is None:
         raise InputError("missing CONFIG (a YAML file, e.g. configs/digits-range-test.yaml)")
     cfg = load_config(config, overrides or [])
-    label = (lambda s: f"seed {s}") if seeds > 1 else (lambda s: "range-test")
-    path, summary = start_range_test(cfg, seeds=seeds, runs_root=runs_root, run_dir=run_dir,
+    seed_list = parse_seeds(seeds, cfg.seed) if seeds is not None else [cfg.seed]
+    label = (lambda s: f"seed {s}") if len(seed_list) > 1 else (lambda s: "range-test")
+    path, summary = start_range_test(cfg, seeds=seed_list, runs_root=runs_root, run_dir=run_dir,
                                      argv=["clrctl", *sys.argv[1:]],
                                      reporter_factory=lambda s: RichReporter(label(s), quiet), stage=stage)
     print_suggestion(path, summary)

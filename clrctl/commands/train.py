@@ -15,6 +15,7 @@ from clrctl.app import app, console
 from clrctl.config import CYCLIC_POLICIES, Config, load_config, resolve_bounds_from, resolve_steps
 from clrctl.errors import ClrctlError, ConfigError, InputError
 from clrctl.reporting import RichReporter, say, say_path
+from clrctl.seeds import SEEDS_HELP, parse_seeds
 
 CONFIG_ARG = typer.Argument(None, help="YAML config file (see configs/).", show_default=False)
 OVERRIDES_ARG = typer.Argument(None, help="Hydra-style overrides: key.path=value …", show_default=False)
@@ -34,20 +35,6 @@ def _load(config: Optional[Path], overrides: Optional[list[str]]) -> Config:
     return load_config(config, overrides or [])
 
 
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        if ".." in text:
-            lo, hi = text.split("..")
-            seeds = list(range(int(lo), int(hi) + 1))
-        else:
-            seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise InputError(f"--seeds: expected a list like 0,1,2 or a range like 0..4 (got {text!r})") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise InputError(f"--seeds: expected distinct integers (got {text!r})")
-    return seeds
-
-
 def _print_summary(path: Path, summary: dict[str, Any]) -> None:
     table = Table(show_header=False)
     for key in ("status", "steps", "epochs", "final_val_acc", "best_val_acc", "best_step",
@@ -60,35 +47,44 @@ def _print_summary(path: Path, summary: dict[str, Any]) -> None:
     say_path("run:", path)  # after the table, whole on its own line: it is what one copies next
 
 
+def _group_done(group: Path, summaries: list[dict[str, Any]]) -> None:
+    from clrctl.errors import RunFailed
+
+    say_path("seed group:", group)
+    failed = [s for s in summaries if s.get("status") != "completed"]
+    if failed:
+        raise RunFailed(f"{len(failed)} of {len(summaries)} seeds did not complete (see {group})")
+
+
 @app.command("train", epilog=MODEL_CONTRACT)
 def train(
     config: Optional[Path] = CONFIG_ARG,
     overrides: Optional[list[str]] = OVERRIDES_ARG,
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Put the run exactly here (must be new or empty)."),
     runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="Parent of timestamped run directories."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run in its directory."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Train a seed group, e.g. 0,1,2 or 0..4."),
+    resume: Optional[Path] = typer.Option(None, "--resume",
+                                          help="Continue an interrupted run (or seed group) in its directory."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help=SEEDS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train with a learning-rate policy; writes config, metrics, summary and plots to a run directory."""
-    from clrctl.errors import RunFailed
-    from clrctl.runs import resume_training, start_training, train_seeds
+    from clrctl.runs import is_group, resume_group, resume_training, start_training, train_seeds
 
     argv = ["clrctl", *sys.argv[1:]]
+    per_seed = lambda s: RichReporter(f"seed {s}", quiet)  # noqa: E731
     if resume is not None:
         if config is not None:
             raise InputError("--resume takes the run directory only (its config.yaml is used)")
+        if is_group(resume):
+            _group_done(*resume_group(resume, argv=argv, reporter_factory=per_seed))
+            return
         path, summary = resume_training(resume, argv=argv, reporter=RichReporter("resume", quiet))
         _print_summary(path, summary)
         return
     cfg = _load(config, overrides)
     if seeds is not None:
-        group, summaries = train_seeds(cfg, _parse_seeds(seeds), runs_root=runs_root, run_dir=run_dir, argv=argv,
-                                       reporter_factory=lambda s: RichReporter(f"seed {s}", quiet))
-        say_path("seed group:", group)
-        failed = [s for s in summaries if s.get("status") != "completed"]
-        if failed:
-            raise RunFailed(f"{len(failed)} of {len(summaries)} seeds did not complete (see {group})")
+        _group_done(*train_seeds(cfg, parse_seeds(seeds, cfg.seed), runs_root=runs_root, run_dir=run_dir,
+                                 argv=argv, reporter_factory=per_seed))
         return
     path, summary = start_training(cfg, runs_root=runs_root, run_dir=run_dir, argv=argv,
                                    reporter=RichReporter("train", quiet))

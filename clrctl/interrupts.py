@@ -1,0 +1,117 @@
+"""Ctrl-C and SIGTERM outside the training loop (SPEC.md: both are exit 130, one line).
+
+The trainer installs its own handler for the loop (finish the step, flush, checkpoint). Around
+it — importing, building data and model, creating the run directory, writing plots — the CLI
+makes both signals raise :class:`KeyboardInterrupt`, which the library turns into
+:class:`~clrctl.errors.Interrupted` once a run directory exists and ``main()`` reports otherwise.
+
+- :func:`record_early`: while the CLI is still importing (typer, rich, pydantic: about a
+  second), signals are recorded, not raised, so that no traceback escapes an import.
+- :func:`install`: from ``main()`` on, both raise KeyboardInterrupt (held back while a module
+  is being imported, see :func:`_raise`); says whether one came early.
+- :func:`deferred`: a short critical section (a run directory's first files) that a signal
+  cannot cut in half; it is raised again right after the section.
+
+Stdlib only, so that importing it costs nothing. Signals reach only the main thread; from any
+other thread these are no-ops.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_early: list[int] = []
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _record(signum: int, _frame: Any) -> None:
+    _early.append(signum)
+
+
+def _raise(_signum: int, frame: Any) -> None:
+    if _importing(frame) and hasattr(signal, "setitimer"):
+        # A KeyboardInterrupt raised while an extension module initialises (torch's pybind11
+        # code calls back into Python) aborts the process ("terminate called …", exit 134).
+        # Raise it once the import is over instead: look again every 50 ms.
+        _hold()
+        return
+    raise KeyboardInterrupt
+
+
+def _importing(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _hold() -> None:
+    previous = signal.getsignal(signal.SIGALRM)
+    if getattr(previous, "held_interrupt", False):  # already waiting for this import to end
+        return
+
+    def retry(_signum: int, frame: Any) -> None:
+        if _importing(frame):
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            return
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+        raise KeyboardInterrupt
+
+    retry.held_interrupt = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGALRM, retry)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+
+
+def record_early() -> None:
+    """Record SIGINT/SIGTERM instead of acting on them, until :func:`install` runs."""
+    if _main_thread():
+        for sig in SIGNALS:
+            signal.signal(sig, _record)
+
+
+def install() -> tuple[dict[int, Any], bool]:
+    """Make SIGINT and SIGTERM raise KeyboardInterrupt; returns (previous handlers, whether a
+    signal was recorded by :func:`record_early` before this call)."""
+    if not _main_thread():
+        return {}, False
+    previous = {sig: signal.signal(sig, _raise) for sig in SIGNALS}
+    early = bool(_early)  # read after the swap: a signal cannot slip between the two
+    _early.clear()
+    return previous, early
+
+
+def restore(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def ignore() -> None:
+    """Ignore both signals from now on (while the outcome of an interrupt is being reported)."""
+    if _main_thread():
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM during the block; one that arrived is re-raised (to whatever handler
+    was in place) when the block ends, so the block's files are written whole or not at all."""
+    if not _main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: arrived.append(signum)) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        restore(previous)
+    if arrived:
+        signal.raise_signal(arrived[0])
