@@ -157,7 +157,7 @@ def test_interrupted_seed_group_resumes_and_runs_the_rest(cli, tiny_config, tmp_
     assert not (group / "seed-1").exists()
 
     assert cli("train", "--resume", group, "-q") == 0
-    assert f"seed group: {group}" in capsys.readouterr().out
+    assert f"seed group:\n{group}\n" in capsys.readouterr().out
     for seed in (0, 1):
         info = json.loads((group / f"seed-{seed}" / "run.json").read_text())
         assert info["status"] == "completed" and info["seed"] == seed
