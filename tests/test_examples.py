@@ -24,3 +24,16 @@ def test_every_digits_example_trains_well(cli, tmp_path, name):
     assert summary["final_val_acc"] >= 0.95
     for plot in ("lr.png", "loss.png", "accuracy.png"):
         assert (run / "plots" / plot).stat().st_size > 10_000
+
+
+def test_fine_tuning_showcase_pretrains_then_fine_tunes_a_new_head(cli, tmp_path):
+    """The README's fine-tuning commands: digits 0-5, then 6-9 in two stages."""
+    pre, fine = tmp_path / "pre", tmp_path / "fine"
+    assert cli("train", CONFIGS / "digits-pretrain.yaml", "device=cpu", "--run-dir", pre, "-q") == 0
+    assert cli("train", CONFIGS / "digits-finetune.yaml", "device=cpu", f"model.weights={pre}",
+               "--run-dir", fine, "-q") == 0
+    summary = json.loads((fine / "summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == ["head-only", "all"]
+    assert summary["final_val_acc"] >= 0.95
+    info = json.loads((fine / "run.json").read_text())
+    assert info["weights"]["reinitialised"] == ["5.weight", "5.bias"]  # 6 classes -> 4: a new head
