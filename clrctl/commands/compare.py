@@ -81,13 +81,23 @@ def _plot(sides: list[Side], report: dict[str, Any], path: Path) -> None:
     from clrctl.plots import compare as plots  # matplotlib only when a plot is asked for
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    title = plot_title(report)
     if report["kind"] == "range-test":
         drawn = [c for side in sides for c in curves.range_curves(side)]
-        plots.plot_range_overlay(drawn, path, curves.range_log_x(sides))
+        plots.plot_range_overlay(drawn, path, curves.range_log_x(sides), title)
     else:
         target = report["target"]
         plots.plot_train_overlay([curves.train_curves(side) for side in sides], path,
-                                 (target["metric"], target["value"]) if target else None)
+                                 (target["metric"], target["value"]) if target else None, title)
+
+
+def plot_title(report: dict[str, Any]) -> str:
+    """``clrctl compare: cand vs base (target val_acc=0.97)``."""
+    candidates = ", ".join(c["candidate"] for c in report["comparisons"])
+    what = "range tests: " if report["kind"] == "range-test" else ""
+    target = report.get("target")
+    suffix = f" (target {target['metric']}={target['value']:g})" if target else ""
+    return f"clrctl compare, {what}{candidates} vs {report['baseline']}{suffix}"
 
 
 def _emit(report: dict[str, Any], fmt: Format, output: Optional[Path], plot: Optional[Path]) -> None:
