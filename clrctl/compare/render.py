@@ -189,7 +189,8 @@ def comparison_facts(comp: dict[str, Any]) -> list[str]:
     if comp["paired"]:
         facts.append(f"paired by seed ({comp['n_pairs']} shared seeds)")
     if not comp["comparable"]:
-        facts.append(f"NOT COMPARABLE: {', '.join(comp['not_comparable'])} differ; reported, not judged by the gate")
+        verb = "differs" if len(comp["not_comparable"]) == 1 else "differ"
+        facts.append(f"NOT COMPARABLE: {', '.join(comp['not_comparable'])} {verb}; reported, not judged by the gate")
     return facts
 
 

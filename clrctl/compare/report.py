@@ -370,7 +370,8 @@ def _notes(sides: list[Side], comparisons: list[dict[str, Any]]) -> list[str]:
     for comp in comparisons:
         if not comp["comparable"]:
             keys = ", ".join(comp["not_comparable"])
-            notes.append(f"{comp['candidate']}: not comparable with the baseline ({keys} differ)")
+            verb = "differs" if len(comp["not_comparable"]) == 1 else "differ"
+            notes.append(f"{comp['candidate']}: not comparable with the baseline ({keys} {verb})")
     return notes
 
 
