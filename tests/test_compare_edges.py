@@ -26,11 +26,13 @@ def _json(text: str):
 
 @pytest.fixture
 def width(monkeypatch):
-    """Set the terminal width compare renders for (the shared rich console's)."""
-    from clrctl.app import console
+    """Render compare for a terminal this wide (a console like the app's, writing to stdout)."""
+    from rich.console import Console
+
+    from clrctl.commands import compare as command
 
     def set_width(columns: int) -> None:
-        monkeypatch.setattr(console, "_width", columns)
+        monkeypatch.setattr(command, "console", Console(width=columns))
 
     return set_width
 

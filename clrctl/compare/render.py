@@ -3,7 +3,7 @@
 Each function only formats what the report holds. Accuracies and losses are shown as
 fractions (the units of ``--tolerance``), a group as ``median [min–max]``, a run that never
 reached the target as ``not reached (>N)`` (N = the steps it did); no output shows ``inf`` or
-``nan``: a censored difference is a bound (``< −822``).
+``nan``: a censored difference is a bound (``< -822``).
 
 Everything the rich renderer prints is a :class:`~rich.text.Text`, so run names, paths and
 config values such as ``[0.01, 0.1]`` print literally (rich would read ``[...]`` as markup).
@@ -35,7 +35,7 @@ ARROW = {"higher": "↑", "lower": "↓", None: ""}
 
 # -- numbers -----------------------------------------------------------------------------
 def fmt_value(value: Optional[float], unit: str, censored_at: Optional[float] = None, signed: bool = False) -> str:
-    """A metric value in its unit; ``signed`` for a difference (``+0.0067``, ``+∞``)."""
+    """A metric value in its unit; ``signed`` for a difference (``+0.0067``)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if math.isinf(value):  # only a censored steps-to-target may get here, and it is a bound
@@ -233,9 +233,10 @@ def _prose(text: str, width: Optional[int], style: str = "") -> Group:
 
 def _block(header: list[str], rows: list[list[str]], width: Optional[int], title: Optional[str] = None,
            by: str = "row", vertical_title: Optional[str] = None) -> Any:
-    table = _rich_table(header, rows, title)
+    table = _rich_table(header, rows)
     if width is None or _width_of(table) <= width:
-        return table
+        # the title as a line of its own: a table would fold a long name in its title
+        return Group(_prose(title, width, style="bold"), table) if title else table
     return _vertical(header, rows, title or vertical_title, by, width)
 
 
@@ -244,10 +245,10 @@ def _width_of(table: Table) -> int:
     return Measurement.get(console, console.options, table).maximum
 
 
-def _rich_table(header: list[str], rows: list[list[str]], title: Optional[str] = None) -> Table:
+def _rich_table(header: list[str], rows: list[list[str]]) -> Table:
     # Text cells: literal (no markup); no_wrap: a name or CI is never split (the table is only
     # used when it fits, see _block)
-    table = Table(title=Text(title) if title else None, title_justify="left", header_style="bold")
+    table = Table(header_style="bold")
     for i, name in enumerate(header):
         table.add_column(Text(name), justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:
