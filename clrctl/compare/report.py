@@ -279,6 +279,8 @@ def censor(entry: dict[str, Any], metric: Metric, b_vals, c_vals, pairs) -> None
             bound = stats.summarize(low_cand)["median"] - stats.summarize(low_base)["median"]
         # a censored baseline is larger than its bound, so the difference is smaller, and vice versa
         entry["diff_bound"] = {"op": "<" if entry["diff"] < 0 else ">", "value": float(bound)}
+        # paired seeds can make the median difference censored while neither median is
+        entry["censored"] = entry["censored"] or ("baseline" if entry["diff"] < 0 else "candidate")
         entry["diff"] = math.nan
     if b_cens:
         tolerance = Tolerance.parse(entry["tolerance"])
