@@ -103,7 +103,7 @@ def test_speedup_is_baseline_steps_over_candidate_steps(tmp_path):
     assert comp["metrics"]["steps_to_target"]["old"] == 60
     assert comp["metrics"]["steps_to_target"]["new"] == 30
     assert comp["metrics"]["steps_to_target"]["diff"] == -30
-    assert comp["speedup"] == {"value": 2.0, "bound": "=", "ci_low": None, "ci_high": None}
+    assert comp["speedup"] == {"value": 2.0, "bound": "=", "ci_low": None, "ci_high": None, "censored": None}
 
 
 def test_censored_candidate_is_kept_and_bounds_the_speedup(tmp_path):

@@ -56,6 +56,8 @@ def compare(
     if plot is not None:
         _plot(sides, report, plot)
     _emit(report, fmt, output, plot)
+    if plot is not None:  # after the report, like --output's line: stdout stays the report alone
+        err_console.print(f"wrote {plot}", markup=False, highlight=False, soft_wrap=True)
     if exit_code(report):
         raise Regression(_failure(report))
 
@@ -79,19 +81,30 @@ def _plot(sides: list[Side], report: dict[str, Any], path: Path) -> None:
     from clrctl.plots import compare as plots  # matplotlib only when a plot is asked for
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    title = plot_title(report)
     if report["kind"] == "range-test":
         drawn = [c for side in sides for c in curves.range_curves(side)]
-        plots.plot_range_overlay(drawn, path, curves.range_log_x(sides))
+        plots.plot_range_overlay(drawn, path, curves.range_log_x(sides), title)
     else:
         target = report["target"]
         plots.plot_train_overlay([curves.train_curves(side) for side in sides], path,
-                                 (target["metric"], target["value"]) if target else None)
+                                 (target["metric"], target["value"]) if target else None, title)
+
+
+def plot_title(report: dict[str, Any]) -> str:
+    """``clrctl compare: cand vs base (target val_acc=0.97)``."""
+    candidates = ", ".join(c["candidate"] for c in report["comparisons"])
+    what = "range tests: " if report["kind"] == "range-test" else ""
+    target = report.get("target")
+    suffix = f" (target {target['metric']}={target['value']:g})" if target else ""
+    return f"clrctl compare, {what}{candidates} vs {report['baseline']}{suffix}"
 
 
 def _emit(report: dict[str, Any], fmt: Format, output: Optional[Path], plot: Optional[Path]) -> None:
     if output is None:
         if fmt is Format.table:
-            console.print(render.rich_report(report))
+            # crop=False: a path longer than the terminal is wrapped by the terminal, not split by rich
+            console.print(render.rich_report(report, console.width), crop=False)
         else:
             image = str(plot) if plot is not None else None
             typer.echo(_text(report, fmt, image), nl=False)
@@ -99,8 +112,9 @@ def _emit(report: dict[str, Any], fmt: Format, output: Optional[Path], plot: Opt
     image = os.path.relpath(plot, output.resolve().parent) if plot is not None else None
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(_text(report, fmt, image), encoding="utf-8")
-    console.print(render.headline(report) if report["kind"] == "train" else "compared range tests", highlight=False)
-    err_console.print(f"wrote {output}", highlight=False)
+    console.print(render.headline(report) if report["kind"] == "train" else "compared range tests",
+                  markup=False, highlight=False, soft_wrap=True)
+    err_console.print(f"wrote {output}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _text(report: dict[str, Any], fmt: Format, image: Optional[str]) -> str:
@@ -109,7 +123,7 @@ def _text(report: dict[str, Any], fmt: Format, image: Optional[str]) -> str:
     if fmt is Format.markdown:
         return render.to_markdown(report, image)
     buffer = io.StringIO()
-    Console(file=buffer, width=160, no_color=True, force_terminal=False).print(render.rich_report(report))
+    Console(file=buffer, width=160, no_color=True, force_terminal=False).print(render.rich_report(report, 160), crop=False)
     return buffer.getvalue()
 
 

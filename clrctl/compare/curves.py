@@ -3,7 +3,8 @@
 Train runs: training loss (a centered moving average, raw loss stays in the CSV), validation
 accuracy at each evaluation and the LR, against optimizer steps done. A group is drawn as the
 median over its runs with a min–max band, on the first run's steps, up to the steps every run
-of the group has. Range tests: smoothed loss against LR, one line per run.
+of the group has. Range tests: smoothed loss against LR, one line per run (and per seed of a
+multi-seed range test).
 """
 
 from __future__ import annotations
@@ -69,12 +70,16 @@ def train_curves(side: Side) -> SideCurves:
 def range_curves(side: Side) -> list[SideCurves]:
     out = []
     for i, run in enumerate(side.runs):
-        loss = run.metrics.get("smoothed_loss", run.metrics.get("loss"))
-        lr = run.metrics.get("lr")
-        if loss is None or lr is None:
-            continue
-        label = side.label if i == 0 else f"{side.label} ({i + 1})"
-        out.append(SideCurves(label, 1, {"loss_vs_lr": Curve(lr, loss)}))
+        sweeps = run.sweeps or [(run.seed, run.metrics)]
+        for seed, metrics in sweeps:
+            loss = metrics.get("smoothed_loss", metrics.get("loss"))
+            lr = metrics.get("lr")
+            if loss is None or lr is None:
+                continue
+            label = side.label if i == 0 else f"{side.label} ({i + 1})"
+            if len(sweeps) > 1:
+                label += f" seed {seed}"
+            out.append(SideCurves(label, 1, {"loss_vs_lr": Curve(lr, loss)}))
     return out
 
 

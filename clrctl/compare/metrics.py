@@ -60,6 +60,10 @@ RANGE_METRICS = {
         Metric("min_loss", "min smoothed loss", NEUTRAL, "loss", "0"),  # sweeps differ: no verdict
         Metric("lr_at_min_loss", "LR at min loss", NEUTRAL, "lr", "0"),
         Metric("steps", "steps", NEUTRAL, "count", "0"),
+        # a multi-seed range test (range-test --seeds N): how far its seeds' suggestions spread
+        Metric("sweep_seeds", "seeds swept", NEUTRAL, "count", "0"),
+        Metric("base_lr_spread", "base_lr spread over seeds", NEUTRAL, "decades", "0"),
+        Metric("max_lr_spread", "max_lr spread over seeds", NEUTRAL, "decades", "0"),
     )
 }
 GATE_METRICS = tuple(name for name, m in TRAIN_METRICS.items() if m.direction != NEUTRAL)
@@ -177,19 +181,41 @@ def train_scalars(run: Run, target: Optional[Target], budget: float) -> dict[str
 
 
 def range_scalars(run: Run) -> dict[str, float]:
-    """Every :data:`RANGE_METRICS` value of one range test."""
+    """Every :data:`RANGE_METRICS` value of one range test.
+
+    A multi-seed range test is judged by its median suggestion (from ``summary.json``) and
+    its spread in decades; the loss minimum and its LR are medians over the seeds' sweeps."""
     suggestion = run.summary.get("suggestion") or {}
-    loss = run.metrics.get("smoothed_loss", run.metrics.get("loss"))
-    lr = run.metrics.get("lr")
-    finite = loss is not None and lr is not None and np.isfinite(loss).any()
-    best = int(np.nanargmin(loss)) if finite else None
+    spread = suggestion.get("spread_decades") if isinstance(suggestion.get("spread_decades"), dict) else {}
+    minima = [_loss_minimum(metrics) for _, metrics in run.sweeps or [(None, run.metrics)]]
+    per_seed = run.summary.get("per_seed")
+    steps = [_number(e.get("steps")) for e in per_seed if isinstance(e, dict)] if isinstance(per_seed, list) else []
     return {
         "base_lr": _number(suggestion.get("base_lr")),
         "max_lr": _number(suggestion.get("max_lr")),
-        "min_loss": float(loss[best]) if best is not None else math.nan,
-        "lr_at_min_loss": float(lr[best]) if best is not None else math.nan,
-        "steps": run_steps(run),
+        "min_loss": _nanmedian([loss for loss, _ in minima]),
+        "lr_at_min_loss": _nanmedian([lr for _, lr in minima]),
+        # steps of one sweep (the top-level summary of N seeds counts all N sweeps' steps)
+        "steps": _nanmedian(steps) if steps else run_steps(run),
+        "sweep_seeds": float(len(run.sweeps)) if run.sweeps else math.nan,
+        "base_lr_spread": _number(spread.get("base_lr")),
+        "max_lr_spread": _number(spread.get("max_lr")),
     }
+
+
+def _loss_minimum(metrics: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(minimum smoothed loss, the LR where it occurs) of one sweep."""
+    loss = metrics.get("smoothed_loss", metrics.get("loss"))
+    lr = metrics.get("lr")
+    if loss is None or lr is None or not np.isfinite(loss).any():
+        return math.nan, math.nan
+    best = int(np.nanargmin(np.where(np.isfinite(loss), loss, np.nan)))
+    return float(loss[best]), float(lr[best])
+
+
+def _nanmedian(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.median(finite)) if finite else math.nan
 
 
 def shared_budget(runs: list[Run]) -> float:

@@ -33,6 +33,9 @@ from clrctl.errors import InputError
 
 SCHEMA_VERSION = 1
 IGNORED_CONFIG_KEYS = ("name", "seed")  # differ by design between runs that are compared
+# sections a kind of run never reads: a training run ignores the sweep's settings (suggested.yaml
+# keeps them), a range test sweeps its own LR, so the policy and the training length do not apply
+IGNORED_SECTIONS = {"train": ("range_test",), "range-test": ("policy", "train")}
 IDENTITY_KEYS = ("dataset.name", "model.name")  # runs that differ here are not comparable
 FEW_SEEDS = 3
 
@@ -143,6 +146,8 @@ def _side_entry(side: Side, values: dict[str, np.ndarray], shown: list[str]) -> 
             censored = np.isposinf(filled)
             entry["censored"] = int(censored.sum())
             entry["censored_at"] = float(np.nanmax(values["steps"][censored])) if censored.any() else None
+            entry["reached"] = bool(math.isfinite(entry["median"]))
+            entry["bound"] = None if entry["reached"] else censored_bound(filled, values["steps"])
         entry_metrics[name] = entry
     return {
         "label": side.label,
@@ -180,13 +185,15 @@ def _comparison(base: Side, b_vals, cand: Side, c_vals, shown, options: Options)
     for name in shown:
         tol = options.tolerance if (name == options.metric and options.tolerance) else Tolerance.parse(metrics[name].tolerance)
         entries[name] = compare_metric(metrics[name], b_vals[name], c_vals[name], pairs, tol, options)
+        if name == "steps_to_target":
+            censor(entries[name], metrics[name], b_vals, c_vals, pairs)
     comp = {
         "candidate": cand.label,
         "paired": pairs is not None,
         "n_pairs": len(pairs[0]) if pairs else 0,
         "comparable": True,
         "not_comparable": [],
-        "config_diff": config_diff(base.runs[0].config, cand.runs[0].config),
+        "config_diff": config_diff(base.runs[0].config, cand.runs[0].config, base.kind),
         "metrics": entries,
     }
     comp["not_comparable"] = [d["key"] for d in comp["config_diff"] if d["key"] in IDENTITY_KEYS]
@@ -223,21 +230,65 @@ def compare_metric(metric: Metric, base: np.ndarray, cand: np.ndarray, pairs, to
 
 
 def speedup(b_vals, c_vals, pairs, options: Options) -> dict[str, Any]:
-    """Baseline steps to target / candidate steps to target (median over seeds), with bounds."""
+    """Baseline steps to target / candidate steps to target (median over seeds), with bounds.
+
+    A side that never reached the target counts at its censoring bound (:func:`censored_bound`):
+    the speed-up is then a bound (``>`` when the baseline did not get there, ``<`` when the
+    candidate did not), and unknown (None) when neither did."""
     b_steps, c_steps = b_vals["steps_to_target"], c_vals["steps_to_target"]
     b, c = stats.summarize(b_steps)["median"], stats.summarize(c_steps)["median"]
-    out: dict[str, Any] = {"value": None, "bound": None, "ci_low": None, "ci_high": None}
+    out: dict[str, Any] = {"value": None, "bound": None, "ci_low": None, "ci_high": None,
+                           "censored": _censored_side(math.isinf(b), math.isinf(c))}
     if math.isnan(b) or math.isnan(c) or (math.isinf(b) and math.isinf(c)):
         return out
-    if math.isinf(c):  # the candidate never got there: at most baseline / its budget
-        out.update(value=b / float(np.max(c_vals["steps"])), bound="<")
+    if math.isinf(c):  # the candidate never got there: at most baseline / its bound
+        out.update(value=b / censored_bound(c_steps, c_vals["steps"]), bound="<")
     elif math.isinf(b):
-        out.update(value=float(np.max(b_vals["steps"])) / c, bound=">")
+        out.update(value=censored_bound(b_steps, b_vals["steps"]) / c, bound=">")
     else:
         out.update(value=b / c, bound="=")
         if (len(b_steps) > 1 or len(c_steps) > 1) and np.isfinite(b_steps).all() and np.isfinite(c_steps).all():
             out["ci_low"], out["ci_high"] = _speedup_ci(b_steps, c_steps, pairs, options)
     return out
+
+
+def censored_bound(values: np.ndarray, steps: np.ndarray) -> float:
+    """A lower bound of a censored median: the median with each run that never reached the
+    target counted at the steps it did (its true value is larger, and the median is monotone)."""
+    values = np.asarray(values, dtype=float)
+    replaced = np.where(np.isposinf(values), np.asarray(steps, dtype=float), values)
+    return float(stats.summarize(replaced)["median"])
+
+
+def censor(entry: dict[str, Any], metric: Metric, b_vals, c_vals, pairs) -> None:
+    """Steps to target when a side never reached it: no infinite difference, CI or zero
+    tolerance, but which side was censored and the bound the difference is known to obey."""
+    base, cand = _filled(b_vals["steps_to_target"], metric), _filled(c_vals["steps_to_target"], metric)
+    b_cens, c_cens = math.isinf(entry["old"]), math.isinf(entry["new"])
+    entry["censored"] = _censored_side(b_cens, c_cens)
+    entry["reached"] = {"baseline": not b_cens, "candidate": not c_cens}
+    entry["diff_bound"] = None
+    if b_cens and c_cens:  # neither got there: no difference to show (the verdict stays "same")
+        entry.update(diff=math.nan, rel_diff=math.nan)
+    elif math.isinf(entry["diff"]):
+        low_base = np.where(np.isposinf(base), b_vals["steps"], base)
+        low_cand = np.where(np.isposinf(cand), c_vals["steps"], cand)
+        if pairs is not None:
+            bound = float(stats.median_rows(low_cand[pairs[1]] - low_base[pairs[0]]))
+        else:
+            bound = stats.summarize(low_cand)["median"] - stats.summarize(low_base)["median"]
+        # a censored baseline is larger than its bound, so the difference is smaller, and vice versa
+        entry["diff_bound"] = {"op": "<" if entry["diff"] < 0 else ">", "value": float(bound)}
+        # paired seeds can make the median difference censored while neither median is
+        entry["censored"] = entry["censored"] or ("baseline" if entry["diff"] < 0 else "candidate")
+        entry["diff"] = math.nan
+    if b_cens:
+        tolerance = Tolerance.parse(entry["tolerance"])
+        entry["tolerance_abs"] = tolerance.absolute(censored_bound(base, b_vals["steps"]))
+
+
+def _censored_side(base: bool, cand: bool) -> Optional[str]:
+    return "both" if base and cand else "baseline" if base else "candidate" if cand else None
 
 
 def _speedup_ci(b_steps, c_steps, pairs, options) -> tuple[float, float]:
@@ -262,10 +313,13 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_diff(base: dict[str, Any], cand: dict[str, Any]) -> list[dict[str, Any]]:
-    """The dotted keys whose values differ (``name`` and ``seed`` ignored)."""
+def config_diff(base: dict[str, Any], cand: dict[str, Any], kind: str = "train") -> list[dict[str, Any]]:
+    """The dotted keys whose values differ (``name``, ``seed`` and the sections ``kind`` never
+    reads, :data:`IGNORED_SECTIONS`, ignored)."""
     a, b = flatten(base), flatten(cand)
-    keys = [k for k in list(a) + [k for k in b if k not in a] if k not in IGNORED_CONFIG_KEYS]
+    sections = IGNORED_SECTIONS.get(kind, ())
+    keys = [k for k in list(a) + [k for k in b if k not in a]
+            if k not in IGNORED_CONFIG_KEYS and k.split(".", 1)[0] not in sections]
     return [{"key": k, "baseline": a.get(k), "candidate": b.get(k)} for k in keys if a.get(k) != b.get(k)]
 
 
@@ -277,16 +331,20 @@ def _decades(base: dict[str, Any], cand: dict[str, Any], name: str) -> Optional[
 
 
 def _gate(comparisons: list[dict[str, Any]], options: Options, kind: str) -> dict[str, Any]:
-    """The gate metric's verdict per candidate and the result: pass / regression / inconclusive."""
+    """The gate metric's verdict per candidate and the result: pass / regression / inconclusive,
+    or incomparable when no candidate is comparable. A candidate that is not comparable (another
+    data set or model) is reported as ``incomparable`` and never fails the gate (README)."""
     if kind != "train":
         return {"enabled": False, "metric": None, "tolerance": None, "result": None, "candidates": {}}
-    verdicts = {c["candidate"]: c["metrics"].get(options.metric, {}).get("verdict", "inconclusive") for c in comparisons}
-    if "worse" in verdicts.values():
+    verdicts = {c["candidate"]: c["metrics"].get(options.metric, {}).get("verdict", "inconclusive")
+                if c["comparable"] else "incomparable" for c in comparisons}
+    judged = [v for v in verdicts.values() if v != "incomparable"]
+    if "worse" in judged:
         result = "regression"
-    elif "inconclusive" in verdicts.values():
+    elif "inconclusive" in judged:
         result = "inconclusive"
     else:
-        result = "pass"
+        result = "pass" if judged else "incomparable"
     tolerance = options.tolerance or Tolerance.parse(TRAIN_METRICS[options.metric].tolerance)
     return {"enabled": options.gate, "metric": options.metric, "tolerance": str(tolerance),
             "strict": options.strict, "result": result, "candidates": verdicts}
@@ -314,7 +372,8 @@ def _notes(sides: list[Side], comparisons: list[dict[str, Any]]) -> list[str]:
     for comp in comparisons:
         if not comp["comparable"]:
             keys = ", ".join(comp["not_comparable"])
-            notes.append(f"{comp['candidate']}: not comparable with the baseline ({keys} differ)")
+            verb = "differs" if len(comp["not_comparable"]) == 1 else "differ"
+            notes.append(f"{comp['candidate']}: not comparable with the baseline ({keys} {verb})")
     return notes
 
 

@@ -4,6 +4,10 @@ A *side* is what the user names on the command line: one run directory, a group 
 (``group.json`` from ``clrctl train --seeds``, or a directory whose subdirectories are runs),
 or a quoted glob (``'runs/digits-tri*/seed-*'``). Everything is read from CSV, JSON and YAML;
 a missing, unfinished (status ``running``) or unreadable run is an :class:`InputError` (exit 2).
+
+A multi-seed range test (``clrctl range-test --seeds N``) is *one* run: its top-level
+``summary.json`` holds the median suggestion and its spread, and each seed's sweep lives in
+``seeds/seed-K/metrics.csv`` (no top-level ``metrics.csv``); :attr:`Run.sweeps` holds them all.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class Run:
     summary: dict[str, Any]  # summary.json ({} when absent)
     metrics: dict[str, np.ndarray]  # metrics.csv, one row per optimizer step
     epochs: dict[str, np.ndarray] = field(default_factory=dict)  # epochs.csv (train)
+    # range test: (seed, metrics.csv) per sweep; one entry (``metrics``) unless --seeds N > 1
+    sweeps: list[tuple[Optional[int], dict[str, np.ndarray]]] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -110,17 +116,44 @@ def load_run(path: str | Path) -> Run:
         raise InputError(f"{path}: not a clrctl run directory (no run.json)")
     info = _read_json(path / "run.json")
     _check_info(path, info)
+    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
     metrics_file = path / "metrics.csv"
-    if not metrics_file.is_file():
+    if metrics_file.is_file():
+        metrics = read_columns(metrics_file)
+        sweeps = [(info.get("seed") if isinstance(info.get("seed"), int) else None, metrics)]
+    elif info.get("kind") == "range-test" and _seed_dirs(path, summary):
+        sweeps = [(seed, read_columns(where / "metrics.csv")) for seed, where in _seed_dirs(path, summary)]
+        metrics = sweeps[0][1]
+    else:
         raise InputError(f"{path}: unreadable run (no metrics.csv)")
     return Run(
         path=path,
         info=info,
         config=_read_yaml(path / "config.yaml"),
-        summary=_read_json(path / "summary.json") if (path / "summary.json").is_file() else {},
-        metrics=read_columns(metrics_file),
+        summary=summary,
+        metrics=metrics,
         epochs=read_columns(path / "epochs.csv") if (path / "epochs.csv").is_file() else {},
+        sweeps=sweeps if info.get("kind") == "range-test" else [],
     )
+
+
+def _seed_dirs(path: Path, summary: dict[str, Any]) -> list[tuple[Optional[int], Path]]:
+    """A multi-seed range test's sweeps: ``summary.json``'s ``per_seed`` paths, else ``seeds/seed-*``."""
+    listed = summary.get("per_seed")
+    if isinstance(listed, list) and listed:
+        dirs = [(entry.get("seed"), path / str(entry.get("path", f"seeds/seed-{entry.get('seed')}")))
+                for entry in listed if isinstance(entry, dict)]
+    else:
+        dirs = [(_seed_of(p), p) for p in sorted((path / "seeds").glob("seed-*"), key=_seed_of)]
+    for _, where in dirs:
+        if not (where / "metrics.csv").is_file():
+            raise InputError(f"{where}: unreadable range-test seed (no metrics.csv)")
+    return [(seed if isinstance(seed, int) else None, where) for seed, where in dirs]
+
+
+def _seed_of(path: Path) -> int:
+    suffix = path.name.removeprefix("seed-")
+    return int(suffix) if suffix.isdigit() else -1
 
 
 def _check_info(path: Path, info: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -15,8 +16,15 @@ def _label(side) -> str:
     return f"{side.label} (median of {side.n}, min–max band)" if side.n > 1 else side.label
 
 
-def plot_train_overlay(sides: Sequence, path: str | Path, target: Optional[tuple[str, float]] = None) -> Path:
+def plot_train_overlay(sides: Sequence, path: str | Path, target: Optional[tuple[str, float]] = None,
+                       title: Optional[str] = None) -> Path:
     """Loss, validation accuracy and LR against optimizer steps, one colour per side."""
+    save(train_overlay_figure(sides, target, title), path)
+    return Path(path)
+
+
+def train_overlay_figure(sides: Sequence, target: Optional[tuple[str, float]] = None, title: Optional[str] = None):
+    """The figure of :func:`plot_train_overlay` (not saved, so that tests can inspect it)."""
     fig, axes = new_figure(3, 1, sharex=True, figsize=(7.5, 8.5))
     for ax, (key, ylabel) in zip(axes, TRAIN_PANELS):
         for i, side in enumerate(sides):
@@ -27,15 +35,24 @@ def plot_train_overlay(sides: Sequence, path: str | Path, target: Optional[tuple
                 ax.fill_between(curve.x, curve.low, curve.high, color=f"C{i}", alpha=0.2, linewidth=0)
         ax.set_ylabel(ylabel)
     if target is not None and target[0] == "val_acc":
-        axes[1].axhline(target[1], color="gray", linestyle="--", linewidth=1, label=f"target {target[1]:g}")
+        axes[1].axhline(target[1], color="gray", linestyle="--", linewidth=1, label=f"target val_acc={target[1]:g}")
+        # the target line is not in the top panel's legend: label it where it is drawn
+        axes[1].legend(handles=axes[1].get_lines()[-1:], fontsize="small", loc="lower right")
     axes[0].legend(fontsize="small")
     axes[-1].set_xlabel("optimizer steps")
-    save(fig, path)
+    if title:
+        fig.suptitle(_wrapped(title, 70), fontsize="medium")
+    return fig
+
+
+def plot_range_overlay(curves: Sequence, path: str | Path, log_x: bool, title: Optional[str] = None) -> Path:
+    """Range tests: smoothed loss against LR (log LR axis for an exponential sweep)."""
+    save(range_overlay_figure(curves, log_x, title), path)
     return Path(path)
 
 
-def plot_range_overlay(curves: Sequence, path: str | Path, log_x: bool) -> Path:
-    """Range tests: smoothed loss against LR (log LR axis for an exponential sweep)."""
+def range_overlay_figure(curves: Sequence, log_x: bool, title: Optional[str] = None):
+    """The figure of :func:`plot_range_overlay` (not saved, so that tests can inspect it)."""
     fig, ax = new_figure()
     for i, side in enumerate(curves):
         curve = side.panels["loss_vs_lr"]
@@ -45,5 +62,11 @@ def plot_range_overlay(curves: Sequence, path: str | Path, log_x: bool) -> Path:
     ax.set_xlabel("learning rate")
     ax.set_ylabel("smoothed loss")
     ax.legend(fontsize="small")
-    save(fig, path)
-    return Path(path)
+    if title:
+        ax.set_title(_wrapped(title, 70), fontsize="medium")
+    return fig
+
+
+def _wrapped(title: str, width: int) -> str:
+    """Run names are long: wrap the title between words so that it fits the figure."""
+    return "\n".join(textwrap.wrap(title, width, break_long_words=False, break_on_hyphens=False))
