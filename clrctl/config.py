@@ -17,10 +17,10 @@ import re
 import warnings
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from clrctl.errors import ClrctlWarning, ConfigError
 
@@ -311,26 +311,26 @@ class RangeTestConfig(_Section):
         return self
 
 
-_NAME_RE = r"[A-Za-z0-9_.\-]+"
+def _safe_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        raise ValueError(f"use letters, digits, '-', '_' or '.' only (got {name!r})")
+    return name
+
+
+# A run or stage name: it becomes part of a directory name and a CSV cell.
+SafeName = Annotated[str, AfterValidator(_safe_name)]
 
 
 class StageConfig(_Section):
     """One stage of a fine-tuning run (SPEC "Fine-tuning"): what it leaves out comes from
     the top level; ``policy`` and ``optimizer`` are merged key by key over the top-level blocks."""
 
-    name: str
+    name: SafeName
     epochs: Optional[int] = Field(None, gt=0)
     steps: Optional[int] = Field(None, gt=0)
     freeze: list[str] = []  # groups that get no updates in this stage
     policy: Optional[dict[str, Any]] = None
     optimizer: Optional[dict[str, Any]] = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        if not re.fullmatch(_NAME_RE, name):
-            raise ValueError(f"use letters, digits, '-', '_' or '.' only (got {name!r})")
-        return name
 
     @model_validator(mode="after")
     def _one_length(self) -> "StageConfig":
@@ -357,7 +357,7 @@ class Stage:
 
 
 class Config(_Section):
-    name: str = "run"
+    name: SafeName = "run"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps   (auto: cuda > mps > cpu)
     dataset: DatasetConfig = DatasetConfig()
@@ -414,13 +414,6 @@ class Config(_Section):
         if not _DEVICE_RE.match(device):
             raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps (got {device!r})")
         return device
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        if not re.fullmatch(_NAME_RE, name):
-            raise ValueError(f"use letters, digits, '-', '_' or '.' only (got {name!r})")
-        return name
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for config.yaml (``bounds.from`` keeps its YAML spelling)."""

@@ -93,24 +93,22 @@ def _two_group_optimizer(lr=0.1, momentum=0.9):
 def _ours(policy: PolicyConfig, steps: int, spe: int = 10):
     opt_cfg = OptimizerConfig(momentum=0.9)
     optimizer = _two_group_optimizer(initial_lr(policy))
-    schedule = build_schedule(policy, opt_cfg, optimizer, spe, steps)
-    trace = []
-    for _ in range(steps):
-        trace.append([(g["lr"], g["momentum"]) for g in optimizer.param_groups])
-        optimizer.step()
-        schedule.step()
-    return trace
+    return _trace(optimizer, build_schedule(policy, opt_cfg, optimizer, spe, steps), steps)
 
 
 def _torch(make, steps: int, lrs):
     """torch's own scheduler ``make(optimizer)`` on an optimizer whose groups start at ``lrs``."""
     optimizer = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "lr": lr} for lr in lrs], momentum=0.9)
-    scheduler = make(optimizer)
+    return _trace(optimizer, make(optimizer), steps)
+
+
+def _trace(optimizer, schedule, steps: int):
+    """(lr, momentum) of every group at every step, stepping the optimizer then the schedule."""
     trace = []
     for _ in range(steps):
         trace.append([(g["lr"], g["momentum"]) for g in optimizer.param_groups])
         optimizer.step()
-        scheduler.step()
+        schedule.step()
     return trace
 
 
