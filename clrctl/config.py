@@ -70,7 +70,7 @@ class _Section(BaseModel):
 
 
 class DatasetConfig(_Section):
-    name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    name: str = "digits"  # one of DATASETS, or module:callable returning (train, val) (clrctl.userdata)
     batch_size: int = Field(32, gt=0)
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0)  # for data sets without an official split
     root: str = "data"  # where torchvision / imagefolder data live
@@ -81,12 +81,23 @@ class DatasetConfig(_Section):
     # synthetic: a seeded, learnable task of any size
     num_samples: int = Field(2048, gt=1)
     num_features: int = Field(32, gt=0)
-    num_classes: int = Field(10, gt=1)
+    num_classes: int = Field(10, gt=1)  # module:callable data: inferred from the labels unless set
     # imagefolder: images are resized to image_size x image_size; loaded by worker processes
     image_size: int = Field(32, gt=0)
     num_workers: int = Field(2, ge=0)
     # a subset of the labels, renumbered 0..k-1 in this order (e.g. pretrain on digits 0-5)
     classes: Optional[list[int]] = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name in DATASETS:
+            return name
+        module, sep, attr = name.partition(":")
+        if sep and module and attr:
+            return name
+        choices = ", ".join(repr(d) for d in DATASETS)
+        raise ValueError(f"Input should be one of {choices} or 'module:callable' (got {name!r})")
 
     @field_validator("classes")
     @classmethod

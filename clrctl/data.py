@@ -360,6 +360,10 @@ def build_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundl
     Raises :class:`ConfigError` (naming ``dataset.*``) when the data cannot be found or used.
     """
     device = torch.device(device)
+    if ":" in cfg.name:  # module:callable, the user's own data
+        from clrctl.userdata import build_user_data
+
+        return build_user_data(cfg, seed, device)
     if cfg.name == "imagefolder":
         if cfg.classes is not None:
             raise ConfigError("dataset.classes: not available for imagefolder; keep only those class folders instead")
