@@ -280,6 +280,7 @@ class TrainConfig(_Section):
     log_every: int = Field(25, gt=0)  # steps between host syncs for loss logging / progress
     skip_nonfinite: bool = False  # skip batches with NaN/Inf loss instead of stopping
     amp: bool = False  # mixed precision on CUDA (ignored elsewhere)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # torch CrossEntropyLoss(label_smoothing); val_loss too
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainConfig":

@@ -22,6 +22,7 @@ from clrctl.data import DataBundle, build_data
 from clrctl.device import resolve_device, seed_everything
 from clrctl.errors import ConfigError, DataError
 from clrctl.groups import ParamGroup, build_groups, check_trainable, set_frozen, torch_param_groups
+from clrctl.losses import build_loss
 from clrctl.models import build_model
 from clrctl.optim import build_optimizer
 from clrctl.policies import Schedule, build_schedule, initial_lr
@@ -85,7 +86,7 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     stages = config.plan()
     for stage in stages:
         check_trainable(groups, stage.freeze, f"stages.{stage.name}" if config.has_stages else "optimizer")
-    setup = Setup(config, seed, device, data, model, groups, stages, len(data.train), weights)
+    setup = Setup(config, seed, device, data, model, groups, stages, len(data.train), weights, build_loss(config.train))
     if probe:
         probe_batch(setup)
     return setup
