@@ -315,6 +315,10 @@ def _range_test(config: Config, seed_list: list[int], first: SweepSetup, run: Ru
             run.write_config(suggested_config(config, suggestion["base_lr"], suggestion["max_lr"], filled),
                              "suggested.yaml")
         render_plot(run, config, per_seed, summary)
+        if config.train.tensorboard:
+            from clrctl.tensorboard import range_test_events
+
+            range_test_events(run.path, summary)
     except (Interrupted, KeyboardInterrupt):
         raise
     except DataError as err:  # unreadable data met mid-sweep: the run ended badly (exit 1)

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from clrctl import tensorboard
 from clrctl.config import Config, Stage
 from clrctl.data import DataBundle, build_data
 from clrctl.device import resolve_device, seed_everything
@@ -76,6 +77,8 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     """Data (split and order from ``seed``), a freshly initialised model with its starting
     weights on the device, and its parameter groups; raises ConfigError on bad input."""
     seed = config.seed if seed is None else seed
+    if config.train.tensorboard:
+        tensorboard.require()  # a missing package is bad input, before any run directory
     seed_everything(seed)
     device = resolve_device(config.device)
     data = build_data(config.dataset, seed, device)

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from clrctl import checkpoint
+from clrctl import checkpoint, tensorboard
 from clrctl.data import BatchSource
 from clrctl.errors import DataError, Interrupted, RunFailed
 from clrctl.rundir import RunDir
@@ -138,6 +138,7 @@ class TrainingLoop:
         self._epoch_correct: Optional[torch.Tensor] = None
         self._signal: Optional[str] = None
         self._t0 = time.perf_counter()
+        self.tb = tensorboard.logger(setup, run)  # does nothing unless train.tensorboard
 
     # -- public ----------------------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
@@ -229,9 +230,11 @@ class TrainingLoop:
             if not math.isfinite(loss) and not self.s.config.train.skip_nonfinite:
                 self.metrics_log.write(rows[: i + 1])
                 self.metrics_log.flush()
+                self.tb.rows(rows[: i + 1])
                 raise _Diverged(row["step"], row["lr"], loss)
         self.metrics_log.write(rows)
         self.metrics_log.flush()
+        self.tb.rows(rows)
         self.state.epoch_loss_sum = float(self._epoch_loss)
         self.state.epoch_correct = float(self._epoch_correct)
         self.reporter.metrics(self.state.step, losses[-1], self.state.final_val_acc)
@@ -296,6 +299,7 @@ class TrainingLoop:
             log.close()
         summary = self.summary(status, **extra)
         self.run.write_summary(summary)
+        self.tb.close(summary)
         self.run.set_status(status)
         self.reporter.close()
         return summary

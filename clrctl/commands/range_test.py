@@ -35,6 +35,8 @@ def range_test(
                                         help=f"{SEEDS_HELP} Repeats the sweep per seed (other init and data "
                                              "order) and suggests the medians."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    tensorboard: bool = typer.Option(False, "--tensorboard",
+                                     help="Also write TensorBoard events to RUN/tensorboard/ (train.tensorboard=true)."),
     stage: Optional[str] = typer.Option(None, "--stage",
                                         help="Sweep this stage of a config with stages: its frozen groups and LR "
                                              "multipliers (default: the first stage)."),
@@ -45,7 +47,7 @@ def range_test(
 
     if config is None:
         raise InputError("missing CONFIG (a YAML file, e.g. configs/digits-range-test.yaml)")
-    cfg = load_config(config, overrides or [])
+    cfg = load_config(config, [*(overrides or []), *(["train.tensorboard=true"] if tensorboard else [])])
     seed_list = parse_seeds(seeds, cfg.seed) if seeds is not None else [cfg.seed]
     label = (lambda s: f"seed {s}") if len(seed_list) > 1 else (lambda s: "range-test")
     path, summary = start_range_test(cfg, seeds=seed_list, runs_root=runs_root, run_dir=run_dir,
