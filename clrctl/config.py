@@ -280,11 +280,16 @@ class TrainConfig(_Section):
     log_every: int = Field(25, gt=0)  # steps between host syncs for loss logging / progress
     skip_nonfinite: bool = False  # skip batches with NaN/Inf loss instead of stopping
     amp: bool = False  # mixed precision on CUDA (ignored elsewhere)
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # mse: float regression targets, no accuracy
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # torch CrossEntropyLoss(label_smoothing); val_loss too
     tensorboard: bool = False  # also write TensorBoard events to RUN/tensorboard/ (extra clrctl[tensorboard])
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainConfig":
+        if self.loss == "mse" and self.label_smoothing:
+            raise ValueError("label_smoothing: applies to train.loss: cross_entropy only")
+        if self.loss == "mse" and self.target and "val_acc" in self.target:
+            raise ValueError("target: train.loss: mse measures no accuracy; use {val_loss: ...}")
         if self.epochs is not None and self.steps is not None:
             raise ValueError("epochs: give train.epochs or train.steps, not both (on the command line: train.epochs=null train.steps=N)")
         if self.epochs is None and self.steps is None:

@@ -23,7 +23,7 @@ from clrctl.data import DataBundle, build_data
 from clrctl.device import resolve_device, seed_everything
 from clrctl.errors import ConfigError, DataError
 from clrctl.groups import ParamGroup, build_groups, check_trainable, set_frozen, torch_param_groups
-from clrctl.losses import build_loss
+from clrctl.losses import build_loss, check_targets
 from clrctl.models import build_model
 from clrctl.optim import build_optimizer
 from clrctl.policies import Schedule, build_schedule, initial_lr
@@ -104,6 +104,7 @@ def probe_batch(setup: Setup) -> None:
     if hasattr(source, "num_workers"):
         source.num_workers = 0  # one tiny batch is not worth starting worker processes
     x, y = next(iter(source.batches(0)))
+    check_targets(setup.config.train, y, setup.config.dataset.name)
     devices = [setup.device] if setup.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         model = copy.deepcopy(setup.model).train()

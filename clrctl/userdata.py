@@ -8,8 +8,9 @@ returns ``(train, val)``, each either
 - a ``torch.utils.data.Dataset`` of ``(x, y)`` samples: batched by a DataLoader with
   ``dataset.num_workers`` worker processes (:class:`~clrctl.data.LoaderSource`).
 
-Labels are class indices. ``num_classes`` is inferred from the labels (highest + 1) unless
-``dataset.num_classes`` is set; the input shape from the first sample. Everything the
+Labels are class indices; ``num_classes`` is inferred from them (highest + 1) unless
+``dataset.num_classes`` is set. Float labels are regression targets ``(N,)`` or ``(N, k)``
+for ``train.loss: mse``: the model gets ``k`` outputs. The input shape comes from the first sample. Everything the
 callable gets wrong is one :class:`ConfigError` line naming ``dataset.name``. A callable
 that takes a ``seed`` keyword gets the run's seed.
 """
@@ -78,6 +79,16 @@ def _tensor_data(cfg: DatasetConfig, seed: int, device: torch.device, train, val
                           f"{tuple(val_x.shape[1:])}")
     if x.dtype != val_x.dtype:
         raise _error(cfg, f"returned train x of {x.dtype} but val x of {val_x.dtype}")
+    _same_label_kind(cfg, y, val_y)
+    if y.is_floating_point():  # regression targets: one output per target column
+        if cfg.classes is not None:
+            raise ConfigError("dataset.classes: needs class labels; the data have float (regression) targets")
+        outputs = 1 if y.dim() == 1 else y.shape[1]
+        source = TensorSource(x, y, cfg.batch_size, device, shuffle=True, augment=cfg.augment, seed=seed,
+                              eval_batch_size=cfg.eval_batch_size, drop_last=cfg.drop_last)
+        _check_batches(source, cfg)
+        val_source = TensorSource(val_x, val_y, cfg.eval_batch_size, device)
+        return DataBundle(source, val_source, tuple(x.shape[1:]), outputs, cfg.name)
     arrays = _Arrays(x, y, val_x, val_y, _num_classes(cfg, torch.cat([y, val_y])))
     if cfg.classes is not None:
         arrays = _keep_classes(arrays, cfg.classes)
@@ -91,12 +102,23 @@ def _tensor_data(cfg: DatasetConfig, seed: int, device: torch.device, train, val
     return DataBundle(source, val_source, tuple(arrays.x.shape[1:]), arrays.num_classes, cfg.name)
 
 
+def _same_label_kind(cfg: DatasetConfig, y: Tensor, val_y: Tensor) -> None:
+    if y.is_floating_point() != val_y.is_floating_point() or (y.is_floating_point() and y.shape[1:] != val_y.shape[1:]):
+        raise _error(cfg, f"mixes label types: train labels of {y.dtype} {tuple(y.shape[1:])}, val labels of "
+                          f"{val_y.dtype} {tuple(val_y.shape[1:])}; expected class indices in both, or float "
+                          "regression targets in both")
+
+
 def _checked_pair(cfg: DatasetConfig, name: str, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    if x.dim() < 2 or y.dim() != 1 or len(x) != len(y) or len(y) == 0:
+    regression = y.dtype.is_floating_point
+    if x.dim() < 2 or y.dim() not in ((1, 2) if regression else (1,)) or len(x) != len(y) or len(y) == 0:
         raise _error(cfg, f"returned {name} x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)}; "
-                          "expected x (N, ...) and class labels y (N,) with N > 0")
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise _error(cfg, f"returned {name} labels of {y.dtype}; expected integer class indices")
+                          "expected x (N, ...) and class labels y (N,) or float targets (N,) / (N, k), with N > 0")
+    if y.dtype.is_complex or y.dtype == torch.bool:
+        raise _error(cfg, f"returned {name} labels of {y.dtype}; expected integer class indices or float targets")
+    if regression:
+        return x.detach().cpu().float() if not x.dtype.is_floating_point and x.dtype != torch.uint8 \
+            else x.detach().cpu(), y.detach().cpu().float()
     if int(y.min()) < 0:
         raise _error(cfg, f"returned a negative {name} label ({int(y.min())}); expected class indices 0..C-1")
     if x.dtype != torch.uint8 and not x.dtype.is_floating_point:

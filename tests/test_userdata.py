@@ -87,7 +87,7 @@ def test_num_classes_can_be_set(cli, tiny_config, tmp_path, user_module):
 @pytest.mark.parametrize("attr, message", [
     ("raises", "raised RuntimeError: no such file: /data/train.npz"),
     ("single", "expected a (train, val) pair"),
-    ("mixed_labels", "val labels of torch.float32; expected integer class indices"),
+    ("mixed_labels", "mixes label types: train labels of torch.int64 (), val labels of torch.float32 ()"),
     ("mixed_kinds", "expected train and val both (x, y) tensor pairs or both Datasets"),
     ("bad_shapes", "train samples of shape (6,) but val samples of shape (5,)"),
     ("nope", "has no attribute 'nope'"),
