@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from clrctl import range_test as rt
-from clrctl.config import Config, OptimizerConfig, load_config, validate
+from clrctl.config import Config, load_config, validate
 from clrctl.data import BatchSource, DataBundle, LoaderSource, TensorSource
 from clrctl.errors import ConfigError
 from clrctl.optim import build_optimizer

@@ -17,7 +17,7 @@ that takes a ``seed`` keyword gets the run's seed.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
