@@ -12,6 +12,7 @@ Range-test settings not given here take their defaults from the config schema
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,8 +143,6 @@ def _config(data: dict[str, Any], source: str) -> Config:
 
 def _load(config: Union[str, Path, dict, Config], overrides: dict[str, Any]) -> Config:
     """The validated config with ``overrides`` applied (as YAML values, like the CLI's)."""
-    import copy
-
     import yaml
 
     from clrctl.config import apply_override
@@ -169,8 +168,6 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model).to(device)
 
 
@@ -180,12 +177,12 @@ def _optimizer_factory(optimizer: Any, model: nn.Module, lr: float) -> Callable[
     if optimizer is None or isinstance(optimizer, (str, dict)):
         block = {"name": optimizer} if isinstance(optimizer, str) else (optimizer or {})
         cfg = _config({"optimizer": block}, "lr_find").optimizer
-        return lambda copy: build_optimizer(cfg, [{"params": list(copy.parameters()), "lr_mult": 1.0}], lr)
+        return lambda clone: build_optimizer(cfg, [{"params": list(clone.parameters()), "lr_mult": 1.0}], lr)
     if isinstance(optimizer, torch.optim.Optimizer):
         return _like(optimizer, model)
     if callable(optimizer):
-        def make(copy: nn.Module) -> torch.optim.Optimizer:
-            built = optimizer(copy.parameters())
+        def make(clone: nn.Module) -> torch.optim.Optimizer:
+            built = optimizer(clone.parameters())
             if not isinstance(built, torch.optim.Optimizer):
                 raise ConfigError(f"lr_find: optimizer returned a {type(built).__name__}, not a torch optimizer")
             for group in built.param_groups:
@@ -201,8 +198,8 @@ def _like(optimizer: torch.optim.Optimizer, model: nn.Module) -> Callable[[nn.Mo
     index = {id(p): i for i, p in enumerate(model.parameters())}
     first_lr = optimizer.param_groups[0]["lr"] or 1.0
 
-    def make(copy: nn.Module) -> torch.optim.Optimizer:
-        params = list(copy.parameters())
+    def make(clone: nn.Module) -> torch.optim.Optimizer:
+        params = list(clone.parameters())
         groups = []
         for group in optimizer.param_groups:
             missing = [p for p in group["params"] if id(p) not in index]
