@@ -79,7 +79,7 @@ class LRFinderResult:
         return {"name": policy, "bounds": [float(f"{self.base_lr:.4g}"), float(f"{self.max_lr:.4g}")]}
 
 
-def lr_find(model: nn.Module, data: Any, *, loss_fn: Optional[nn.Module] = None,
+def lr_find(model: nn.Module, data: Any, *, loss_fn: Optional[Callable] = None,
             optimizer: Any = None, start_lr: Optional[float] = None, end_lr: Optional[float] = None,
             mode: str = "exp", steps: Union[int, str, None] = None, device: Any = None,
             batch_size: Optional[int] = None, seed: int = 0, **range_test: Any) -> LRFinderResult:

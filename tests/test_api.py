@@ -102,3 +102,15 @@ def test_train_runs_a_config_with_overrides(tmp_path):
     assert path.parent == tmp_path and summary["status"] == "completed"
     assert json.loads((path / "summary.json").read_text())["status"] == "completed"
     assert "batch_size: 64" in (path / "config.yaml").read_text()
+
+
+def test_lr_find_on_a_regression_with_its_own_loss_and_a_dataset():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(384, 8, generator=g)
+    y = x @ torch.randn(8, generator=g) + 0.1 * torch.randn(384, generator=g)
+    train_ds = torch.utils.data.TensorDataset(x[:256], y[:256])
+    found = lr_find(nn.Linear(8, 1), (train_ds, (x[256:], y[256:])), loss_fn=lambda out, t: nn.functional.mse_loss(
+        out.squeeze(1), t), start_lr=1e-4, end_lr=10.0, steps=60, eval_every=5)
+    assert np.isfinite(found.records["val_loss"]).sum() >= 5
+    assert np.isnan(found.records["val_acc"]).all()  # float targets: no accuracy
+    assert found.suggestion["candidates"]["loss_min"]["lr"] is not None
