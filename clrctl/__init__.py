@@ -7,3 +7,15 @@ range_test + suggest (LR range test), rundir (the only writer of runs/), plots
 """
 
 __version__ = "0.1.0"
+
+# The notebook API, imported on first use: ``import clrctl`` stays cheap (no torch).
+_API = {"lr_find": "clrctl.api", "train": "clrctl.api", "LRFinderResult": "clrctl.api"}
+__all__ = ["lr_find", "train", "LRFinderResult", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'clrctl' has no attribute {name!r}")

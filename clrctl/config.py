@@ -70,7 +70,7 @@ class _Section(BaseModel):
 
 
 class DatasetConfig(_Section):
-    name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    name: str = "digits"  # one of DATASETS, or module:callable returning (train, val) (clrctl.userdata)
     batch_size: int = Field(32, gt=0)
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0)  # for data sets without an official split
     root: str = "data"  # where torchvision / imagefolder data live
@@ -81,12 +81,23 @@ class DatasetConfig(_Section):
     # synthetic: a seeded, learnable task of any size
     num_samples: int = Field(2048, gt=1)
     num_features: int = Field(32, gt=0)
-    num_classes: int = Field(10, gt=1)
+    num_classes: int = Field(10, gt=1)  # module:callable data: inferred from the labels unless set
     # imagefolder: images are resized to image_size x image_size; loaded by worker processes
     image_size: int = Field(32, gt=0)
     num_workers: int = Field(2, ge=0)
     # a subset of the labels, renumbered 0..k-1 in this order (e.g. pretrain on digits 0-5)
     classes: Optional[list[int]] = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name in DATASETS:
+            return name
+        module, sep, attr = name.partition(":")
+        if sep and module and attr:
+            return name
+        choices = ", ".join(repr(d) for d in DATASETS)
+        raise ValueError(f"Input should be one of {choices} or 'module:callable' (got {name!r})")
 
     @field_validator("classes")
     @classmethod
@@ -269,9 +280,16 @@ class TrainConfig(_Section):
     log_every: int = Field(25, gt=0)  # steps between host syncs for loss logging / progress
     skip_nonfinite: bool = False  # skip batches with NaN/Inf loss instead of stopping
     amp: bool = False  # mixed precision on CUDA (ignored elsewhere)
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # mse: float regression targets, no accuracy
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # torch CrossEntropyLoss(label_smoothing); val_loss too
+    tensorboard: bool = False  # also write TensorBoard events to RUN/tensorboard/ (extra clrctl[tensorboard])
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainConfig":
+        if self.loss == "mse" and self.label_smoothing:
+            raise ValueError("label_smoothing: applies to train.loss: cross_entropy only")
+        if self.loss == "mse" and self.target and "val_acc" in self.target:
+            raise ValueError("target: train.loss: mse measures no accuracy; use {val_loss: ...}")
         if self.epochs is not None and self.steps is not None:
             raise ValueError("epochs: give train.epochs or train.steps, not both (on the command line: train.epochs=null train.steps=N)")
         if self.epochs is None and self.steps is None:

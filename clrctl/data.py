@@ -118,7 +118,7 @@ class TensorSource(BatchSource):
             raise ValueError("augmentation needs image batches (N, C, H, W)")
         self.device = torch.device(device)
         self.x = x.to(self.device)
-        self.y = y.to(self.device, torch.int64)
+        self.y = y.to(self.device, torch.float32 if y.is_floating_point() else torch.int64)  # float: regression
         self.num_samples = len(self.y)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -269,7 +269,7 @@ class LoaderSource(BatchSource):
             crops = random_crops(self.num_samples, generator, self.device)
         for x, y in _readable(self.loader):
             x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, torch.int64, non_blocking=True)
+            y = y.to(self.device, torch.float32 if y.is_floating_point() else torch.int64, non_blocking=True)
             if crops is not None:
                 x = crop_flip(x, *(part[begin : begin + len(y)] for part in crops))
             begin += len(y)
@@ -360,6 +360,10 @@ def build_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundl
     Raises :class:`ConfigError` (naming ``dataset.*``) when the data cannot be found or used.
     """
     device = torch.device(device)
+    if ":" in cfg.name:  # module:callable, the user's own data
+        from clrctl.userdata import build_user_data
+
+        return build_user_data(cfg, seed, device)
     if cfg.name == "imagefolder":
         if cfg.classes is not None:
             raise ConfigError("dataset.classes: not available for imagefolder; keep only those class folders instead")

@@ -230,7 +230,8 @@ def user_model(spec: str, input_shape: tuple[int, ...], num_classes: int, args: 
     return model
 
 
-def _resolve_callable(spec: str):
+def _resolve_callable(spec: str, key: str = "model.name"):
+    """The callable ``module:attr.path`` names; errors name the config ``key``."""
     module_name, _, attr_path = spec.partition(":")
     cwd = os.getcwd()
     if cwd not in sys.path:
@@ -239,14 +240,14 @@ def _resolve_callable(spec: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - ImportError, SyntaxError, or the module's own failure
-        raise ConfigError(f"model.name: cannot import module {module_name!r}: {_describe(err)}") from err
+        raise ConfigError(f"{key}: cannot import module {module_name!r}: {_describe(err)}") from err
     target = module
     for part in attr_path.split("."):
         if not hasattr(target, part):
-            raise ConfigError(f"model.name: module {module_name!r} has no attribute {attr_path!r}")
+            raise ConfigError(f"{key}: module {module_name!r} has no attribute {attr_path!r}")
         target = getattr(target, part)
     if not callable(target):
-        raise ConfigError(f"model.name: {spec!r} is a {type(target).__name__}, not a callable")
+        raise ConfigError(f"{key}: {spec!r} is a {type(target).__name__}, not a callable")
     return target
 
 

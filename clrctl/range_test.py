@@ -110,13 +110,18 @@ class SweepResult:
 
 
 def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] = None,
-          reporter: Optional[Reporter] = None) -> SweepResult:
-    """Run one sweep on a copy of ``setup.model``; ``on_row`` gets each metrics row."""
+          reporter: Optional[Reporter] = None,
+          make_optimizer: Optional[Callable[[nn.Module], torch.optim.Optimizer]] = None) -> SweepResult:
+    """Run one sweep on a copy of ``setup.model``; ``on_row`` gets each metrics row.
+
+    ``make_optimizer`` builds the optimizer for the copy (default :func:`sweep_optimizer`;
+    every group needs an ``lr_mult``). Without validation data (``setup.data.val`` None,
+    from :func:`clrctl.api.lr_find`) no evaluation is made and the loss rules decide."""
     rt = setup.config.range_test
     reporter = reporter or Reporter()
     model = copy.deepcopy(setup.model).train()
-    optimizer = sweep_optimizer(setup, model)
-    eval_source = setup.data.val.head(rt.eval_size)
+    optimizer = make_optimizer(model) if make_optimizer else sweep_optimizer(setup, model)
+    eval_source = setup.data.val.head(rt.eval_size) if setup.data.val is not None else None
     smoother = _StopRule(rt.smoothing, rt.diverge_factor)
     rows: list[dict[str, Any]] = []
     stop_reason = None
@@ -135,7 +140,7 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
                 row = {"step": t, "epoch": epoch + 1, "lr": lr, "momentum": current_momentum(optimizer), "loss": loss}
                 row["smoothed_loss"], stop_reason = smoother.update(loss)
                 finite = row["smoothed_loss"] is not None
-                if finite and (t % rt.eval_every == 0 or t == setup.steps - 1):
+                if finite and eval_source is not None and (t % rt.eval_every == 0 or t == setup.steps - 1):
                     row["val_loss"], row["val_acc"] = evaluate(model, eval_source, setup.loss_fn)
                 rows.append(row)
                 if on_row:
@@ -310,6 +315,10 @@ def _range_test(config: Config, seed_list: list[int], first: SweepSetup, run: Ru
             run.write_config(suggested_config(config, suggestion["base_lr"], suggestion["max_lr"], filled),
                              "suggested.yaml")
         render_plot(run, config, per_seed, summary)
+        if config.train.tensorboard:
+            from clrctl.tensorboard import range_test_events
+
+            range_test_events(run.path, summary)
     except (Interrupted, KeyboardInterrupt):
         raise
     except DataError as err:  # unreadable data met mid-sweep: the run ended badly (exit 1)

@@ -44,9 +44,10 @@ class RichReporter:
         if self.quiet:
             return
         val = "-" if row["val_acc"] is None else f"{row['val_acc']:.4f}"
+        acc = "-" if row["train_acc"] is None else f"{row['train_acc']:.4f}"
         self.progress.console.print(
             f"epoch {row['epoch']:>3}  step {row['step']:>6}  loss {row['train_loss']:.4f}  "
-            f"acc {row['train_acc']:.4f}  val_acc {val}  lr {row['lr']:.4g}", highlight=False, soft_wrap=True)
+            f"acc {acc}  val_acc {val}  lr {row['lr']:.4g}", highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         self.progress.stop()

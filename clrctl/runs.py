@@ -204,7 +204,7 @@ def render_plots(path: Path, config: Config, train_samples: Optional[int] = None
         return
     steps, lr, loss = _floats(rows, "step"), _floats(rows, "lr"), _floats(rows, "loss")
     momentum = _floats(rows, "momentum")
-    evals = [r for r in rows if r.get("val_acc")]
+    evals = [r for r in rows if r.get("val_loss")]  # val_acc is blank for a regression (train.loss: mse)
     eval_steps = _floats(evals, "step") + 1  # evaluated after that step's update
     title = f"{config.name}: {config.policy.name} on {config.dataset.name}/{config.model.name}"
     plots = run.plots_dir

@@ -17,11 +17,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from clrctl import tensorboard
 from clrctl.config import Config, Stage
 from clrctl.data import DataBundle, build_data
 from clrctl.device import resolve_device, seed_everything
 from clrctl.errors import ConfigError, DataError
 from clrctl.groups import ParamGroup, build_groups, check_trainable, set_frozen, torch_param_groups
+from clrctl.losses import build_loss, check_targets
 from clrctl.models import build_model
 from clrctl.optim import build_optimizer
 from clrctl.policies import Schedule, build_schedule, initial_lr
@@ -75,6 +77,8 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     """Data (split and order from ``seed``), a freshly initialised model with its starting
     weights on the device, and its parameter groups; raises ConfigError on bad input."""
     seed = config.seed if seed is None else seed
+    if config.train.tensorboard:
+        tensorboard.require()  # a missing package is bad input, before any run directory
     seed_everything(seed)
     device = resolve_device(config.device)
     data = build_data(config.dataset, seed, device)
@@ -85,7 +89,7 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     stages = config.plan()
     for stage in stages:
         check_trainable(groups, stage.freeze, f"stages.{stage.name}" if config.has_stages else "optimizer")
-    setup = Setup(config, seed, device, data, model, groups, stages, len(data.train), weights)
+    setup = Setup(config, seed, device, data, model, groups, stages, len(data.train), weights, build_loss(config.train))
     if probe:
         probe_batch(setup)
     return setup
@@ -100,6 +104,7 @@ def probe_batch(setup: Setup) -> None:
     if hasattr(source, "num_workers"):
         source.num_workers = 0  # one tiny batch is not worth starting worker processes
     x, y = next(iter(source.batches(0)))
+    check_targets(setup.config.train, y, setup.config.dataset.name)
     devices = [setup.device] if setup.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         model = copy.deepcopy(setup.model).train()

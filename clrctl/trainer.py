@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from clrctl import checkpoint
+from clrctl import checkpoint, tensorboard
 from clrctl.data import BatchSource
 from clrctl.errors import DataError, Interrupted, RunFailed
 from clrctl.rundir import RunDir
@@ -78,12 +78,12 @@ def evaluate(model: nn.Module, source: BatchSource, loss_fn: nn.Module) -> tuple
     for x, y in source.batches(0):
         logits = model(x)
         batch_loss = loss_fn(logits, y).float() * len(y)
-        batch_correct = (logits.argmax(1) == y).sum()
+        batch_correct = (logits.argmax(1) == y).sum() if not y.is_floating_point() else None  # regression: none
         loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-        correct = batch_correct if correct is None else correct + batch_correct
+        correct = batch_correct if correct is None or batch_correct is None else correct + batch_correct
         seen += len(y)
     model.train(was_training)
-    return float(loss_sum) / seen, float(correct) / seen
+    return float(loss_sum) / seen, None if correct is None else float(correct) / seen
 
 
 # ---------------------------------------------------------------------------------------
@@ -138,6 +138,7 @@ class TrainingLoop:
         self._epoch_correct: Optional[torch.Tensor] = None
         self._signal: Optional[str] = None
         self._t0 = time.perf_counter()
+        self.tb = tensorboard.logger(setup, run)  # does nothing unless train.tensorboard
 
     # -- public ----------------------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
@@ -206,7 +207,8 @@ class TrainingLoop:
             optimizer.zero_grad(set_to_none=True)
         else:
             self._epoch_loss += loss.float() * len(y)
-            self._epoch_correct += (logits.argmax(1) == y).sum()
+            if not y.is_floating_point():
+                self._epoch_correct += (logits.argmax(1) == y).sum()
             state.epoch_seen += len(y)
         schedule.step()
         row = {"step": state.step, "epoch": epoch + 1, "lr": lr, "momentum": momentum}
@@ -229,9 +231,11 @@ class TrainingLoop:
             if not math.isfinite(loss) and not self.s.config.train.skip_nonfinite:
                 self.metrics_log.write(rows[: i + 1])
                 self.metrics_log.flush()
+                self.tb.rows(rows[: i + 1])
                 raise _Diverged(row["step"], row["lr"], loss)
         self.metrics_log.write(rows)
         self.metrics_log.flush()
+        self.tb.rows(rows)
         self.state.epoch_loss_sum = float(self._epoch_loss)
         self.state.epoch_correct = float(self._epoch_correct)
         self.reporter.metrics(self.state.step, losses[-1], self.state.final_val_acc)
@@ -241,7 +245,7 @@ class TrainingLoop:
         val_loss, val_acc = evaluate(s.model, s.data.val, s.loss_fn)
         self._rows[-1].update(val_loss=val_loss, val_acc=val_acc)
         state.final_val_loss, state.final_val_acc = val_loss, val_acc
-        if state.best_val_acc is None or val_acc > state.best_val_acc:
+        if val_acc is not None and (state.best_val_acc is None or val_acc > state.best_val_acc):
             state.best_val_acc, state.best_step = val_acc, state.step
             checkpoint.save_atomic({"model": s.model.state_dict(), "step": state.step, "val_acc": val_acc},
                                    self.run.checkpoints_dir / "best.pt")
@@ -249,14 +253,15 @@ class TrainingLoop:
         if target and state.steps_to_target is None:
             metric, threshold = next(iter(target.items()))
             value = val_acc if metric == "val_acc" else val_loss
-            if (value >= threshold) if metric == "val_acc" else (value <= threshold):
+            if value is not None and ((value >= threshold) if metric == "val_acc" else (value <= threshold)):
                 state.steps_to_target = state.step
 
     def _end_epoch(self, epoch: int) -> None:
-        state = self.state
+        s, state = self.s, self.state
         seen = max(state.epoch_seen, 1)
         row = {"epoch": epoch + 1, "step": state.step, "train_loss": state.epoch_loss_sum / seen,
-               "train_acc": state.epoch_correct / seen, "val_loss": state.final_val_loss,
+               "train_acc": state.epoch_correct / seen if s.config.train.loss != "mse" else None,
+               "val_loss": state.final_val_loss,
                "val_acc": state.final_val_acc, "lr": state.last_lr, "elapsed_s": round(self._elapsed(), 3),
                "stage": self.stage.stage.name}
         self.epochs_log.write([row])
@@ -296,6 +301,7 @@ class TrainingLoop:
             log.close()
         summary = self.summary(status, **extra)
         self.run.write_summary(summary)
+        self.tb.close(summary)
         self.run.set_status(status)
         self.reporter.close()
         return summary

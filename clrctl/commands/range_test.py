@@ -34,23 +34,26 @@ def range_test(
     seeds: Optional[str] = typer.Option(None, "--seeds", show_default=False,
                                         help=f"{SEEDS_HELP} Repeats the sweep per seed (other init and data "
                                              "order) and suggests the medians."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="No progress bar: one plain line per seed (also when output is not a terminal)."),
+    tensorboard: bool = typer.Option(False, "--tensorboard",
+                                     help="Also write TensorBoard events to RUN/tensorboard/ (train.tensorboard=true)."),
     stage: Optional[str] = typer.Option(None, "--stage",
                                         help="Sweep this stage of a config with stages: its frozen groups and LR "
                                              "multipliers (default: the first stage)."),
 ) -> None:
     """LR range test (Smith §3.3): raise the LR, record loss and accuracy, suggest CLR bounds."""
-    from clrctl.reporting import RichReporter
+    from clrctl.progress import SeedProgress
     from clrctl.range_test import start_range_test
 
     if config is None:
         raise InputError("missing CONFIG (a YAML file, e.g. configs/digits-range-test.yaml)")
-    cfg = load_config(config, overrides or [])
+    cfg = load_config(config, [*(overrides or []), *(["train.tensorboard=true"] if tensorboard else [])])
     seed_list = parse_seeds(seeds, cfg.seed) if seeds is not None else [cfg.seed]
-    label = (lambda s: f"seed {s}") if len(seed_list) > 1 else (lambda s: "range-test")
+    progress = SeedProgress(seed_list, quiet)  # bars on a terminal; a plain line per seed with -q or in a log
     path, summary = start_range_test(cfg, seeds=seed_list, runs_root=runs_root, run_dir=run_dir,
-                                     argv=["clrctl", *sys.argv[1:]],
-                                     reporter_factory=lambda s: RichReporter(label(s), quiet), stage=stage)
+                                     argv=["clrctl", *sys.argv[1:]], reporter_factory=progress.reporter,
+                                     stage=stage)
     print_suggestion(path, summary)
     if summary["suggestion"]["base_lr"] is None:
         raise RunFailed(f"{summary['suggestion']['reason']} (run kept in {path})")

@@ -66,6 +66,8 @@ def train(
                                           help="Continue an interrupted run (or seed group) in its directory."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help=SEEDS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    tensorboard: bool = typer.Option(False, "--tensorboard",
+                                     help="Also write TensorBoard events to RUN/tensorboard/ (train.tensorboard=true)."),
 ) -> None:
     """Train with a learning-rate policy; writes config, metrics, summary and plots to a run directory."""
     from clrctl.runs import is_group, resume_group, resume_training, start_training, train_seeds
@@ -81,7 +83,7 @@ def train(
         path, summary = resume_training(resume, argv=argv, reporter=RichReporter("resume", quiet))
         _print_summary(path, summary)
         return
-    cfg = _load(config, overrides)
+    cfg = _load(config, [*(overrides or []), *(["train.tensorboard=true"] if tensorboard else [])])
     if seeds is not None:
         _group_done(*train_seeds(cfg, parse_seeds(seeds, cfg.seed), runs_root=runs_root, run_dir=run_dir,
                                  argv=argv, reporter_factory=per_seed))

@@ -17,7 +17,17 @@ def plot_range_test(path: Path, curves: list[dict[str, Any]], base_lr: Optional[
                     markers: dict[str, float], *, log_x: bool, title: str = "") -> None:
     """``curves``: per seed, arrays ``lr, loss, smoothed_loss, zero_phase`` (per step; ``zero_phase``
     may be None or shorter: the finite prefix) and ``eval_lr, val_acc``, plus a ``label``."""
-    fig, (ax_loss, ax_acc) = new_figure(2, 1, sharex=True)
+    save(range_test_figure(curves, base_lr, max_lr, markers, log_x=log_x, title=title), path)
+
+
+def range_test_figure(curves: list[dict[str, Any]], base_lr: Optional[float], max_lr: Optional[float],
+                      markers: dict[str, float], *, log_x: bool, title: str = "", ax=None):
+    """The figure of :func:`plot_range_test` (loss over accuracy), not saved; with ``ax``, only
+    the loss panel, drawn there (a notebook's own axes). Returns the matplotlib Figure."""
+    if ax is None:
+        fig, (ax_loss, ax_acc) = new_figure(2, 1, sharex=True)
+    else:
+        fig, ax_loss, ax_acc = ax.figure, ax, None
     colors = ["tab:blue", "tab:orange", "tab:red", "tab:cyan", "tab:olive"]
     for i, c in enumerate(curves):
         color = colors[i % len(colors)]
@@ -28,9 +38,10 @@ def plot_range_test(path: Path, curves: list[dict[str, Any]], base_lr: Optional[
         if c.get("zero_phase") is not None:
             ax_loss.plot(c["lr"][: len(c["zero_phase"])], c["zero_phase"], color=color, lw=1.8,
                          label=f"zero-phase smoothed{tag}")
-        ax_acc.plot(c["eval_lr"], c["val_acc"], "o-", color=color, ms=3, lw=1.2, label=f"val accuracy{tag}")
+        if ax_acc is not None:
+            ax_acc.plot(c["eval_lr"], c["val_acc"], "o-", color=color, ms=3, lw=1.2, label=f"val accuracy{tag}")
     _loss_limits(ax_loss, curves)
-    for ax in (ax_loss, ax_acc):
+    for ax in (a for a in (ax_loss, ax_acc) if a is not None):
         if base_lr is not None and max_lr is not None:
             ax.axvspan(base_lr, max_lr, color="tab:green", alpha=0.12)
             ax.axvline(base_lr, color="tab:green", ls=":", lw=1.2)
@@ -38,7 +49,8 @@ def plot_range_test(path: Path, curves: list[dict[str, Any]], base_lr: Optional[
         if log_x:
             ax.set_xscale("log")
     if base_lr is not None and max_lr is not None:
-        ax_acc.plot([], [], color="tab:green", lw=6, alpha=0.3, label=f"suggested [{base_lr:.3g}, {max_lr:.3g}]")
+        (ax_loss if ax_acc is None else ax_acc).plot([], [], color="tab:green", lw=6, alpha=0.3,
+                                                     label=f"suggested [{base_lr:.3g}, {max_lr:.3g}]")
     for name, lr in markers.items():
         marker, color = _MARKER_STYLE.get(name, ("o", "black"))
         ax_loss.axvline(lr, color=color, ls="-.", lw=0.8, alpha=0.7)
@@ -47,10 +59,13 @@ def plot_range_test(path: Path, curves: list[dict[str, Any]], base_lr: Optional[
     ax_loss.set_ylabel("train loss")
     ax_loss.set_title(title or "LR range test")
     ax_loss.legend(fontsize=7, ncol=2)
+    if ax_acc is None:
+        ax_loss.set_xlabel("learning rate" + (" (log)" if log_x else ""))
+        return fig
     ax_acc.set_ylabel("val accuracy (fixed slice)")
     ax_acc.set_xlabel("learning rate" + (" (log)" if log_x else ""))
     ax_acc.legend(fontsize=7, loc="best")
-    save(fig, path)
+    return fig
 
 
 def _loss_limits(ax, curves: list[dict[str, Any]]) -> None:
