@@ -35,7 +35,25 @@ def _record(signum: int, _frame: Any) -> None:
     _early.append(signum)
 
 
+_pending: list[int] = []  # an interrupt raised but maybe swallowed (see check())
+
+
+def check() -> None:
+    """Raise an interrupt that was raised before but swallowed: Python ignores exceptions
+    that land in ``__del__``, weakref callbacks or a GC pass ("Exception ignored in …"), so
+    the safe points of start-up ask again."""
+    if _pending:
+        _pending.clear()
+        raise KeyboardInterrupt
+
+
+def clear() -> None:
+    """The interrupt was handled (reported): nothing is pending any more."""
+    _pending.clear()
+
+
 def _raise(_signum: int, frame: Any) -> None:
+    _pending.append(_signum)
     if _importing(frame) and hasattr(signal, "setitimer"):
         # A KeyboardInterrupt raised while an extension module initialises (torch's pybind11
         # code calls back into Python) aborts the process ("terminate called …", exit 134).
@@ -107,6 +125,7 @@ def deferred() -> Iterator[None]:
     if not _main_thread():
         yield
         return
+    check()  # an interrupt before the block must not be lost in it
     arrived: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, _frame: arrived.append(signum)) for sig in SIGNALS}
     try:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from clrctl import tensorboard
+from clrctl import interrupts, tensorboard
 from clrctl.config import Config, Stage
 from clrctl.data import DataBundle, build_data
 from clrctl.device import resolve_device, seed_everything
@@ -92,6 +92,7 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     setup = Setup(config, seed, device, data, model, groups, stages, len(data.train), weights, build_loss(config.train))
     if probe:
         probe_batch(setup)
+    interrupts.check()  # a Ctrl-C during these slow steps may have been swallowed
     return setup
 
 
