@@ -22,6 +22,7 @@ _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Clic
 # Register the commands (each module adds itself to ``app``).
 from clrctl.commands import compare as _compare  # noqa: E402,F401
 from clrctl.commands import range_test as _range_test  # noqa: E402,F401
+from clrctl.commands import sweep as _sweep  # noqa: E402,F401
 from clrctl.commands import train as _train  # noqa: E402,F401
 
 

@@ -258,6 +258,22 @@ class RangeTestConfig(_Section):
         return self
 
 
+class SweepConfig(_Section):
+    """``sweep:`` — a grid committed with its config; ``clrctl sweep`` reads it, ``train`` ignores it."""
+
+    grid: dict[str, list[Any]] = {}  # dotted key -> values; the points are their Cartesian product
+    include: list[dict[str, Any]] = []  # extra points ({dotted key: value}), e.g. a fixed-LR baseline
+    seeds: Optional[Union[int, str, list[int]]] = None  # as --seeds: 3, "0..4" or [0, 1, 2]
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"{key}: needs at least one value")
+        return grid
+
+
 class Config(_Section):
     name: str = "run"
     seed: int = 0
@@ -268,6 +284,7 @@ class Config(_Section):
     policy: PolicyConfig = PolicyConfig(lr=0.01)
     train: TrainConfig = TrainConfig()
     range_test: RangeTestConfig = RangeTestConfig()
+    sweep: Optional[SweepConfig] = Field(None, exclude=True)  # not part of a run's config.yaml
 
     @field_validator("device")
     @classmethod
