@@ -6,6 +6,7 @@ Thin: build and validate the plan (:mod:`clrctl.sweep.plan`), prepare the direct
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -140,3 +141,48 @@ def _print_result(path: Path, index: dict, result, elapsed: float) -> None:
                   + (f", {len(result.held)} held by other processes" if result.held else ""), highlight=False)
     if not result.interrupted:
         console.print(f"rank them: clrctl compare {path}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------
+# clrctl compare SWEEP_DIR (dispatched from commands/compare.py; torch-free)
+
+
+def compare_sweep(specs: list[str], metric: str, target: Optional[str], fmt: str, output: Optional[Path],
+                  plot: Optional[Path], **refused) -> None:
+    """Rank the points of one sweep directory; write the table, markdown or JSON (and a plot)."""
+    from clrctl.compare import sweep as report_mod
+    from clrctl.compare.metrics import GATE_METRICS, parse_target
+
+    if len(specs) != 1:
+        raise InputError("a sweep directory is compared on its own: clrctl compare SWEEP_DIR")
+    given = [f"--{name}" for name, value in refused.items() if value not in (None, False)]
+    if given:
+        raise InputError(f"{', '.join(given)}: not for a sweep (it ranks its points; compare two point "
+                         "directories to judge one against another)")
+    if metric not in GATE_METRICS:
+        raise InputError(f"--metric {metric!r}: expected one of {', '.join(GATE_METRICS)}")
+    report = report_mod.build_sweep_report(specs[0], metric, parse_target(target) if target else None)
+    if plot is not None:
+        from clrctl.plots.sweep import plot_sweep  # matplotlib only when a plot is asked for
+
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_sweep(report, plot)
+    image = None if plot is None else str(plot) if output is None else os.path.relpath(plot, output.resolve().parent)
+    if fmt == "json":
+        text = report_mod.to_json(report)
+    elif fmt == "markdown":
+        text = report_mod.to_markdown(report, image)
+    else:
+        text = None if output is None else report_mod.to_text(report)
+    if output is None:
+        if text is None:
+            console.print(report_mod.rich_table(report))
+        else:
+            typer.echo(text, nl=False)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        console.print(report_mod.headline(report), highlight=False)
+        err_console.print(f"wrote {output}", highlight=False)
+    if plot is not None and output is None and fmt == "table":
+        err_console.print(f"plot: {plot}", highlight=False)

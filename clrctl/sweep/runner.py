@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +33,8 @@ from clrctl.sweep.plan import Plan, RunRef
 from clrctl.sweep.store import DONE, SweepDir
 
 _POLL_S = 0.1
+ORPHAN_WAIT_S = 120.0
+_WAIT = object()  # _launch: come back to this run later
 
 
 @dataclass
@@ -164,6 +167,7 @@ class Pool:
         self.gpus = visible_gpus([p.config.get("device", "auto") for p in plan.points])
         self._signals = 0
         self._forwarded = 0
+        self._waiting: dict[RunRef, float] = {}
 
     def run(self) -> Result:
         mine = shard_runs(self.plan.runs(), self.shard)
@@ -180,9 +184,14 @@ class Pool:
                     queue.clear()
                     self._forward(active)
                 free = [s for s in range(self.jobs) if s not in active]
-                while queue and free and not self._signals:
-                    worker = self._launch(queue.popleft(), free[0])
-                    if worker is not None:
+                for _ in range(len(queue)):
+                    if not free or self._signals:
+                        break
+                    ref = queue.popleft()
+                    worker = self._launch(ref, free[0])
+                    if worker is _WAIT:
+                        queue.append(ref)  # its orphaned worker is still checkpointing: try again soon
+                    elif worker is not None:
                         active[free.pop(0)] = worker
                 for slot, worker in list(active.items()):
                     if worker.proc.poll() is not None:
@@ -200,6 +209,8 @@ class Pool:
     def _launch(self, ref: RunRef, slot: int) -> Optional[_Worker]:
         lock = locks.claim(self.sweep.lock_path(ref), shard=f"{self.shard[0]}/{self.shard[1]}")
         if lock is None:
+            if self._orphaned(ref):
+                return _WAIT
             self.result.held.append(ref)
             self.events.held(ref)
             return None
@@ -227,6 +238,15 @@ class Pool:
         locks.set_worker(lock, proc.pid)
         self.events.launched(ref, resumed)
         return _Worker(ref, lock, proc, slot, time.monotonic(), log)
+
+    def _orphaned(self, ref: RunRef) -> bool:
+        """Held by a worker of a sweep on this host that died (kill -9): its worker got SIGTERM
+        and is writing its checkpoint; wait for it (at most ORPHAN_WAIT_S) instead of skipping."""
+        holder, mtime = locks.read(self.sweep.lock_path(ref))
+        first = self._waiting.setdefault(ref, time.monotonic())
+        return (mtime is not None and holder.get("host") == socket.gethostname()
+                and isinstance(holder.get("pid"), int) and not locks.pid_alive(holder["pid"])
+                and time.monotonic() - first < ORPHAN_WAIT_S)
 
     def _finish(self, worker: _Worker) -> None:
         worker.log.close()
