@@ -137,7 +137,8 @@ def point_names(points: list[dict[str, Any]]) -> list[str]:
     short = short_keys(keys)
     names, seen = [], set()
     for point in points:
-        base = "_".join(f"{short[k]}-{slug(v)}" for k, v in point.items() if v is not None) or "base"
+        ordered = sorted(point.items(), key=lambda kv: keys.index(kv[0]))  # grid keys first, always
+        base = "_".join(f"{short[k]}-{slug(v)}" for k, v in ordered if v is not None) or "base"
         base = base[:150]
         name, n = base, 1
         while name in seen:
