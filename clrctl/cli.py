@@ -26,6 +26,7 @@ _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Clic
 from clrctl.commands import compare as _compare  # noqa: E402,F401
 from clrctl.commands import export as _export  # noqa: E402,F401
 from clrctl.commands import range_test as _range_test  # noqa: E402,F401
+from clrctl.commands import sweep as _sweep  # noqa: E402,F401
 from clrctl.commands import train as _train  # noqa: E402,F401
 
 

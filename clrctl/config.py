@@ -374,6 +374,22 @@ class Stage:
         return self.steps if self.steps is not None else self.epochs * steps_per_epoch
 
 
+class SweepConfig(_Section):
+    """``sweep:`` — a grid committed with its config; ``clrctl sweep`` reads it, ``train`` ignores it."""
+
+    grid: dict[str, list[Any]] = {}  # dotted key -> values; the points are their Cartesian product
+    include: list[dict[str, Any]] = []  # extra points ({dotted key: value}), e.g. a fixed-LR baseline
+    seeds: Optional[Union[int, str, list[int]]] = None  # as --seeds: 3, "0..4" or [0, 1, 2]
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"{key}: needs at least one value")
+        return grid
+
+
 class Config(_Section):
     name: SafeName = "run"
     seed: int = 0
@@ -388,6 +404,7 @@ class Config(_Section):
     _written: Optional[dict[str, Any]] = PrivateAttr(default=None)
 
     stages: list[StageConfig] = []
+    sweep: Optional[SweepConfig] = Field(None, exclude=True)  # not part of a run's config.yaml
 
     @model_validator(mode="before")
     @classmethod

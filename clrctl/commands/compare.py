@@ -49,7 +49,15 @@ def compare(
     bootstrap: int = typer.Option(N_BOOTSTRAP, "--bootstrap", min=100, help="Bootstrap resamples for groups."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap (results are deterministic)."),
 ) -> None:
-    """Compare runs or seed groups against a baseline; with --gate, exit 1 on a regression."""
+    """Compare runs or seed groups against a baseline; with --gate, exit 1 on a regression.
+    A sweep directory (clrctl sweep) on its own: one row per point, ranked by --metric."""
+    from clrctl.compare.sweep import is_sweep
+
+    if any(is_sweep(spec) for spec in runs):
+        from clrctl.commands.sweep import compare_sweep
+
+        return compare_sweep(list(runs), metric, target, fmt.value, output, plot,
+                             baseline=baseline, tolerance=tolerance, gate=gate)
     options = _options(target, metric, tolerance, gate, strict, bootstrap, seed)
     sides, base = load_sides(list(runs), baseline)
     report = build_report(sides, base, options)

@@ -1,0 +1,188 @@
+"""``clrctl sweep``: a grid of training runs, in parallel, resumable and shardable.
+
+Thin: build and validate the plan (:mod:`clrctl.sweep.plan`), prepare the directory
+(:mod:`clrctl.sweep.store`), run the pool (:mod:`clrctl.sweep.runner`), render the events.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from clrctl.app import app, console, err_console
+from clrctl.errors import InputError, Interrupted, RunFailed
+
+HELP = (
+    "Run a grid of training runs, each a normal run directory under DIR, indexed by DIR/sweep.json.\n\n"
+    "The points are the Cartesian product of the --grid options (Hydra multirun syntax): values are split "
+    "on commas outside brackets and quotes, and each value is parsed as YAML:\n\n"
+    "  -g policy.name=triangular,triangular2          2 strings\n"
+    "  -g 'policy.stepsize=1 epochs,2 epochs'         2 durations\n"
+    "  -g 'policy.bounds=[0.01,0.1],[0.02,0.2]'       2 lists\n"
+    "  -g optimizer.momentum=0.8,0.9 -g train.epochs=4,8   4 points\n\n"
+    "A config's sweep: block does the same from a file: sweep: {grid: {KEY: [V1, V2]}, include: "
+    "[{KEY: V}], seeds: 3}; include adds extra points, e.g. a fixed-LR baseline. --grid KEY replaces the "
+    "block's KEY; a plain override KEY=V pins KEY for every point. --seeds 3 (three seeds from the "
+    "config's seed), 0,1,2 or 0..4 runs each point with several seeds: the point is then a seed group.\n\n"
+    "Every point is validated before anything runs (a bad one: exit 2, nothing written). The same "
+    "command on the same --run-dir skips completed runs and resumes interrupted ones. --shard I/N runs "
+    "the I-th share only, so N cluster tasks can share one --run-dir (each run is claimed with a lock "
+    "file). Exit 1 if a run failed or diverged, 130 when interrupted. Rank the points: clrctl compare DIR.\n\n"
+    "Examples:\n\n"
+    "  clrctl sweep configs/digits-triangular.yaml -g 'policy.stepsize=1 epochs,2 epochs' --seeds 3 -j 2\n\n"
+    "  clrctl sweep configs/digits-stepsize-sweep.yaml --run-dir runs/stepsize -j 2\n\n"
+    "  clrctl sweep CONFIG --run-dir /shared/sweep --shard $SLURM_ARRAY_TASK_ID/8\n"
+)
+
+
+@app.command("sweep", help=HELP)
+def sweep(
+    config: Optional[Path] = typer.Argument(None, help="YAML config file (its sweep: block, if any, adds the grid).",
+                                            show_default=False),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Overrides for every point: key.path=value …",
+                                                    show_default=False),
+    grid: Optional[List[str]] = typer.Option(None, "--grid", "-g", help="KEY=V1,V2,… (repeatable): the values to sweep."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds per point: 3, 0,1,2 or 0..4."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Runs at once on this machine, each in its own process."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run only the I-th of N shares (needs --run-dir)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="The sweep directory (rerun on it to resume)."),
+    runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="Parent of the default timestamped directory."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the points; run nothing."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
+) -> None:
+    from clrctl.rundir import default_run_path
+    from clrctl.sweep.plan import build_plan
+    from clrctl.sweep.runner import Pool, parse_shard
+    from clrctl.sweep.store import SweepDir
+
+    if config is None:
+        raise InputError("missing CONFIG (a YAML file, e.g. configs/digits-stepsize-sweep.yaml)")
+    shard_spec = parse_shard(shard)
+    if shard is not None and run_dir is None:
+        raise InputError("--shard needs --run-dir: every shard must write to the same sweep directory")
+    plan = build_plan(config, list(overrides or []), list(grid or []), seeds)
+    if dry_run:
+        _print_plan(plan)
+        return
+    path = run_dir if run_dir is not None else default_run_path(runs_root, f"{plan.name}-sweep")
+    store = SweepDir.prepare(path, plan)
+    argv = ["clrctl", *sys.argv[1:]]
+    store.write_index(plan, argv)
+    console.print(f"sweep: {path} — {len(plan.points)} points, {len(plan.runs())} runs"
+                  + (f", shard {shard}" if shard else ""), highlight=False)
+    t0 = time.monotonic()
+    result = Pool(plan, store, jobs, shard_spec, _Printer(quiet)).run()
+    index = store.write_index(plan, argv)
+    _print_result(path, index, result, time.monotonic() - t0)
+    if result.interrupted:
+        raise Interrupted(f"sweep interrupted; run the same command again to resume ({path})")
+    bad = [o for o in result.outcomes if o.status != "completed"]
+    if bad:
+        names = ", ".join(o.ref.id for o in bad[:3]) + (" …" if len(bad) > 3 else "")
+        raise RunFailed(f"{len(bad)} of {len(result.outcomes)} runs did not complete ({names}); see {path}/logs")
+
+
+class _Printer:
+    """Renders the pool's events: one line per run that starts or ends."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.done = 0
+        self.total = 0
+
+    def start(self, total: int, skipped: int) -> None:
+        self.total, self.done = total, skipped
+        if skipped and not self.quiet:
+            console.print(f"{skipped} of {total} runs already done: skipped", highlight=False)
+
+    def launched(self, ref, resumed: bool) -> None:
+        if not self.quiet:
+            console.print(f"[dim]{'resume' if resumed else 'start '} {ref.id}[/dim]", highlight=False)
+
+    def finished(self, outcome) -> None:
+        self.done += 1
+        if self.quiet and outcome.status == "completed":
+            return
+        mark = {"completed": "[green]ok[/green]", "interrupted": "[yellow]interrupted[/yellow]"}.get(
+            outcome.status, f"[red]{outcome.status}[/red]")
+        tail = f" — {outcome.message}" if outcome.message and outcome.status != "completed" else ""
+        console.print(f"[{self.done}/{self.total}] {mark} {outcome.ref.id} ({outcome.elapsed_s:.1f} s){tail}",
+                      highlight=False, soft_wrap=True)
+
+    def held(self, ref) -> None:
+        if not self.quiet:
+            console.print(f"[dim]held by another process: {ref.id}[/dim]", highlight=False)
+
+    def stopping(self) -> None:
+        err_console.print("stopping: waiting for the running workers to checkpoint (Ctrl-C again to abort)")
+
+
+def _print_plan(plan) -> None:
+    table = Table(title=f"{len(plan.points)} points × seeds = {len(plan.runs())} runs", title_justify="left")
+    for col in ("point", "overrides", "seeds"):
+        table.add_column(col)
+    for point in plan.points:
+        overrides = ", ".join(f"{k}={v}" for k, v in point.overrides.items())
+        table.add_row(point.name, overrides, ",".join(map(str, point.seeds)))
+    console.print(table)
+
+
+def _print_result(path: Path, index: dict, result, elapsed: float) -> None:
+    counts = ", ".join(f"{n} {status}" for status, n in index["counts"].items())
+    ran = len(result.outcomes)
+    console.print(f"sweep {path}: points {counts}; ran {ran} runs in {elapsed:.1f} s"
+                  + (f", skipped {len(result.skipped)}" if result.skipped else "")
+                  + (f", {len(result.held)} held by other processes" if result.held else ""), highlight=False)
+    if not result.interrupted:
+        console.print(f"rank them: clrctl compare {path}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------
+# clrctl compare SWEEP_DIR (dispatched from commands/compare.py; torch-free)
+
+
+def compare_sweep(specs: list[str], metric: str, target: Optional[str], fmt: str, output: Optional[Path],
+                  plot: Optional[Path], **refused) -> None:
+    """Rank the points of one sweep directory; write the table, markdown or JSON (and a plot)."""
+    from clrctl.compare import sweep as report_mod
+    from clrctl.compare.metrics import GATE_METRICS, parse_target
+
+    if len(specs) != 1:
+        raise InputError("a sweep directory is compared on its own: clrctl compare SWEEP_DIR")
+    given = [f"--{name}" for name, value in refused.items() if value not in (None, False)]
+    if given:
+        raise InputError(f"{', '.join(given)}: not for a sweep (it ranks its points; compare two point "
+                         "directories to judge one against another)")
+    if metric not in GATE_METRICS:
+        raise InputError(f"--metric {metric!r}: expected one of {', '.join(GATE_METRICS)}")
+    report = report_mod.build_sweep_report(specs[0], metric, parse_target(target) if target else None)
+    if plot is not None:
+        from clrctl.plots.sweep import plot_sweep  # matplotlib only when a plot is asked for
+
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_sweep(report, plot)
+    image = None if plot is None else str(plot) if output is None else os.path.relpath(plot, output.resolve().parent)
+    if fmt == "json":
+        text = report_mod.to_json(report)
+    elif fmt == "markdown":
+        text = report_mod.to_markdown(report, image)
+    else:
+        text = None if output is None else report_mod.to_text(report)
+    if output is None:
+        if text is None:
+            console.print(report_mod.rich_table(report))
+        else:
+            typer.echo(text, nl=False)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        console.print(report_mod.headline(report), highlight=False)
+        err_console.print(f"wrote {output}", highlight=False)
+    if plot is not None and output is None and fmt == "table":
+        err_console.print(f"plot: {plot}", highlight=False)

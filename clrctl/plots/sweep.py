@@ -1,0 +1,144 @@
+"""The ``compare SWEEP_DIR --plot`` figure, drawn from the sweep report (nothing computed here).
+
+Two grid keys vary: a heatmap of the metric's median over seeds (each cell also gives the
+seeds' min–max). One key varies: the median against that key's values with the seeds' min–max
+as a band and each seed as a dot. Otherwise: every point's median and range, best first.
+Extra points (``sweep.include``, e.g. a fixed-LR baseline) are drawn as reference lines or
+listed under the heatmap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clrctl.plots._style import new_figure, save
+
+
+def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
+    keys = report["keys"]
+    grid_rows = [row for row in report["points"] if not row["included"]]
+    if len(keys) == 2 and grid_rows:
+        _heatmap(report, grid_rows, keys, path)
+    elif len(keys) == 1 and grid_rows:
+        _lines(report, grid_rows, keys[0], path)
+    else:
+        _ranked(report, path)
+    return Path(path)
+
+
+def _fmt(entry: dict[str, Any], unit: str) -> str:
+    value = entry["median"]
+    if value is None or math.isnan(value):
+        return "—"
+    if math.isinf(value):
+        return f">{entry.get('censored_at') or 0:.0f}"
+    return f"{value:.3f}" if unit in ("acc", "loss") else f"{value:.0f}" if unit in ("steps", "count") else f"{value:.3g}"
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _title(report: dict[str, Any]) -> str:
+    metric, target = report["metric"], report["target"]
+    what = metric["title"] + (f" to {target['metric']} {target['value']:g}" if target and
+                              metric["name"] == "steps_to_target" else "")
+    return f"{report['name']}: median {what} over seeds ({metric['direction']} is better)"
+
+
+def _heatmap(report, rows, keys, path) -> None:
+    metric = report["metric"]
+    ys, xs = report["grid"][keys[0]], report["grid"][keys[1]]
+    values = np.full((len(ys), len(xs)), np.nan)
+    labels = [["" for _ in xs] for _ in ys]
+    for row in rows:
+        try:
+            i = [_key(v) for v in ys].index(_key(row["overrides"].get(keys[0])))
+            j = [_key(v) for v in xs].index(_key(row["overrides"].get(keys[1])))
+        except ValueError:
+            continue
+        entry = row["metrics"][metric["name"]]
+        values[i, j] = entry["median"]
+        spread = "" if entry["n"] < 2 else f"\n[{_fmt({**entry, 'median': entry['min']}, metric['unit'])}–" \
+                                           f"{_fmt({**entry, 'median': entry['max']}, metric['unit'])}]"
+        labels[i][j] = _fmt(entry, metric["unit"]) + spread
+    shown = np.ma.masked_invalid(values)
+    fig, ax = new_figure(figsize=(1.6 * len(xs) + 3.0, 1.0 * len(ys) + 2.2))
+    cmap = "viridis" if metric["direction"] == "higher" else "viridis_r"
+    image = ax.imshow(shown, cmap=cmap, aspect="auto")
+    image.cmap.set_bad("lightgray")
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            ax.text(j, i, labels[i][j] or "—", ha="center", va="center", fontsize=8,
+                    color="white" if _dark(image, values[i, j]) else "black")
+    ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+    ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+    ax.set_xlabel(keys[1])
+    ax.set_ylabel(keys[0])
+    ax.grid(False)
+    fig.colorbar(image, ax=ax, label=metric["title"])
+    extras = [f"{row['name']}: {_fmt(row['metrics'][metric['name']], metric['unit'])}"
+              for row in report["points"] if row["included"]]
+    ax.set_title(_title(report) + ("\n" + "; ".join(extras) if extras else ""), fontsize=9)
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _dark(image, value: float) -> bool:
+    if not math.isfinite(value):
+        return False
+    r, g, b, _ = image.cmap(image.norm(value))
+    return 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+
+
+def _lines(report, rows, key, path) -> None:
+    metric = report["metric"]["name"]
+    values = report["grid"][key]
+    order = {_key(v): i for i, v in enumerate(values)}
+    rows = sorted((r for r in rows if _key(r["overrides"].get(key)) in order),
+                  key=lambda r: order[_key(r["overrides"].get(key))])
+    fig, ax = new_figure()
+    x = np.array([order[_key(r["overrides"].get(key))] for r in rows], dtype=float)
+    med = np.array([_finite(r["metrics"][metric]["median"]) for r in rows])
+    low = np.array([_finite(r["metrics"][metric]["min"]) for r in rows])
+    high = np.array([_finite(r["metrics"][metric]["max"]) for r in rows])
+    ax.plot(x, med, marker="o", color="C0", label="median over seeds")
+    ax.fill_between(x, low, high, color="C0", alpha=0.2, linewidth=0, label="seeds' min–max")
+    for xi, row in zip(x, rows):
+        seeds = [_finite(v) for v in row["per_seed"][metric].values()]
+        ax.scatter([xi] * len(seeds), seeds, color="C0", s=10, alpha=0.6)
+    for i, row in enumerate(r for r in report["points"] if r["included"]):
+        ax.axhline(_finite(row["metrics"][metric]["median"]), color=f"C{i + 1}", linestyle="--", label=row["name"])
+    ax.set_xticks(range(len(values)), [str(v) for v in values])
+    ax.set_xlabel(key)
+    ax.set_ylabel(report["metric"]["title"])
+    ax.set_title(_title(report), fontsize=9)
+    ax.legend(fontsize="small")
+    save(fig, path)
+
+
+def _ranked(report, path) -> None:
+    metric = report["metric"]["name"]
+    rows = [r for r in report["points"] if r["completed"]]
+    fig, ax = new_figure(figsize=(7.5, 0.35 * len(rows) + 1.5))
+    y = np.arange(len(rows))[::-1]
+    med = np.array([_finite(r["metrics"][metric]["median"]) for r in rows])
+    low = np.array([_finite(r["metrics"][metric]["min"]) for r in rows])
+    high = np.array([_finite(r["metrics"][metric]["max"]) for r in rows])
+    ax.errorbar(med, y, xerr=[med - low, high - med], fmt="o", color="C0", capsize=3)
+    ax.set_yticks(y, [r["name"] for r in rows], fontsize=7)
+    ax.set_xlabel(report["metric"]["title"] + " (median, seeds' min–max)")
+    ax.set_title(_title(report), fontsize=9)
+    save(fig, path)
+
+
+def _finite(value: Any) -> float:
+    """NaN for what cannot be drawn (a censored inf, a missing value)."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
