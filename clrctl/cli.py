@@ -58,6 +58,8 @@ def _main(args: list[str]) -> None:
     except ClrctlError as err:
         if "--debug" in args:
             raise
+        if not _is_main():  # under DDP every rank meets the same error: rank 0 says it
+            sys.exit(err.exit_code)
         err_console.print(_line("error:", "red", str(err)), highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
     except (typer.Exit, typer.Abort) as err:
@@ -72,6 +74,12 @@ def _main(args: list[str]) -> None:
         err_console.print(_line("error:", "red", message), highlight=False, soft_wrap=True)
         sys.exit(1)
     sys.exit(0)
+
+
+def _is_main() -> bool:
+    from clrctl.distributed import is_main
+
+    return is_main()
 
 
 def _line(label: str, style: str, message: str) -> Text:

@@ -187,6 +187,12 @@ class RunDir:
     def csv(self, name: str, columns: list[str]) -> CsvLog:
         return CsvLog(self.path / name, columns)
 
+    def save_checkpoint(self, payload: dict[str, Any], name: str) -> None:
+        """``checkpoints/<name>``, written atomically (torch imported only here)."""
+        from clrctl.checkpoint import save_atomic
+
+        save_atomic(payload, self.checkpoints_dir / name)
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.path / "summary.json", summary)
 

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from clrctl import checkpoint, interrupts
+from clrctl import checkpoint, distributed, interrupts
 from clrctl.config import Config, load_config, resolve_bounds_from
 from clrctl.errors import InputError, Interrupted, RunFailed
 from clrctl.rundir import RunDir, create_group, read_csv, read_json, run_info, truncate_csv, utc_now
@@ -27,17 +27,31 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
     """Train ``config`` in a new run directory; returns (run path, summary)."""
     config = resolve_bounds_from(config)
     setup = build_setup(config)
-    info = {**run_info("train", config.seed, str(setup.device), argv), **model_record(setup)}
+    info = {**run_info("train", config.seed, str(setup.device), argv), **model_record(setup), **distributed.record()}
     run = None
     try:
-        with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
-            run = RunDir.create(runs_root, config.name, run_dir)
-            run.begin(info, config.to_dict())
+        if not distributed.is_main():  # only rank 0 writes; the others learn where
+            run = distributed.NullRunDir(_main_path(None))
+            return run.path, _run(TrainingLoop(setup, run, reporter))
+        try:
+            with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
+                run = RunDir.create(runs_root, config.name, run_dir)
+                run.begin(info, config.to_dict())
+        finally:
+            _main_path(run)
         return run.path, _run(TrainingLoop(setup, run, reporter))
     except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
         if run is None:
             raise
         raise _interrupted(run) from None
+
+
+def _main_path(run) -> Path:
+    """Under DDP: rank 0's run directory (or its failure to make one) told to every rank."""
+    path = distributed.broadcast(None if run is None else str(run.path))
+    if path is None:
+        raise InputError("rank 0 could not create the run directory")  # rank 0 said why
+    return Path(path)
 
 
 def model_record(setup) -> dict[str, Any]:
@@ -49,12 +63,18 @@ def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
                     reporter: Optional[Reporter] = None) -> tuple[Path, dict]:
     """Continue an interrupted or killed run in its own directory from ``checkpoints/last.pt``;
     rows logged after that checkpoint are dropped and recomputed."""
-    run = RunDir.open(path)
-    info = run.read_run()
-    if info.get("kind") != "train":
-        raise InputError(f"{path}: not a training run (kind {info.get('kind')!r})")
-    if info.get("status") == "completed":
-        raise InputError(f"{path}: run already completed; nothing to resume")
+    if not distributed.is_main():
+        return _resume_worker(Path(path), reporter)
+    try:
+        run = RunDir.open(path)
+        info = run.read_run()
+        if info.get("kind") != "train":
+            raise InputError(f"{path}: not a training run (kind {info.get('kind')!r})")
+        if info.get("status") == "completed":
+            raise InputError(f"{path}: run already completed; nothing to resume")
+    except InputError:
+        distributed.broadcast(None) if distributed.world().distributed else None
+        raise
     try:
         return run.path, _resume(run, info, argv, reporter)
     except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
@@ -63,9 +83,13 @@ def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
 
 def _resume(run: RunDir, info: dict[str, Any], argv: Optional[list[str]], reporter: Optional[Reporter]) -> dict:
     config = load_config(run.path / "config.yaml")
+    if distributed.world().distributed:
+        distributed.broadcast(str(run.path))  # the workers may go on
     setup = build_setup(config)
     last = run.path / "checkpoints" / "last.pt"
-    saved = checkpoint.load(last, setup.device) if last.is_file() else None
+    where = "cpu" if distributed.initialised() else setup.device  # (sent to the others from the CPU)
+    saved = checkpoint.load(last, where) if last.is_file() else None
+    saved = distributed.broadcast(saved)  # every rank continues from rank 0's checkpoint
     state = LoopState(**saved["state"]) if saved else LoopState()
     # An epoch counts only once its row is in epochs.csv; a mid-epoch checkpoint (interrupt)
     # keeps the finished epochs and the steps done so far.
@@ -77,6 +101,19 @@ def _resume(run: RunDir, info: dict[str, Any], argv: Optional[list[str]], report
     if saved:
         loop.restore(saved)
     return _run(loop)
+
+
+def _resume_worker(path: Path, reporter: Optional[Reporter]) -> tuple[Path, dict]:
+    """A non-main rank's resume: rank 0 checks the run and sends its checkpoint."""
+    if distributed.broadcast(None) is None:
+        raise InputError(f"{path}: cannot be resumed")  # rank 0 said why
+    setup = build_setup(load_config(path / "config.yaml"))
+    saved = distributed.broadcast(None)
+    state = LoopState(**saved["state"]) if saved else LoopState()
+    loop = TrainingLoop(setup, distributed.NullRunDir(path), reporter, state)
+    if saved:
+        loop.restore(saved)
+    return path, _run(loop)
 
 
 def train_seeds(config: Config, seeds: list[int], *, runs_root: str | Path = "runs",
@@ -170,8 +207,9 @@ def _run(loop: TrainingLoop) -> dict[str, Any]:
     try:
         return loop.run_all()
     finally:
-        render_plots(loop.run.path, loop.s.config,  # diverged and interrupted runs get plots too
-                     train_samples=loop.s.data.train.num_samples)
+        if distributed.is_main():
+            render_plots(loop.run.path, loop.s.config,  # diverged and interrupted runs get plots too
+                         train_samples=loop.s.data.train.num_samples)
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from clrctl import distributed
 from clrctl.config import Config, Stage
 from clrctl.data import DataBundle, build_data
 from clrctl.device import resolve_device, seed_everything
@@ -76,8 +77,9 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     weights on the device, and its parameter groups; raises ConfigError on bad input."""
     seed = config.seed if seed is None else seed
     seed_everything(seed)
-    device = resolve_device(config.device)
+    device = distributed.join(config)  # resolve_device(config.device); under DDP: this rank's
     data = build_data(config.dataset, seed, device)
+    distributed.shard_data(data)
     model = build_model(config.model, data.input_shape, data.num_classes)
     weights = load_weights(model, config.model)
     model = model.to(device)
