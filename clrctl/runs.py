@@ -65,26 +65,26 @@ def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
     rows logged after that checkpoint are dropped and recomputed."""
     if not distributed.is_main():
         return _resume_worker(Path(path), reporter)
-    try:
-        run = RunDir.open(path)
-        info = run.read_run()
-        if info.get("kind") != "train":
-            raise InputError(f"{path}: not a training run (kind {info.get('kind')!r})")
-        if info.get("status") == "completed":
-            raise InputError(f"{path}: run already completed; nothing to resume")
-    except InputError:
-        distributed.broadcast(None) if distributed.world().distributed else None
-        raise
+    run, info = open_resumable(path)
     try:
         return run.path, _resume(run, info, argv, reporter)
     except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
         raise _interrupted(run) from None
 
 
+def open_resumable(path: str | Path) -> tuple[RunDir, dict[str, Any]]:
+    """The run directory and run.json of a training run that can be resumed (else InputError)."""
+    run = RunDir.open(path)
+    info = run.read_run()
+    if info.get("kind") != "train":
+        raise InputError(f"{path}: not a training run (kind {info.get('kind')!r})")
+    if info.get("status") == "completed":
+        raise InputError(f"{path}: run already completed; nothing to resume")
+    return run, info
+
+
 def _resume(run: RunDir, info: dict[str, Any], argv: Optional[list[str]], reporter: Optional[Reporter]) -> dict:
     config = load_config(run.path / "config.yaml")
-    if distributed.world().distributed:
-        distributed.broadcast(str(run.path))  # the workers may go on
     setup = build_setup(config)
     last = run.path / "checkpoints" / "last.pt"
     where = "cpu" if distributed.initialised() else setup.device  # (sent to the others from the CPU)
@@ -104,9 +104,8 @@ def _resume(run: RunDir, info: dict[str, Any], argv: Optional[list[str]], report
 
 
 def _resume_worker(path: Path, reporter: Optional[Reporter]) -> tuple[Path, dict]:
-    """A non-main rank's resume: rank 0 checks the run and sends its checkpoint."""
-    if distributed.broadcast(None) is None:
-        raise InputError(f"{path}: cannot be resumed")  # rank 0 said why
+    """A non-main rank's resume: rank 0 checks the run and sends its checkpoint (the run's
+    config.yaml is read from a file system that all ranks share)."""
     setup = build_setup(load_config(path / "config.yaml"))
     saved = distributed.broadcast(None)
     state = LoopState(**saved["state"]) if saved else LoopState()

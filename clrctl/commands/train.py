@@ -96,12 +96,16 @@ def train(
     if nproc is not None and nproc > 1:
         if seeds is not None:
             raise InputError("--seeds runs one process per seed; drop --nproc (or train each seed with --nproc)")
-        cfg = load_config(resume / "config.yaml") if resume is not None and not is_group_dir(resume) else (
-            None if resume is not None else _load(config, overrides))
-        if cfg is None:
-            raise InputError("--nproc resumes one run, not a seed group")
-        distributed.check_batch_size(cfg.dataset.batch_size, nproc)
-        raise typer.Exit(distributed.launch(nproc, without_nproc(sys.argv[1:])))
+        if resume is not None:
+            from clrctl.runs import open_resumable
+
+            if is_group_dir(resume):
+                raise InputError("--nproc resumes one run, not a seed group")
+            cfg = load_config(open_resumable(resume)[0].path / "config.yaml")
+        else:
+            cfg = _load(config, overrides)
+        distributed.check_batch_size(cfg.dataset.batch_size, nproc)  # before any process exists
+        sys.exit(distributed.launch(nproc, without_nproc(sys.argv[1:])))
     from clrctl.runs import is_group, resume_group, resume_training, start_training, train_seeds
 
     quiet = quiet or not distributed.is_main()
