@@ -143,6 +143,17 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def main_path(run) -> Path:
+    """Rank 0's run directory (``run``; None on the others, or where rank 0 failed to make
+    it), told to every rank."""
+    path = broadcast(None if run is None else str(run.path))
+    if path is None:
+        from clrctl.errors import InputError
+
+        raise InputError("rank 0 could not create the run directory")  # rank 0 said why
+    return Path(path)
+
+
 # ---------------------------------------------------------------------------------------
 # Data: each rank's share of every global batch
 

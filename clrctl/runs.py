@@ -31,27 +31,19 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
     run = None
     try:
         if not distributed.is_main():  # only rank 0 writes; the others learn where
-            run = distributed.NullRunDir(_main_path(None))
+            run = distributed.NullRunDir(distributed.main_path(None))
             return run.path, _run(TrainingLoop(setup, run, reporter))
         try:
             with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
                 run = RunDir.create(runs_root, config.name, run_dir)
                 run.begin(info, config.to_dict())
         finally:
-            _main_path(run)
+            distributed.main_path(run)
         return run.path, _run(TrainingLoop(setup, run, reporter))
     except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
         if run is None:
             raise
         raise _interrupted(run) from None
-
-
-def _main_path(run) -> Path:
-    """Under DDP: rank 0's run directory (or its failure to make one) told to every rank."""
-    path = distributed.broadcast(None if run is None else str(run.path))
-    if path is None:
-        raise InputError("rank 0 could not create the run directory")  # rank 0 said why
-    return Path(path)
 
 
 def model_record(setup) -> dict[str, Any]:
