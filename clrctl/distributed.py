@@ -285,7 +285,9 @@ def launch(nproc: int, args: list[str]) -> int:
         return 130
     except ChildFailedError as err:
         codes = {f.local_rank if f.local_rank is not None else 0: f.exitcode for f in err.failures.values()}
-        first = codes.get(0, next(iter(codes.values()), 1))
+        # The rank that failed first decides: the others were stopped by the launcher (130).
+        failed = [code for _, code in sorted(codes.items()) if code != 130]
+        first = failed[0] if failed else 130
         if first not in _PASSED_ON:  # killed by a signal (negative) or an unexpected code
             ranks = ", ".join(f"rank {r} ({_describe(c)})" for r, c in sorted(codes.items()))
             from clrctl.app import err_console
