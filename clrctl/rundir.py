@@ -112,12 +112,17 @@ class CsvLog:
         self._writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
 
     def flush(self) -> None:
+        """To the OS: a killed process keeps every flushed row (the trainer's hot path)."""
+        self._handle.flush()
+
+    def sync(self) -> None:
+        """To the disk (fsync): before a checkpoint, and when closed."""
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
     def close(self) -> None:
         if not self._handle.closed:
-            self.flush()
+            self.sync()
             self._handle.close()
 
 

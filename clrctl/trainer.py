@@ -156,6 +156,7 @@ class TrainingLoop:
         self.net = distributed.wrap(setup.model, device)
         self._sizes: list[int] = []
         self._stop_agreed = False
+        self._ends = setup.stage_ends  # (a property that sums the stages: once, not per step)
 
     # -- public ----------------------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
@@ -199,8 +200,8 @@ class TrainingLoop:
         for index, (x, y) in enumerate(s.data.train.batches(epoch, start=state.batch), start=state.batch):
             self._train_one(x, y, epoch)
             state.batch = index + 1
-            epoch_end = index == n_batches - 1 or state.step >= s.total_steps
-            stage_end = state.step == s.stage_ends[self.stage.index]
+            epoch_end = index == n_batches - 1 or state.step >= self._ends[-1]
+            stage_end = state.step == self._ends[self.stage.index]
             every = s.config.train.eval_every
             if epoch_end or stage_end or (every and state.step % every == 0):
                 self._evaluate()
@@ -217,7 +218,7 @@ class TrainingLoop:
 
     def _train_one(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
         s, state = self.s, self.state
-        if state.step >= s.stage_ends[self.stage.index]:  # the previous stage is done
+        if state.step >= self._ends[self.stage.index]:  # the previous stage is done
             self.stage = build_stage(s, self.stage.index + 1)
         optimizer, schedule = self.stage.optimizer, self.stage.schedule
         lr, momentum = schedule.lr(), schedule.momentum()
@@ -314,6 +315,8 @@ class TrainingLoop:
 
     def _checkpoint(self) -> None:
         s = self.s
+        for log in (self.metrics_log, self.epochs_log):  # what the checkpoint counts is on disk
+            log.sync()
         state = asdict(self.state)
         state["elapsed_s"] = self._elapsed()
         self.run.save_checkpoint({
