@@ -30,6 +30,7 @@ from clrctl.config import Config  # noqa: E402
 from clrctl.data import DataBundle, TensorSource, epoch_generator  # noqa: E402
 from clrctl.groups import build_groups  # noqa: E402
 from clrctl.models import build_model  # noqa: E402
+from clrctl.optim import build_optimizer  # noqa: E402
 from clrctl.rundir import RunDir  # noqa: E402
 from clrctl.setup import Setup, build_setup  # noqa: E402
 from clrctl.trainer import TrainingLoop, evaluate  # noqa: E402
@@ -65,7 +66,7 @@ def hand_written(setup: Setup) -> float:
     """Seconds for the whole run: what a careful user writes."""
     model, data, loss_fn = setup.model, setup.data, setup.loss_fn
     policy = setup.config.policy
-    optimizer = torch.optim.SGD(model.parameters(), lr=policy.base_lr, momentum=0.9)
+    optimizer = build_optimizer(setup.config.optimizer, model.parameters(), policy.base_lr)
     schedule = torch.optim.lr_scheduler.CyclicLR(optimizer, policy.base_lr, policy.max_lr,
                                                  step_size_up=2 * setup.steps_per_epoch, cycle_momentum=False)
     train, size = data.train, data.train.batch_size

@@ -16,7 +16,7 @@ def build_optimizer(cfg: OptimizerConfig, params: Iterable[Any], lr: float) -> t
     starts at ``lr_mult x lr``."""
     params = [dict(g, lr=lr * g.get("lr_mult", 1.0)) if isinstance(g, dict) else g for g in params]
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=True,
                                weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)

@@ -315,8 +315,6 @@ class TrainingLoop:
 
     def _checkpoint(self) -> None:
         s = self.s
-        for log in (self.metrics_log, self.epochs_log):  # what the checkpoint counts is on disk
-            log.sync()
         state = asdict(self.state)
         state["elapsed_s"] = self._elapsed()
         self.run.save_checkpoint({
