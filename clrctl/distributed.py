@@ -143,10 +143,16 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def main_path(run) -> Path:
-    """Rank 0's run directory (``run``; None on the others, or where rank 0 failed to make
-    it), told to every rank."""
-    path = broadcast(None if run is None else str(run.path))
+def tell_path(run) -> None:
+    """Rank 0: tell the other ranks its run directory (``run``), or None where it failed to
+    make one (the error it raises says why). A no-op in one process."""
+    if initialised():
+        broadcast(None if run is None else str(run.path))
+
+
+def main_path() -> Path:
+    """The other ranks: rank 0's run directory (:func:`tell_path`)."""
+    path = broadcast(None)
     if path is None:
         from clrctl.errors import InputError
 

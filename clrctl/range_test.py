@@ -340,9 +340,9 @@ def _distributed_range_test(config, seed_list, first, runs_root, run_dir, info, 
             run = RunDir.create(runs_root, config.name, run_dir)
             run.begin(info, config.model_copy(update={"seed": seed_list[0]}).to_dict())
         finally:
-            distributed.main_path(run)
+            distributed.tell_path(run)
     else:
-        run = distributed.NullRunDir(distributed.main_path(None))
+        run = distributed.NullRunDir(distributed.main_path())
     return _range_test(config, seed_list, first, run, reporter_factory)
 
 

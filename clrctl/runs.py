@@ -31,14 +31,14 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
     run = None
     try:
         if not distributed.is_main():  # only rank 0 writes; the others learn where
-            run = distributed.NullRunDir(distributed.main_path(None))
+            run = distributed.NullRunDir(distributed.main_path())
             return run.path, _run(TrainingLoop(setup, run, reporter))
         try:
             with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
                 run = RunDir.create(runs_root, config.name, run_dir)
                 run.begin(info, config.to_dict())
         finally:
-            distributed.main_path(run)
+            distributed.tell_path(run)
         return run.path, _run(TrainingLoop(setup, run, reporter))
     except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
         if run is None:
