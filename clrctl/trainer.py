@@ -48,12 +48,14 @@ class Reporter:
 # One step, one evaluation (shared with the range test)
 
 
-def _forward_backward(model, optimizer, x, y, loss_fn, scaler=None, weight=None):
+def _forward_backward(model, optimizer, x, y, loss_fn, scaler=None, weight=None, dtype=None):
     """``weight`` (DDP): the factor of :func:`clrctl.distributed.loss_weight` on the loss
-    that is backpropagated; the returned loss is this batch's own mean."""
+    that is backpropagated; the returned loss is this batch's own mean. ``dtype``: autocast
+    to it (``train.precision``); an enabled ``scaler`` alone means float16."""
     optimizer.zero_grad(set_to_none=True)
     amp = scaler is not None and scaler.is_enabled()
-    with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
+    dtype = dtype or (torch.float16 if amp else None)
+    with torch.autocast(x.device.type, dtype=dtype or torch.float16, enabled=dtype is not None):
         logits = model(x)
         loss = loss_fn(logits, y)
         if weight is not None:
@@ -71,9 +73,38 @@ def _forward_backward(model, optimizer, x, y, loss_fn, scaler=None, weight=None)
     return loss.detach(), logits.detach()
 
 
-def train_step(model, optimizer, x, y, loss_fn, scaler=None, weight=None) -> torch.Tensor:
+def train_step(model, optimizer, x, y, loss_fn, scaler=None, weight=None, dtype=None) -> torch.Tensor:
     """One optimizer step; returns the batch loss as a device tensor (no host sync)."""
-    return _forward_backward(model, optimizer, x, y, loss_fn, scaler, weight)[0]
+    return _forward_backward(model, optimizer, x, y, loss_fn, scaler, weight, dtype)[0]
+
+
+class FastPath:
+    """``train.precision``, ``train.channels_last`` and ``train.compile`` applied to a model
+    (in place: its parameters stay the ones checkpoints save) and to each input batch."""
+
+    def __init__(self, train_cfg, device: torch.device):
+        name = train_cfg.autocast_dtype(device.type)
+        self.dtype = getattr(torch, name) if name else None
+        self.channels_last = train_cfg.channels_last
+        self.compile = train_cfg.compile
+        self.device = device
+
+    def scaler(self) -> "torch.amp.GradScaler":
+        """A GradScaler, enabled for float16 only (bf16 has fp32's range)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
+
+    def model_layout(self, model: nn.Module) -> nn.Module:
+        """``model`` itself, in channels_last memory format when asked (before DDP wraps it)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def model(self, model: nn.Module) -> nn.Module:
+        """The module to call for training steps: ``model``, compiled when asked (after DDP)."""
+        return torch.compile(model) if self.compile else model
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
 @torch.no_grad()
@@ -140,7 +171,8 @@ class TrainingLoop:
         self.state = state or LoopState()
         self.stage: StageRun = build_stage(setup, setup.stage_index(self.state.step))
         device = setup.device
-        self.scaler = torch.amp.GradScaler(device.type, enabled=setup.config.train.amp and device.type == "cuda")
+        self.fast = FastPath(setup.config.train, device)
+        self.scaler = self.fast.scaler()  # (train.amp: float16 on CUDA, as train.precision: fp16)
         extra = ["stage"] if setup.config.has_stages else []
         self.metrics_log = run.csv("metrics.csv", METRIC_COLUMNS + extra)
         self.epochs_log = run.csv("epochs.csv", EPOCH_COLUMNS + extra)
@@ -153,7 +185,7 @@ class TrainingLoop:
         # DDP: the model that trains (checkpoints hold setup.model, unwrapped), the global
         # batch sizes of the rows not yet flushed, and whether all ranks agreed to stop.
         self._ddp = distributed.initialised()
-        self.net = distributed.wrap(setup.model, device)
+        self.net = self.fast.model(distributed.wrap(self.fast.model_layout(setup.model), device))
         self._sizes: list[int] = []
         self._stop_agreed = False
         self._ends = setup.stage_ends  # (a property that sums the stages: once, not per step)
@@ -226,7 +258,8 @@ class TrainingLoop:
         if self._ddp:  # this rank's share of a global batch of `size` samples
             size = min(s.data.train.batch_size, s.data.train._end - state.batch * s.data.train.batch_size)
             weight = distributed.loss_weight(len(y), size)
-        loss, logits = _forward_backward(self.net, optimizer, x, y, s.loss_fn, self.scaler, weight)
+        loss, logits = _forward_backward(self.net, optimizer, self.fast.inputs(x), y, s.loss_fn, self.scaler, weight,
+                                         self.fast.dtype)
         if s.config.train.skip_nonfinite and not torch.isfinite(loss):  # opt-in: syncs every step
             optimizer.zero_grad(set_to_none=True)
         else:
