@@ -45,7 +45,7 @@ from clrctl.optim import build_optimizer, current_momentum
 from clrctl.rundir import RunDir, holds_no_results, run_info
 from clrctl.setup import Setup, build_setup
 from clrctl.text import count
-from clrctl.trainer import Reporter, evaluate, train_step
+from clrctl.trainer import FastPath, Reporter, evaluate, train_step
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "smoothed_loss", "val_loss", "val_acc"]
 FLUSH_EVERY = 25  # rows between fsyncs of metrics.csv
@@ -118,7 +118,9 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
     optimizer = sweep_optimizer(setup, model)
     eval_source = setup.data.val.head(rt.eval_size)
     eval_source.shard = setup.data.val.shard  # DDP: each rank its share, sums reduced
-    net, ddp = distributed.wrap(model, setup.device), distributed.initialised()
+    fast = FastPath(setup.config.train, setup.device)  # the sweep trains as the run will
+    scaler = fast.scaler()
+    net, ddp = fast.model(distributed.wrap(fast.model_layout(model), setup.device)), distributed.initialised()
     stop = {"signal": False}
     smoother = _StopRule(rt.smoothing, rt.diverge_factor)
     rows: list[dict[str, Any]] = []
@@ -136,11 +138,11 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
                 # One host sync per step: the stop rule needs this step's loss now. A range
                 # test is short, so this costs little (the trainer batches its syncs instead).
                 if ddp:  # the step's loss averaged over ranks, and a signal on any rank, agreed
-                    loss, interrupted = _ddp_step(setup, net, optimizer, x, y, stop["signal"])
+                    loss, interrupted = _ddp_step(setup, net, optimizer, fast, scaler, x, y, stop["signal"])
                     if interrupted:
                         raise KeyboardInterrupt
                 else:
-                    loss = float(train_step(model, optimizer, x, y, setup.loss_fn))
+                    loss = float(train_step(net, optimizer, fast.inputs(x), y, setup.loss_fn, scaler, dtype=fast.dtype))
                 row = {"step": t, "epoch": epoch + 1, "lr": lr, "momentum": current_momentum(optimizer), "loss": loss}
                 row["smoothed_loss"], stop_reason = smoother.update(loss)
                 finite = row["smoothed_loss"] is not None
@@ -162,11 +164,12 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
                        rows[-1]["lr"] if stop_reason and rows else None, round(time.perf_counter() - t0, 3))
 
 
-def _ddp_step(setup: SweepSetup, net, optimizer, x, y, signalled: bool) -> tuple[float, bool]:
+def _ddp_step(setup: SweepSetup, net, optimizer, fast, scaler, x, y, signalled: bool) -> tuple[float, bool]:
     """One DDP step of the sweep: (the global batch's mean loss, whether any rank was signalled)."""
     local, size = len(y), torch.tensor([float(len(y))], device=setup.device)
     size = int(distributed.reduce_flush(size, False)[0])  # the global batch (a last one is partial)
-    loss = train_step(net, optimizer, x, y, setup.loss_fn, weight=distributed.loss_weight(local, size))
+    loss = train_step(net, optimizer, fast.inputs(x), y, setup.loss_fn, scaler,
+                      distributed.loss_weight(local, size), fast.dtype)
     total, interrupted = distributed.reduce_flush((loss.float() * local).reshape(1), signalled)
     return float(total[0]) / size, interrupted
 
