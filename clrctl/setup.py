@@ -20,7 +20,7 @@ from torch import nn
 from clrctl import distributed
 from clrctl.config import Config, Stage
 from clrctl.data import DataBundle, build_data
-from clrctl.device import resolve_device, seed_everything
+from clrctl.device import seed_everything
 from clrctl.errors import ConfigError, DataError
 from clrctl.groups import ParamGroup, build_groups, check_trainable, set_frozen, torch_param_groups
 from clrctl.models import build_model
@@ -77,7 +77,7 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     weights on the device, and its parameter groups; raises ConfigError on bad input."""
     seed = config.seed if seed is None else seed
     seed_everything(seed)
-    device = distributed.join(config)  # resolve_device(config.device); under DDP: this rank's
+    device = distributed.join(config)  # config.device resolved; under DDP: this rank's GPU
     data = build_data(config.dataset, seed, device)
     distributed.shard_data(data)
     model = build_model(config.model, data.input_shape, data.num_classes)
