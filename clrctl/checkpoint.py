@@ -4,6 +4,7 @@ then rename) so a crash mid-write never leaves a torn ``last.pt``."""
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,13 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def serialise(payload: dict[str, Any]) -> bytes:
+    """``payload`` as ``torch.save`` writes it (a snapshot: later steps do not change it)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:

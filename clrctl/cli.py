@@ -47,7 +47,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         interrupts.ignore()  # a second Ctrl-C must not cut this line short
         interrupts.clear()
-        err_console.print("interrupted; nothing was written", highlight=False)
+        if _is_main():
+            err_console.print("interrupted; nothing was written", highlight=False)
         sys.exit(130)
     finally:
         interrupts.restore(previous)
@@ -61,6 +62,8 @@ def _main(args: list[str]) -> None:
     except ClrctlError as err:
         if "--debug" in args:
             raise
+        if not _is_main():  # under DDP every rank meets the same error: rank 0 says it
+            sys.exit(err.exit_code)
         err_console.print(_line("error:", "red", str(err)), highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
     except (typer.Exit, typer.Abort) as err:
@@ -75,6 +78,12 @@ def _main(args: list[str]) -> None:
         err_console.print(_line("error:", "red", message), highlight=False, soft_wrap=True)
         sys.exit(1)
     sys.exit(0)
+
+
+def _is_main() -> bool:
+    from clrctl.distributed import is_main
+
+    return is_main()
 
 
 def _line(label: str, style: str, message: str) -> Text:

@@ -279,10 +279,26 @@ class TrainConfig(_Section):
     eval_every: Optional[int] = Field(None, gt=0)  # steps between evaluations; default: per epoch
     log_every: int = Field(25, gt=0)  # steps between host syncs for loss logging / progress
     skip_nonfinite: bool = False  # skip batches with NaN/Inf loss instead of stopping
-    amp: bool = False  # mixed precision on CUDA (ignored elsewhere)
+    amp: bool = False  # mixed precision on CUDA (ignored elsewhere): the same as precision: fp16 there
+    # The GPU fast path (each also runs on the CPU): autocast to bf16 or fp16 (a GradScaler for
+    # fp16 only), channels_last memory format for image models, torch.compile on the model.
+    precision: Optional[Literal["fp32", "bf16", "fp16"]] = None  # default: fp32 (fp16 with amp on CUDA)
+    channels_last: bool = False
+    compile: bool = False
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # mse: float regression targets, no accuracy
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # torch CrossEntropyLoss(label_smoothing); val_loss too
     tensorboard: bool = False  # also write TensorBoard events to RUN/tensorboard/ (extra clrctl[tensorboard])
+
+    def autocast_dtype(self, device_type: str) -> Optional[str]:
+        """"bfloat16"/"float16" to autocast to on ``device_type``, or None (fp32)."""
+        precision = self.precision or ("fp16" if self.amp and device_type == "cuda" else "fp32")
+        return {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}[precision]
+
+    @model_validator(mode="after")
+    def _amp_is_fp16(self) -> "TrainConfig":
+        if self.amp and self.precision not in (None, "fp16"):
+            raise ValueError(f"amp: amp: true means precision: fp16; drop it to use precision: {self.precision}")
+        return self
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainConfig":

@@ -67,6 +67,9 @@ class BatchSource(ABC):
     batch_size: int
     device: torch.device
     drop_last: bool = False  # drop each epoch's last, partial batch (training sources only)
+    # (rank, world size) under DDP: batches() yields this rank's contiguous share of each
+    # global batch of ``batch_size`` (clrctl.distributed.shard_data); None in one process.
+    shard: Optional[tuple[int, int]] = None
 
     def __len__(self) -> int:
         """Batches per epoch; the last, partial batch is kept unless ``drop_last``."""
@@ -90,6 +93,14 @@ class BatchSource(ABC):
     @abstractmethod
     def head(self, n: int) -> "BatchSource":
         """The first ``n`` samples in a fixed order, without augmentation (an evaluation slice)."""
+
+    def _share(self, begin: int) -> tuple[int, int]:
+        """[lo, hi) sample positions of this rank's share of the global batch at ``begin``."""
+        from clrctl.distributed import shard_bounds
+
+        size = min(self.batch_size, self._end - begin)
+        lo, hi = shard_bounds(size, *self.shard)
+        return begin + lo, begin + hi
 
 
 class TensorSource(BatchSource):
@@ -129,6 +140,9 @@ class TensorSource(BatchSource):
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         size = self.batch_size
+        if self.shard is not None:
+            yield from self._shared_batches(epoch, start)
+            return
         if not self.shuffle:
             for begin in range(start * size, self._end, size):
                 yield self._normalise(self.x[begin : begin + size]), self.y[begin : begin + size]
@@ -146,6 +160,18 @@ class TensorSource(BatchSource):
         return TensorSource(
             self.x[:n], self.y[:n], self.eval_batch_size, self.device, mean=self.mean, std=self.std
         )
+
+    def _shared_batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's share of each batch of the epoch (DDP): the same permutation and crops
+        as one process, cut per batch."""
+        order, crops = self._epoch_plan(epoch) if self.shuffle else (None, None)
+        for begin in range(start * self.batch_size, self._end, self.batch_size):
+            lo, hi = self._share(begin)
+            index = torch.arange(lo, hi, device=self.device) if order is None else order[lo:hi]
+            x = self._normalise(self.x[index])
+            if crops is not None:
+                x = crop_flip(x, *(part[lo:hi] for part in crops))
+            yield x, self.y[index]
 
     def _epoch_plan(self, epoch: int) -> tuple[Tensor, Optional[tuple[Tensor, Tensor, Tensor]]]:
         """The permutation and (with augment) per-position crop offsets and flips of an epoch.
@@ -261,6 +287,9 @@ class LoaderSource(BatchSource):
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         begin = min(start * self.batch_size, self.num_samples)
         self._sampler.set_epoch(epoch, skip=begin)
+        if self.shard is not None:
+            yield from self._shared_batches(epoch, begin)
+            return
         crops = None
         if self.augment:
             # Drawn after the permutation from the same stream, as TensorSource does.
@@ -275,8 +304,30 @@ class LoaderSource(BatchSource):
             begin += len(y)
             yield x, y
 
+    def _shared_batches(self, epoch: int, begin: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's share of each global batch (DDP): a distributed version of the epoch
+        sampler, cut per batch, with the crops of the shares' global positions."""
+        crops = None
+        if self.augment:
+            generator = epoch_generator(self.seed, epoch)
+            torch.randperm(self.num_samples, generator=generator)
+            crops = random_crops(self.num_samples, generator, self.device)
+        for x, y in _readable(self.loader):
+            lo, hi = self._share(begin)
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, torch.int64, non_blocking=True)
+            if crops is not None:
+                x = crop_flip(x, *(part[lo:hi] for part in crops))
+            begin += self.batch_size
+            yield x, y
+
     @property
     def loader(self) -> torch.utils.data.DataLoader:
+        if self._loader is None and self.shard is not None:
+            workers = self.num_workers
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=_SharedBatches(self), num_workers=workers,
+                persistent_workers=workers > 0, pin_memory=self.device.type == "cuda")
         if self._loader is None:
             workers = self.num_workers
             self._loader = torch.utils.data.DataLoader(

@@ -73,7 +73,9 @@ class Schedule:
         self.apply()
 
     def step(self) -> None:
-        self.reference.step()  # keeps torch from warning that the scheduler stepped first
+        # What reference.step() would tell the scheduler (that the optimizer stepped first, so
+        # torch does not warn) without running an optimizer step on a parameter with no grad.
+        self.reference._opt_called = True  # type: ignore[attr-defined]
         self.scheduler.step()
         self._couple_momentum()
         self.apply()

@@ -36,16 +36,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from clrctl import interrupts
+from clrctl import distributed, interrupts
 from clrctl import suggest as rules
 from clrctl.config import CYCLIC_POLICIES, Config, Stage, resolve_steps
-from clrctl.errors import DataError, Interrupted, RunFailed
+from clrctl.errors import DataError, InputError, Interrupted, RunFailed
 from clrctl.groups import build_groups, set_frozen, torch_param_groups
 from clrctl.optim import build_optimizer, current_momentum
 from clrctl.rundir import RunDir, holds_no_results, run_info
 from clrctl.setup import Setup, build_setup
 from clrctl.text import count
-from clrctl.trainer import Reporter, evaluate, train_step
+from clrctl.trainer import FastPath, Reporter, evaluate, train_step
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "smoothed_loss", "val_loss", "val_acc"]
 FLUSH_EVERY = 25  # rows between fsyncs of metrics.csv
@@ -122,13 +122,20 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
     model = copy.deepcopy(setup.model).train()
     optimizer = make_optimizer(model) if make_optimizer else sweep_optimizer(setup, model)
     eval_source = setup.data.val.head(rt.eval_size) if setup.data.val is not None else None
+    if eval_source is not None:
+        eval_source.shard = setup.data.val.shard  # DDP: each rank its share, sums reduced
+    fast = FastPath(setup.config.train, setup.device)  # the sweep trains as the run will
+    scaler = fast.scaler()
+    net, ddp = fast.model(distributed.wrap(fast.model_layout(model), setup.device)), distributed.initialised()
+    stop = {"signal": False}
     smoother = _StopRule(rt.smoothing, rt.diverge_factor)
     rows: list[dict[str, Any]] = []
     stop_reason = None
     t0 = time.perf_counter()
     reporter.start(setup.steps, 0)
     devices = [setup.device] if setup.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), _sigterm_as_interrupt():
+    signals = _signals_as_flag(stop) if ddp else _sigterm_as_interrupt()
+    with torch.random.fork_rng(devices=devices), signals:
         try:
             for t, epoch, (x, y) in _step_batches(setup):
                 lr = lr_at(t, setup.steps, rt.start_lr, rt.end_lr, rt.mode)
@@ -136,7 +143,12 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
                     group["lr"] = lr * group["lr_mult"]
                 # One host sync per step: the stop rule needs this step's loss now. A range
                 # test is short, so this costs little (the trainer batches its syncs instead).
-                loss = float(train_step(model, optimizer, x, y, setup.loss_fn))
+                if ddp:  # the step's loss averaged over ranks, and a signal on any rank, agreed
+                    loss, interrupted = _ddp_step(setup, net, optimizer, fast, scaler, x, y, stop["signal"])
+                    if interrupted:
+                        raise KeyboardInterrupt
+                else:
+                    loss = float(train_step(net, optimizer, fast.inputs(x), y, setup.loss_fn, scaler, dtype=fast.dtype))
                 row = {"step": t, "epoch": epoch + 1, "lr": lr, "momentum": current_momentum(optimizer), "loss": loss}
                 row["smoothed_loss"], stop_reason = smoother.update(loss)
                 finite = row["smoothed_loss"] is not None
@@ -156,6 +168,34 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
             reporter.close()
     return SweepResult(rows, len(rows), setup.steps, stop_reason is not None, stop_reason,
                        rows[-1]["lr"] if stop_reason and rows else None, round(time.perf_counter() - t0, 3))
+
+
+def _ddp_step(setup: SweepSetup, net, optimizer, fast, scaler, x, y, signalled: bool) -> tuple[float, bool]:
+    """One DDP step of the sweep: (the global batch's mean loss, whether any rank was signalled)."""
+    local, size = len(y), torch.tensor([float(len(y))], device=setup.device)
+    size = int(distributed.reduce_flush(size, False)[0])  # the global batch (a last one is partial)
+    loss = train_step(net, optimizer, fast.inputs(x), y, setup.loss_fn, scaler,
+                      distributed.loss_weight(local, size), fast.dtype)
+    total, interrupted = distributed.reduce_flush((loss.float() * local).reshape(1), signalled)
+    return float(total[0]) / size, interrupted
+
+
+@contextmanager
+def _signals_as_flag(stop: dict[str, bool]):
+    """Under DDP: SIGINT/SIGTERM only set a flag, which the ranks agree on after each step."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        stop["signal"] = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _step_batches(setup: SweepSetup):
@@ -283,8 +323,12 @@ def start_range_test(config: Config, *, seeds: Optional[list[int]] = None, runs_
     first = prepare(config, seed_list[0], stage)  # bad input fails here, before the run directory exists
     info = {**run_info("range-test", seed_list[0], str(first.device), argv),
             "groups": first.base.describe_groups(), "weights": first.base.weights,
-            **({"stage": first.stage.name} if config.has_stages else {})}
+            **({"stage": first.stage.name} if config.has_stages else {}), **distributed.record()}
     run = None
+    if distributed.world().distributed:
+        if len(seed_list) > 1:
+            raise InputError("--seeds cannot run under several processes; sweep each seed on its own")
+        return _distributed_range_test(config, seed_list, first, runs_root, run_dir, info, reporter_factory)
     try:
         with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
             run = RunDir.create(runs_root, config.name, run_dir)
@@ -295,6 +339,20 @@ def start_range_test(config: Config, *, seeds: Optional[list[int]] = None, runs_
             raise
         run.set_status("interrupted")
         raise _interrupted(run) from None
+
+
+def _distributed_range_test(config, seed_list, first, runs_root, run_dir, info, reporter_factory):
+    """Under DDP: rank 0 makes and writes the run directory; every rank sweeps."""
+    run = None
+    if distributed.is_main():
+        try:
+            run = RunDir.create(runs_root, config.name, run_dir)
+            run.begin(info, config.model_copy(update={"seed": seed_list[0]}).to_dict())
+        finally:
+            distributed.tell_path(run)
+    else:
+        run = distributed.NullRunDir(distributed.main_path())
+    return _range_test(config, seed_list, first, run, reporter_factory)
 
 
 def _range_test(config: Config, seed_list: list[int], first: SweepSetup, run: RunDir,
@@ -314,11 +372,12 @@ def _range_test(config: Config, seed_list: list[int], first: SweepSetup, run: Ru
             filled = first.stage.name if config.has_stages else None
             run.write_config(suggested_config(config, suggestion["base_lr"], suggestion["max_lr"], filled),
                              "suggested.yaml")
-        render_plot(run, config, per_seed, summary)
-        if config.train.tensorboard:
-            from clrctl.tensorboard import range_test_events
+        if distributed.is_main():
+            render_plot(run, config, per_seed, summary)
+            if config.train.tensorboard:
+                from clrctl.tensorboard import range_test_events
 
-            range_test_events(run.path, summary)
+                range_test_events(run.path, summary)
     except (Interrupted, KeyboardInterrupt):
         raise
     except DataError as err:  # unreadable data met mid-sweep: the run ended badly (exit 1)

@@ -20,6 +20,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Optional
@@ -112,12 +113,18 @@ class CsvLog:
         self._writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
 
     def flush(self) -> None:
+        """To the OS: a killed process keeps every flushed row (the trainer's hot path)."""
+        self._handle.flush()
+
+    def sync(self) -> None:
+        """To the disk (fsync): when closed (checkpoints, too, survive a killed process, not a
+        power cut: see clrctl.checkpoint.save_atomic)."""
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
     def close(self) -> None:
         if not self._handle.closed:
-            self.flush()
+            self.sync()
             self._handle.close()
 
 
@@ -149,6 +156,8 @@ class RunDir:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._writer: Optional[threading.Thread] = None  # the checkpoint being written, if any
+        self._writer_error: Optional[BaseException] = None
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
@@ -187,7 +196,37 @@ class RunDir:
     def csv(self, name: str, columns: list[str]) -> CsvLog:
         return CsvLog(self.path / name, columns)
 
+    def save_checkpoint(self, payload: dict[str, Any], name: str) -> None:
+        """``checkpoints/<name>``, written atomically: serialised now (a snapshot of the
+        tensors), put on disk by a background thread while training goes on. One write at
+        a time; :meth:`wait` (called before the summary and status) has them all on disk."""
+        from clrctl.checkpoint import serialise
+
+        data = serialise(payload)
+        self.wait()
+        path = self.checkpoints_dir / name
+
+        def write() -> None:
+            try:
+                with atomic_file(path, "wb", fsync=False) as handle:  # the rename: never a torn file
+                    handle.write(data)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the main thread by wait()
+                self._writer_error = err
+
+        self._writer = threading.Thread(target=write, name="clrctl-checkpoint", daemon=True)
+        self._writer.start()
+
+    def wait(self) -> None:
+        """Until the checkpoint being written is on disk; re-raises its error, if any."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._writer_error is not None:
+            err, self._writer_error = self._writer_error, None
+            raise err
+
     def write_summary(self, summary: dict[str, Any]) -> None:
+        self.wait()
         write_json_atomic(self.path / "summary.json", summary)
 
     def read_run(self) -> dict[str, Any]:
@@ -206,6 +245,7 @@ class RunDir:
         self.write_config(config)
 
     def set_status(self, status: str, **extra: Any) -> None:
+        self.wait()
         info = self.read_run()
         info["status"] = status
         info["end_time"] = utc_now() if status in TERMINAL_STATUSES else None

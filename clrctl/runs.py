@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from clrctl import checkpoint, interrupts
+from clrctl import checkpoint, distributed, interrupts
 from clrctl.config import Config, load_config, resolve_bounds_from
 from clrctl.errors import InputError, Interrupted, RunFailed
 from clrctl.rundir import RunDir, create_group, read_csv, read_json, run_info, truncate_csv, utc_now
@@ -27,12 +27,18 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
     """Train ``config`` in a new run directory; returns (run path, summary)."""
     config = resolve_bounds_from(config)
     setup = build_setup(config)
-    info = {**run_info("train", config.seed, str(setup.device), argv), **model_record(setup)}
+    info = {**run_info("train", config.seed, str(setup.device), argv), **model_record(setup), **distributed.record()}
     run = None
     try:
-        with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
-            run = RunDir.create(runs_root, config.name, run_dir)
-            run.begin(info, config.to_dict())
+        if not distributed.is_main():  # only rank 0 writes; the others learn where
+            run = distributed.NullRunDir(distributed.main_path())
+            return run.path, _run(TrainingLoop(setup, run, reporter))
+        try:
+            with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
+                run = RunDir.create(runs_root, config.name, run_dir)
+                run.begin(info, config.to_dict())
+        finally:
+            distributed.tell_path(run)
         return run.path, _run(TrainingLoop(setup, run, reporter))
     except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
         if run is None:
@@ -49,23 +55,33 @@ def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
                     reporter: Optional[Reporter] = None) -> tuple[Path, dict]:
     """Continue an interrupted or killed run in its own directory from ``checkpoints/last.pt``;
     rows logged after that checkpoint are dropped and recomputed."""
-    run = RunDir.open(path)
-    info = run.read_run()
-    if info.get("kind") != "train":
-        raise InputError(f"{path}: not a training run (kind {info.get('kind')!r})")
-    if info.get("status") == "completed":
-        raise InputError(f"{path}: run already completed; nothing to resume")
+    if not distributed.is_main():
+        return _resume_worker(Path(path), reporter)
+    run, info = open_resumable(path)
     try:
         return run.path, _resume(run, info, argv, reporter)
     except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
         raise _interrupted(run) from None
 
 
+def open_resumable(path: str | Path) -> tuple[RunDir, dict[str, Any]]:
+    """The run directory and run.json of a training run that can be resumed (else InputError)."""
+    run = RunDir.open(path)
+    info = run.read_run()
+    if info.get("kind") != "train":
+        raise InputError(f"{path}: not a training run (kind {info.get('kind')!r})")
+    if info.get("status") == "completed":
+        raise InputError(f"{path}: run already completed; nothing to resume")
+    return run, info
+
+
 def _resume(run: RunDir, info: dict[str, Any], argv: Optional[list[str]], reporter: Optional[Reporter]) -> dict:
     config = load_config(run.path / "config.yaml")
     setup = build_setup(config)
     last = run.path / "checkpoints" / "last.pt"
-    saved = checkpoint.load(last, setup.device) if last.is_file() else None
+    where = "cpu" if distributed.initialised() else setup.device  # (sent to the others from the CPU)
+    saved = checkpoint.load(last, where) if last.is_file() else None
+    saved = distributed.broadcast(saved)  # every rank continues from rank 0's checkpoint
     state = LoopState(**saved["state"]) if saved else LoopState()
     # An epoch counts only once its row is in epochs.csv; a mid-epoch checkpoint (interrupt)
     # keeps the finished epochs and the steps done so far.
@@ -77,6 +93,18 @@ def _resume(run: RunDir, info: dict[str, Any], argv: Optional[list[str]], report
     if saved:
         loop.restore(saved)
     return _run(loop)
+
+
+def _resume_worker(path: Path, reporter: Optional[Reporter]) -> tuple[Path, dict]:
+    """A non-main rank's resume: rank 0 checks the run and sends its checkpoint (the run's
+    config.yaml is read from a file system that all ranks share)."""
+    setup = build_setup(load_config(path / "config.yaml"))
+    saved = distributed.broadcast(None)
+    state = LoopState(**saved["state"]) if saved else LoopState()
+    loop = TrainingLoop(setup, distributed.NullRunDir(path), reporter, state)
+    if saved:
+        loop.restore(saved)
+    return path, _run(loop)
 
 
 def train_seeds(config: Config, seeds: list[int], *, runs_root: str | Path = "runs",
@@ -170,8 +198,9 @@ def _run(loop: TrainingLoop) -> dict[str, Any]:
     try:
         return loop.run_all()
     finally:
-        render_plots(loop.run.path, loop.s.config,  # diverged and interrupted runs get plots too
-                     train_samples=loop.s.data.train.num_samples)
+        if distributed.is_main():
+            render_plots(loop.run.path, loop.s.config,  # diverged and interrupted runs get plots too
+                         train_samples=loop.s.data.train.num_samples)
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,10 +17,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from clrctl import interrupts, tensorboard
+from clrctl import distributed, interrupts, tensorboard
 from clrctl.config import Config, Stage
 from clrctl.data import DataBundle, build_data
-from clrctl.device import resolve_device, seed_everything
+from clrctl.device import seed_everything
 from clrctl.errors import ConfigError, DataError
 from clrctl.groups import ParamGroup, build_groups, check_trainable, set_frozen, torch_param_groups
 from clrctl.losses import build_loss, check_targets
@@ -80,8 +80,9 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     if config.train.tensorboard:
         tensorboard.require()  # a missing package is bad input, before any run directory
     seed_everything(seed)
-    device = resolve_device(config.device)
+    device = distributed.join(config)  # config.device resolved; under DDP: this rank's GPU
     data = build_data(config.dataset, seed, device)
+    distributed.shard_data(data)
     model = build_model(config.model, data.input_shape, data.num_classes)
     weights = load_weights(model, config.model)
     model = model.to(device)

@@ -94,7 +94,9 @@ class NoLogger:
 
 def logger(setup, run) -> "TrainLogger | NoLogger":
     """The trainer's logger: a :class:`TrainLogger` when ``train.tensorboard`` is on."""
-    if not setup.config.train.tensorboard:
+    from clrctl import distributed
+
+    if not setup.config.train.tensorboard or not distributed.is_main():  # rank 0 writes, as for all files
         return NoLogger()
     return TrainLogger(run.path, setup.config, setup.describe_groups())
 

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from clrctl import checkpoint, tensorboard
+from clrctl import checkpoint, distributed, tensorboard
 from clrctl.data import BatchSource
 from clrctl.errors import DataError, Interrupted, RunFailed
 from clrctl.rundir import RunDir
@@ -48,25 +48,63 @@ class Reporter:
 # One step, one evaluation (shared with the range test)
 
 
-def _forward_backward(model, optimizer, x, y, loss_fn, scaler=None):
+def _forward_backward(model, optimizer, x, y, loss_fn, scaler=None, weight=None, dtype=None):
+    """``weight`` (DDP): the factor of :func:`clrctl.distributed.loss_weight` on the loss
+    that is backpropagated; the returned loss is this batch's own mean. ``dtype``: autocast
+    to it (``train.precision``); an enabled ``scaler`` alone means float16."""
     optimizer.zero_grad(set_to_none=True)
     amp = scaler is not None and scaler.is_enabled()
-    with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
+    dtype = dtype or (torch.float16 if amp else None)
+    with torch.autocast(x.device.type, dtype=dtype or torch.float16, enabled=dtype is not None):
         logits = model(x)
         loss = loss_fn(logits, y)
+        if weight is not None:
+            # A rank with no share of a last, partial batch still joins DDP's gradient reduction.
+            backprop = loss * weight if len(y) else logits.sum() * 0.0
+    if weight is None:
+        backprop = loss
     if amp:
-        scaler.scale(loss).backward()
+        scaler.scale(backprop).backward()
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
+        backprop.backward()
         optimizer.step()
     return loss.detach(), logits.detach()
 
 
-def train_step(model, optimizer, x, y, loss_fn, scaler=None) -> torch.Tensor:
+def train_step(model, optimizer, x, y, loss_fn, scaler=None, weight=None, dtype=None) -> torch.Tensor:
     """One optimizer step; returns the batch loss as a device tensor (no host sync)."""
-    return _forward_backward(model, optimizer, x, y, loss_fn, scaler)[0]
+    return _forward_backward(model, optimizer, x, y, loss_fn, scaler, weight, dtype)[0]
+
+
+class FastPath:
+    """``train.precision``, ``train.channels_last`` and ``train.compile`` applied to a model
+    (in place: its parameters stay the ones checkpoints save) and to each input batch."""
+
+    def __init__(self, train_cfg, device: torch.device):
+        name = train_cfg.autocast_dtype(device.type)
+        self.dtype = getattr(torch, name) if name else None
+        self.channels_last = train_cfg.channels_last
+        self.compile = train_cfg.compile
+        self.device = device
+
+    def scaler(self) -> "torch.amp.GradScaler":
+        """A GradScaler, enabled for float16 only (bf16 has fp32's range)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
+
+    def model_layout(self, model: nn.Module) -> nn.Module:
+        """``model`` itself, in channels_last memory format when asked (before DDP wraps it)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def model(self, model: nn.Module) -> nn.Module:
+        """The module to call for training steps: ``model``, compiled when asked (after DDP)."""
+        return torch.compile(model) if self.compile else model
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
 @torch.no_grad()
@@ -83,6 +121,11 @@ def evaluate(model: nn.Module, source: BatchSource, loss_fn: nn.Module) -> tuple
         correct = batch_correct if correct is None or batch_correct is None else correct + batch_correct
         seen += len(y)
     model.train(was_training)
+    if distributed.initialised():  # this rank's share of each batch: sums over all ranks
+        zero = torch.zeros((), device=source.device)
+        loss, hits, seen = distributed.reduce_eval(zero if loss_sum is None else loss_sum,
+                                                   zero if correct is None else correct, seen, source.device)
+        return loss / seen, None if correct is None else hits / seen
     return float(loss_sum) / seen, None if correct is None else float(correct) / seen
 
 
@@ -128,7 +171,8 @@ class TrainingLoop:
         self.state = state or LoopState()
         self.stage: StageRun = build_stage(setup, setup.stage_index(self.state.step))
         device = setup.device
-        self.scaler = torch.amp.GradScaler(device.type, enabled=setup.config.train.amp and device.type == "cuda")
+        self.fast = FastPath(setup.config.train, device)
+        self.scaler = self.fast.scaler()  # (train.amp: float16 on CUDA, as train.precision: fp16)
         extra = ["stage"] if setup.config.has_stages else []
         self.metrics_log = run.csv("metrics.csv", METRIC_COLUMNS + extra)
         self.epochs_log = run.csv("epochs.csv", EPOCH_COLUMNS + extra)
@@ -138,7 +182,14 @@ class TrainingLoop:
         self._epoch_correct: Optional[torch.Tensor] = None
         self._signal: Optional[str] = None
         self._t0 = time.perf_counter()
-        self.tb = tensorboard.logger(setup, run)  # does nothing unless train.tensorboard
+        self.tb = tensorboard.logger(setup, run)  # does nothing unless train.tensorboard (and on rank 0)
+        # DDP: the model that trains (checkpoints hold setup.model, unwrapped), the global
+        # batch sizes of the rows not yet flushed, and whether all ranks agreed to stop.
+        self._ddp = distributed.initialised()
+        self.net = self.fast.model(distributed.wrap(self.fast.model_layout(setup.model), device))
+        self._sizes: list[int] = []
+        self._stop_agreed = False
+        self._ends = setup.stage_ends  # (a property that sums the stages: once, not per step)
 
     # -- public ----------------------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
@@ -174,14 +225,16 @@ class TrainingLoop:
     def _run_epoch(self, epoch: int) -> None:
         s, state = self.s, self.state
         n_batches = len(s.data.train)
-        self._epoch_loss = torch.tensor(state.epoch_loss_sum, device=s.device)
-        self._epoch_correct = torch.tensor(state.epoch_correct, device=s.device)
+        # Under DDP the state holds the sums over all ranks: rank 0 carries them on.
+        own = not self._ddp or distributed.is_main()
+        self._epoch_loss = torch.tensor(state.epoch_loss_sum if own else 0.0, device=s.device)
+        self._epoch_correct = torch.tensor(state.epoch_correct if own else 0.0, device=s.device)
         # A run resumed mid-epoch gets the same epoch's order, minus the batches it has done.
         for index, (x, y) in enumerate(s.data.train.batches(epoch, start=state.batch), start=state.batch):
             self._train_one(x, y, epoch)
             state.batch = index + 1
-            epoch_end = index == n_batches - 1 or state.step >= s.total_steps
-            stage_end = state.step == s.stage_ends[self.stage.index]
+            epoch_end = index == n_batches - 1 or state.step >= self._ends[-1]
+            stage_end = state.step == self._ends[self.stage.index]
             every = s.config.train.eval_every
             if epoch_end or stage_end or (every and state.step % every == 0):
                 self._evaluate()
@@ -190,7 +243,7 @@ class TrainingLoop:
                                      "final_val_acc": state.final_val_acc})
             if epoch_end or state.step % s.config.train.log_every == 0:
                 self._flush()
-            if self._signal:
+            if self._stop_agreed if self._ddp else self._signal:
                 raise _Stop()
             if epoch_end:
                 break
@@ -198,24 +251,31 @@ class TrainingLoop:
 
     def _train_one(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
         s, state = self.s, self.state
-        if state.step >= s.stage_ends[self.stage.index]:  # the previous stage is done
+        if state.step >= self._ends[self.stage.index]:  # the previous stage is done
             self.stage = build_stage(s, self.stage.index + 1)
         optimizer, schedule = self.stage.optimizer, self.stage.schedule
         lr, momentum = schedule.lr(), schedule.momentum()
-        loss, logits = _forward_backward(s.model, optimizer, x, y, s.loss_fn, self.scaler)
+        weight = None
+        if self._ddp:  # this rank's share of a global batch of `size` samples
+            size = min(s.data.train.batch_size, s.data.train._end - state.batch * s.data.train.batch_size)
+            weight = distributed.loss_weight(len(y), size)
+        loss, logits = _forward_backward(self.net, optimizer, self.fast.inputs(x), y, s.loss_fn, self.scaler, weight,
+                                         self.fast.dtype)
         if s.config.train.skip_nonfinite and not torch.isfinite(loss):  # opt-in: syncs every step
             optimizer.zero_grad(set_to_none=True)
         else:
             self._epoch_loss += loss.float() * len(y)
             if not y.is_floating_point():
                 self._epoch_correct += (logits.argmax(1) == y).sum()
-            state.epoch_seen += len(y)
+            state.epoch_seen += size if self._ddp else len(y)
         schedule.step()
         row = {"step": state.step, "epoch": epoch + 1, "lr": lr, "momentum": momentum}
         if s.config.has_stages:
             row["stage"] = self.stage.stage.name
         self._rows.append(row)
-        self._losses.append(loss)
+        self._losses.append(loss * len(y) if self._ddp else loss)
+        if self._ddp:
+            self._sizes.append(size)
         state.step += 1
         state.last_lr = lr
         self.reporter.advance(state.step, lr)
@@ -224,7 +284,10 @@ class TrainingLoop:
         """The one host sync of the loop: losses to floats, rows to metrics.csv."""
         if not self._rows:
             return
-        losses = torch.stack(self._losses).float().cpu().tolist()
+        if self._ddp:
+            losses = self._reduce_flush()
+        else:
+            losses = torch.stack(self._losses).float().cpu().tolist()
         rows, self._rows, self._losses = self._rows, [], []
         for i, (row, loss) in enumerate(zip(rows, losses)):
             row["loss"] = loss
@@ -236,9 +299,21 @@ class TrainingLoop:
         self.metrics_log.write(rows)
         self.metrics_log.flush()
         self.tb.rows(rows)
-        self.state.epoch_loss_sum = float(self._epoch_loss)
-        self.state.epoch_correct = float(self._epoch_correct)
+        if not self._ddp:  # (under DDP, _reduce_flush sets them)
+            self.state.epoch_loss_sum = float(self._epoch_loss)
+            self.state.epoch_correct = float(self._epoch_correct)
         self.reporter.metrics(self.state.step, losses[-1], self.state.final_val_acc)
+
+    def _reduce_flush(self) -> list[float]:
+        """DDP's host sync: one all-reduce of the rows' loss sums, the epoch's sums and the
+        stop flag; returns each row's loss over its global batch (the same on every rank)."""
+        local = torch.stack([*(loss.float() for loss in self._losses),
+                             self._epoch_loss.float(), self._epoch_correct.float()])
+        total, self._stop_agreed = distributed.reduce_flush(local, bool(self._signal))
+        total = total.cpu().tolist()
+        self.state.epoch_loss_sum, self.state.epoch_correct = total[-2], total[-1]
+        sizes, self._sizes = self._sizes, []
+        return [value / size for value, size in zip(total[:-2], sizes)]
 
     def _evaluate(self) -> None:
         s, state = self.s, self.state
@@ -247,8 +322,8 @@ class TrainingLoop:
         state.final_val_loss, state.final_val_acc = val_loss, val_acc
         if val_acc is not None and (state.best_val_acc is None or val_acc > state.best_val_acc):
             state.best_val_acc, state.best_step = val_acc, state.step
-            checkpoint.save_atomic({"model": s.model.state_dict(), "step": state.step, "val_acc": val_acc},
-                                   self.run.checkpoints_dir / "best.pt")
+            self.run.save_checkpoint({"model": s.model.state_dict(), "step": state.step, "val_acc": val_acc},
+                                     "best.pt")
         target = s.config.train.target
         if target and state.steps_to_target is None:
             metric, threshold = next(iter(target.items()))
@@ -280,11 +355,11 @@ class TrainingLoop:
         s = self.s
         state = asdict(self.state)
         state["elapsed_s"] = self._elapsed()
-        checkpoint.save_atomic({
+        self.run.save_checkpoint({
             "model": s.model.state_dict(), "optimizer": self.stage.optimizer.state_dict(),
             "schedule": self.stage.schedule.state_dict(), "scaler": self.scaler.state_dict(),
             "stage": self.stage.index, "state": state, "rng": checkpoint.rng_state(),
-        }, self.run.checkpoints_dir / "last.pt")
+        }, "last.pt")
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Continue from a ``last.pt``: the optimizer state counts only inside the stage that

@@ -41,20 +41,32 @@ def range_test(
     stage: Optional[str] = typer.Option(None, "--stage",
                                         help="Sweep this stage of a config with stages: its frozen groups and LR "
                                              "multipliers (default: the first stage)."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, show_default=False,
+                                        help="Sweep with DistributedDataParallel in N processes on this machine "
+                                             "(dataset.batch_size is the global batch; see clrctl train --help)."),
 ) -> None:
     """LR range test (Smith §3.3): raise the LR, record loss and accuracy, suggest CLR bounds."""
+    from clrctl import distributed
+    from clrctl.commands.train import without_nproc
     from clrctl.progress import SeedProgress
     from clrctl.range_test import start_range_test
 
     if config is None:
         raise InputError("missing CONFIG (a YAML file, e.g. configs/digits-range-test.yaml)")
     cfg = load_config(config, [*(overrides or []), *(["train.tensorboard=true"] if tensorboard else [])])
+    if nproc is not None and nproc > 1:
+        if seeds is not None:
+            raise InputError("--seeds sweeps one process per seed; drop --nproc")
+        distributed.check_batch_size(cfg.dataset.batch_size, nproc)  # before any process exists
+        sys.exit(distributed.launch(nproc, without_nproc(sys.argv[1:])))
+    quiet = quiet or not distributed.is_main()
     seed_list = parse_seeds(seeds, cfg.seed) if seeds is not None else [cfg.seed]
     progress = SeedProgress(seed_list, quiet)  # bars on a terminal; a plain line per seed with -q or in a log
     path, summary = start_range_test(cfg, seeds=seed_list, runs_root=runs_root, run_dir=run_dir,
                                      argv=["clrctl", *sys.argv[1:]], reporter_factory=progress.reporter,
                                      stage=stage)
-    print_suggestion(path, summary)
+    if distributed.is_main():
+        print_suggestion(path, summary)
     if summary["suggestion"]["base_lr"] is None:
         raise RunFailed(f"{summary['suggestion']['reason']} (run kept in {path})")
 

@@ -29,6 +29,28 @@ MODEL_CONTRACT = (
 )
 
 
+NPROC_HELP = ("Run DistributedDataParallel with N processes on this machine (through torch's elastic "
+              "launcher, as torchrun does; one GPU each on CUDA, gloo on CPU). dataset.batch_size stays the "
+              "global batch and must divide by N. Several machines: torchrun ... -m clrctl train CONFIG.")
+
+
+def is_group_dir(path: Path) -> bool:
+    return (Path(path) / "group.json").is_file()
+
+
+def without_nproc(args: list[str]) -> list[str]:
+    """The command line for the workers: these arguments without ``--nproc N``."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
 def _load(config: Optional[Path], overrides: Optional[list[str]]) -> Config:
     if config is None:
         raise InputError("missing CONFIG (a YAML file, e.g. configs/digits-triangular2.yaml)")
@@ -68,10 +90,29 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     tensorboard: bool = typer.Option(False, "--tensorboard",
                                      help="Also write TensorBoard events to RUN/tensorboard/ (train.tensorboard=true)."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, show_default=False, help=NPROC_HELP),
 ) -> None:
     """Train with a learning-rate policy; writes config, metrics, summary and plots to a run directory."""
+    from clrctl import distributed
+
+    if nproc is not None and nproc > 1:
+        if seeds is not None:
+            raise InputError("--seeds runs one process per seed; drop --nproc (or train each seed with --nproc)")
+        if resume is not None:
+            from clrctl.runs import open_resumable
+
+            if is_group_dir(resume):
+                raise InputError("--nproc resumes one run, not a seed group")
+            cfg = load_config(open_resumable(resume)[0].path / "config.yaml")
+        else:
+            cfg = _load(config, overrides)
+        distributed.check_batch_size(cfg.dataset.batch_size, nproc)  # before any process exists
+        sys.exit(distributed.launch(nproc, without_nproc(sys.argv[1:])))
     from clrctl.runs import is_group, resume_group, resume_training, start_training, train_seeds
 
+    quiet = quiet or not distributed.is_main()
+    if seeds is not None and distributed.world().distributed:
+        raise InputError("--seeds cannot run under torchrun; train each seed on its own")
     argv = ["clrctl", *sys.argv[1:]]
     per_seed = lambda s: RichReporter(f"seed {s}", quiet)  # noqa: E731
     if resume is not None:
@@ -81,7 +122,8 @@ def train(
             _group_done(*resume_group(resume, argv=argv, reporter_factory=per_seed))
             return
         path, summary = resume_training(resume, argv=argv, reporter=RichReporter("resume", quiet))
-        _print_summary(path, summary)
+        if distributed.is_main():
+            _print_summary(path, summary)
         return
     cfg = _load(config, [*(overrides or []), *(["train.tensorboard=true"] if tensorboard else [])])
     if seeds is not None:
@@ -90,7 +132,8 @@ def train(
         return
     path, summary = start_training(cfg, runs_root=runs_root, run_dir=run_dir, argv=argv,
                                    reporter=RichReporter("train", quiet))
-    _print_summary(path, summary)
+    if distributed.is_main():
+        _print_summary(path, summary)
 
 
 @app.command("preview", epilog="On a range-test config (its name ends in range-test, as in "

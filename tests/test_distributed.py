@@ -1,0 +1,129 @@
+"""DistributedDataParallel on CPU (issue 9): 2 processes, gloo, digits, through the launcher
+of ``clrctl train --nproc 2`` (torch.distributed.run, as torchrun)."""
+
+import csv
+import json
+import signal
+
+import pytest
+import torch
+
+from test_robustness import spawn, wait_for_rows
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+
+
+def rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def run_json(path):
+    return json.loads((path / "run.json").read_text())
+
+
+def test_two_processes_match_one(cli, tiny_config, tmp_path):
+    cfg = tiny_config(train={"epochs": 2, "eval_every": 10})
+    assert cli("train", cfg, "--run-dir", tmp_path / "one", "-q") == 0
+    proc = spawn("train", cfg, "--nproc", "2", "--run-dir", tmp_path / "two", "-q")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+
+    one, two = rows(tmp_path / "one" / "metrics.csv"), rows(tmp_path / "two" / "metrics.csv")
+    assert [r["step"] for r in two] == [r["step"] for r in one]
+    assert [r["lr"] for r in two] == [r["lr"] for r in one]
+    for a, b in zip(one, two):  # the same samples per step: only the order of float sums differs
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-3)
+        assert bool(a["val_acc"]) == bool(b["val_acc"])
+    info = run_json(tmp_path / "two")
+    assert (info["world_size"], info["backend"], info["status"]) == (2, "gloo", "completed")
+    assert run_json(tmp_path / "one")["world_size"] == 1
+
+    # The sharded, reduced validation equals one process evaluating the final checkpoint.
+    from clrctl.config import load_config
+    from clrctl.setup import build_setup
+    from clrctl.trainer import evaluate
+
+    setup = build_setup(load_config(cfg))
+    saved = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=False)
+    assert not any(k.startswith("module.") for k in saved["model"])  # the unwrapped module
+    setup.model.load_state_dict(saved["model"])
+    _, val_acc = evaluate(setup.model, setup.data.val, setup.loss_fn)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["final_val_acc"] == val_acc
+    assert float(two[-1]["val_acc"]) == val_acc
+
+
+def test_sigterm_to_launcher_interrupts_and_resume_completes(tiny_config, tmp_path):
+    cfg = tiny_config("slow", model={"name": "slow_model:build", "args": {"delay_s": 0.02}},
+                      train={"epochs": 2, "eval_every": 5, "log_every": 5})
+    run = tmp_path / "run"
+    proc = spawn("train", cfg, "--nproc", "2", "--run-dir", run, "-q")
+    wait_for_rows(run / "metrics.csv", 10, proc, timeout=90)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert run_json(run)["status"] == "interrupted"
+    assert "--resume" in err
+    stopped = len(rows(run / "metrics.csv"))
+
+    proc = spawn("train", "--resume", run, "--nproc", "2", "-q")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    done = rows(run / "metrics.csv")
+    assert run_json(run)["status"] == "completed" and len(done) > stopped
+    assert [int(r["step"]) for r in done] == list(range(len(done)))
+    assert json.loads((run / "summary.json").read_text())["steps"] == len(done)
+
+
+def test_batch_size_must_divide_by_the_processes(cli, tiny_config, tmp_path, capsys):
+    cfg = tiny_config(dataset={"name": "digits", "batch_size": 63})
+    assert cli("train", cfg, "--nproc", "2", "--run-dir", tmp_path / "run") == 2
+    assert "does not divide by the 2 processes" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_size_refused_under_torchrun_before_the_process_group(cli, tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    cfg = tiny_config(dataset={"name": "digits", "batch_size": 63})
+    assert cli("train", cfg, "--run-dir", tmp_path / "run") == 2
+    assert not torch.distributed.is_initialized()
+    assert not (tmp_path / "run").exists()
+
+
+def test_shares_of_a_batch_cover_it_once():
+    from clrctl.distributed import shard_bounds
+
+    for n in (0, 1, 5, 32, 33):
+        bounds = [shard_bounds(n, r, 3) for r in range(3)]
+        assert bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert [hi - lo for lo, hi in bounds] == [len(t) for t in torch.arange(n).tensor_split(3)]
+
+
+@pytest.mark.slow
+def test_a_crashing_rank_stops_the_run_as_failed(tiny_config, tmp_path):
+    cfg = tiny_config("crash", model={"name": "crash_model:build", "args": {"after": 30}},
+                      train={"epochs": 2, "eval_every": 5, "log_every": 5})
+    proc = spawn("train", cfg, "--nproc", "2", "--run-dir", tmp_path / "run", "-q")
+    _, err = proc.communicate(timeout=120)  # no hang: the launcher stops the other rank
+    assert proc.returncode == 1, err
+    assert "rank 1 crashed on purpose" in err
+    assert run_json(tmp_path / "run")["status"] == "failed"
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()  # resumable
+
+
+@pytest.mark.slow
+def test_range_test_in_two_processes_matches_one(cli, tiny_config, tmp_path):
+    cfg = tiny_config("rt", range_test={"start_lr": 0.001, "end_lr": 1.0, "steps": 40, "eval_every": 10})
+    assert cli("range-test", cfg, "--run-dir", tmp_path / "one", "-q") == 0
+    proc = spawn("range-test", cfg, "--nproc", "2", "--run-dir", tmp_path / "two", "-q")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    one, two = rows(tmp_path / "one" / "metrics.csv"), rows(tmp_path / "two" / "metrics.csv")
+    assert [r["lr"] for r in two] == [r["lr"] for r in one]
+    for a, b in zip(one[:25], two[:25]):  # (at high LRs, float rounding grows chaotically)
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-3)
+    assert run_json(tmp_path / "two")["world_size"] == 2
