@@ -46,7 +46,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         _main(_debug_first(list(sys.argv[1:] if argv is None else argv)))
     except KeyboardInterrupt:
         interrupts.ignore()  # a second Ctrl-C must not cut this line short
-        interrupts.clear()
+        interrupts.clear()  # reported: no held retry may fire while the process exits
         if _is_main():
             err_console.print("interrupted; nothing was written", highlight=False)
         sys.exit(130)

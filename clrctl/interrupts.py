@@ -48,8 +48,14 @@ def check() -> None:
 
 
 def clear() -> None:
-    """The interrupt was handled (reported): nothing is pending any more."""
+    """The interrupt was handled (reported): nothing is pending any more, and a held one's
+    retry timer (see :func:`_hold`) must not fire later, e.g. during interpreter exit."""
     _pending.clear()
+    if _main_thread() and hasattr(signal, "setitimer"):
+        handler = signal.getsignal(signal.SIGALRM)
+        if getattr(handler, "held_interrupt", False):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
 def _raise(_signum: int, frame: Any) -> None:
