@@ -101,3 +101,14 @@ def test_missing_tensorboard_is_one_line_before_any_run_directory(cli, tiny_conf
 def test_export_rejects_what_is_not_a_run(cli, tmp_path, capsys):
     assert cli("export", "tensorboard", tmp_path) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_sweep_tensorboard_writes_events_for_every_run(tmp_path, tiny_config):
+    from conftest import run_cli
+
+    config = tiny_config(train={"epochs": 1, "eval_every": 10})
+    sweep = tmp_path / "s"
+    assert run_cli("sweep", config, "--grid", "policy.name=triangular,triangular2", "--run-dir", sweep,
+                   "--tensorboard", "-q") == 0
+    events = {p.relative_to(sweep).parts[:2] for p in sweep.rglob("events.out.tfevents.*")}
+    assert events == {("points", "policy-triangular"), ("points", "policy-triangular2")}

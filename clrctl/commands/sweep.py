@@ -55,6 +55,8 @@ def sweep(
     runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="Parent of the default timestamped directory."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the points; run nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
+    tensorboard: bool = typer.Option(False, "--tensorboard",
+                                     help="Every run also writes TensorBoard events (train.tensorboard=true)."),
 ) -> None:
     from clrctl.rundir import default_run_path
     from clrctl.sweep.plan import build_plan
@@ -66,7 +68,12 @@ def sweep(
     shard_spec = parse_shard(shard)
     if shard is not None and run_dir is None:
         raise InputError("--shard needs --run-dir: every shard must write to the same sweep directory")
-    plan = build_plan(config, list(overrides or []), list(grid or []), seeds)
+    if tensorboard:
+        from clrctl.tensorboard import require
+
+        require("--tensorboard")  # once, before any point runs
+    extra = ["train.tensorboard=true"] if tensorboard else []
+    plan = build_plan(config, [*(overrides or []), *extra], list(grid or []), seeds)
     if dry_run:
         _print_plan(plan)
         return
