@@ -215,3 +215,10 @@ def test_concurrent_shards_complete_exactly_the_grid(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert [p["completed"] for p in report["points"]] == [2, 2]
     assert all(p["metrics"]["final_val_acc"]["n"] == 2 for p in report["points"])
+
+
+def test_dry_run_prints_bracketed_values_literally(tmp_path, capsys):
+    config = write_config(tmp_path / "tiny.yaml")
+    assert run_cli("sweep", config, "-g", "policy.bounds=[0.01,0.1],[0.02,0.2]", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "policy.bounds=[0.01, 0.1]" in out and "policy.bounds=[0.02, 0.2]" in out

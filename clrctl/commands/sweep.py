@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from clrctl.app import app, console, err_console
 from clrctl.errors import InputError, Interrupted, RunFailed
@@ -82,7 +83,7 @@ def sweep(
     argv = ["clrctl", *sys.argv[1:]]
     store.write_index(plan, argv)
     console.print(f"sweep: {path} — {len(plan.points)} points, {len(plan.runs())} runs"
-                  + (f", shard {shard}" if shard else ""), highlight=False)
+                  + (f", shard {shard}" if shard else ""), highlight=False, markup=False)
     t0 = time.monotonic()
     result = Pool(plan, store, jobs, shard_spec, _Printer(quiet)).run()
     index = store.write_index(plan, argv)
@@ -110,21 +111,23 @@ class _Printer:
 
     def launched(self, ref, resumed: bool) -> None:
         if not self.quiet:
-            console.print(f"[dim]{'resume' if resumed else 'start '} {ref.id}[/dim]", highlight=False)
+            console.print(f"{'resume' if resumed else 'start '} {ref.id}", style="dim", highlight=False, markup=False)
 
     def finished(self, outcome) -> None:
         self.done += 1
         if self.quiet and outcome.status == "completed":
             return
-        mark = {"completed": "[green]ok[/green]", "interrupted": "[yellow]interrupted[/yellow]"}.get(
-            outcome.status, f"[red]{outcome.status}[/red]")
+        mark = {"completed": ("ok", "green"), "interrupted": ("interrupted", "yellow")}.get(
+            outcome.status, (outcome.status, "red"))
         tail = f" — {outcome.message}" if outcome.message and outcome.status != "completed" else ""
-        console.print(f"[{self.done}/{self.total}] {mark} {outcome.ref.id} ({outcome.elapsed_s:.1f} s){tail}",
+        # Text, not markup: messages quote config values such as [0.01, 0.1]
+        console.print(Text.assemble(f"[{self.done}/{self.total}] ", mark,
+                                    f" {outcome.ref.id} ({outcome.elapsed_s:.1f} s){tail}"),
                       highlight=False, soft_wrap=True)
 
     def held(self, ref) -> None:
         if not self.quiet:
-            console.print(f"[dim]held by another process: {ref.id}[/dim]", highlight=False)
+            console.print(f"held by another process: {ref.id}", style="dim", highlight=False, markup=False)
 
     def stopping(self) -> None:
         err_console.print("stopping: waiting for the running workers to checkpoint (Ctrl-C again to abort)")
@@ -136,7 +139,7 @@ def _print_plan(plan) -> None:
         table.add_column(col)
     for point in plan.points:
         overrides = ", ".join(f"{k}={v}" for k, v in point.overrides.items())
-        table.add_row(point.name, overrides, ",".join(map(str, point.seeds)))
+        table.add_row(Text(point.name), Text(overrides), ",".join(map(str, point.seeds)))
     console.print(table)
 
 
@@ -145,9 +148,10 @@ def _print_result(path: Path, index: dict, result, elapsed: float) -> None:
     ran = len(result.outcomes)
     console.print(f"sweep {path}: points {counts}; ran {ran} runs in {elapsed:.1f} s"
                   + (f", skipped {len(result.skipped)}" if result.skipped else "")
-                  + (f", {len(result.held)} held by other processes" if result.held else ""), highlight=False)
+                  + (f", {len(result.held)} held by other processes" if result.held else ""),
+                  highlight=False, markup=False)
     if not result.interrupted:
-        console.print(f"rank them: clrctl compare {path}", highlight=False)
+        console.print(f"rank them: clrctl compare {path}", highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------------------
