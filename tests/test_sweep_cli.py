@@ -129,13 +129,13 @@ def test_a_failing_point_exits_1_and_the_others_complete(tmp_path, capsys):
     sweep = tmp_path / "s"
     code = run_cli("sweep", config, "--grid", "policy.lr=0.05,1.0e9", "--run-dir", sweep, "-j", "2")
     assert code == 1
-    assert "1 of 2 runs did not complete (lr-1e+09)" in capsys.readouterr().err
-    assert statuses(sweep) == {"points/lr-0.05": "completed", "points/lr-1e+09": "diverged"}
-    assert "loss became" in json.loads((sweep / "logs" / "lr-1e+09.exit.json").read_text())["message"]
+    assert "1 of 2 runs did not complete (lr-1.0e9)" in capsys.readouterr().err
+    assert statuses(sweep) == {"points/lr-0.05": "completed", "points/lr-1.0e9": "diverged"}
+    assert "loss became" in json.loads((sweep / "logs" / "lr-1.0e9.exit.json").read_text())["message"]
     capsys.readouterr()
     assert run_cli("compare", sweep, "-f", "json") == 0  # the diverged point is listed, unranked
     ranks = {p["name"]: p["rank"] for p in json.loads(capsys.readouterr().out)["points"]}
-    assert ranks == {"lr-0.05": 1, "lr-1e+09": None}
+    assert ranks == {"lr-0.05": 1, "lr-1.0e9": None}
 
 
 def slow_sweep_args(tmp_path, *extra):
@@ -210,6 +210,7 @@ def test_concurrent_shards_complete_exactly_the_grid(tmp_path, capsys):
     # a resized array whose share overlaps finds every run done or claimed: nothing runs twice
     capsys.readouterr()
     assert run_cli(*args, "--shard", "1/1") == 0 and set(attempts(sweep).values()) == {1}
+    capsys.readouterr()
     assert run_cli("compare", sweep, "-f", "json") == 0
     report = json.loads(capsys.readouterr().out)
     assert [p["completed"] for p in report["points"]] == [2, 2]

@@ -120,7 +120,8 @@ def _rank(rows: list[dict[str, Any]], metric: str) -> None:
 def columns(report: dict[str, Any]) -> list[str]:
     """The override keys to show: those that differ between points (grid keys, include keys)."""
     keys = list(dict.fromkeys(k for row in report["points"] for k in row["overrides"]))
-    return [k for k in keys if len({_cell(row, k) for row in report["points"]}) > 1]
+    return [k for k in keys if len({_cell(row, k) for row in report["points"]}) > 1
+            and any(row["overrides"].get(k) is not None for row in report["points"])]  # not just "unset"
 
 
 def _cell(row: dict[str, Any], key: str) -> str:

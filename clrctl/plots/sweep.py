@@ -46,8 +46,8 @@ def _key(value: Any) -> str:
 
 def _title(report: dict[str, Any]) -> str:
     metric, target = report["metric"], report["target"]
-    what = metric["title"] + (f" to {target['metric']} {target['value']:g}" if target and
-                              metric["name"] == "steps_to_target" else "")
+    what = (f"steps to {target['metric']} {target['value']:g}" if target and metric["name"] == "steps_to_target"
+            else metric["title"])
     return f"{report['name']}: median {what} over seeds ({metric['direction']} is better)"
 
 

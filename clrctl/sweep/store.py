@@ -28,6 +28,7 @@ from clrctl.rundir import read_json, utc_now, write_json_atomic, write_text_atom
 from clrctl.sweep.plan import Plan, Point, RunRef
 
 SCHEMA_VERSION = 1
+_LAYOUT = ("sweep.json", "configs", "points", "locks", "logs")
 DONE = ("completed", "diverged")  # final: a rerun skips them (a diverged run would diverge again)
 
 
@@ -42,8 +43,10 @@ class SweepDir:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise InputError(f"{path}: exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()) and not (path / "sweep.json").is_file():
-            raise InputError(f"{path}: exists, is not empty and holds no sweep.json (not a sweep directory)")
+        # Only sweep entries (another shard may be creating them right now), or nothing at all.
+        if path.is_dir() and any(p.name not in _LAYOUT and not p.name.startswith(".sweep.json.")
+                                 for p in path.iterdir()):
+            raise InputError(f"{path}: exists and is not a sweep directory (it holds other files)")
         sweep = cls(path)
         sweep.check_consistent(plan)
         for sub in ("configs", "points", "locks", "logs"):
