@@ -196,4 +196,4 @@ def compare_sweep(specs: list[str], metric: str, target: Optional[str], fmt: str
         console.print(report_mod.headline(report), highlight=False)
         err_console.print(f"wrote {output}", highlight=False)
     if plot is not None and output is None and fmt == "table":
-        err_console.print(f"plot: {plot}", highlight=False)
+        err_console.print(f"wrote {plot}", highlight=False, markup=False)
