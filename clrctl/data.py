@@ -252,6 +252,26 @@ class _EpochSampler(torch.utils.data.Sampler):
         return self.n - self.skip
 
 
+class _SharedBatches(torch.utils.data.Sampler):
+    """DDP: this rank's share of every global batch of the epoch (a batch sampler): the
+    :class:`_EpochSampler` order from its ``skip`` on, cut per global batch as
+    :class:`TensorSource` cuts its tensors, so the ranks together see exactly one process's batches."""
+
+    def __init__(self, source: "LoaderSource") -> None:
+        self.source = source
+
+    def __iter__(self):
+        source, skip = self.source, self.source._sampler.skip
+        order = list(iter(source._sampler))  # positions skip, skip+1, …
+        for begin in range(skip, source._end, source.batch_size):
+            lo, hi = source._share(begin)
+            yield order[lo - skip : hi - skip]
+
+    def __len__(self) -> int:
+        skip = self.source._sampler.skip
+        return max(0, math.ceil((self.source._end - skip) / self.source.batch_size))
+
+
 class LoaderSource(BatchSource):
     """A ``DataLoader`` over a map-style data set, batches moved to the device.
 

@@ -25,7 +25,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from clrctl.errors import ConfigError
 

@@ -140,3 +140,19 @@ def deferred() -> Iterator[None]:
         restore(previous)
     if arrived:
         signal.raise_signal(arrived[0])
+
+
+@contextmanager
+def handled_by(handler: Any) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` during the block (the trainer's finish-the-step
+    rule, DDP's agree-to-stop flag, the sweep's forward-to-workers); the previous handlers
+    come back after it. A no-op outside the main thread, where signals never arrive."""
+    if not _main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        restore(previous)
+

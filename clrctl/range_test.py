@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import copy
 import math
-import signal
-import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -180,22 +177,13 @@ def _ddp_step(setup: SweepSetup, net, optimizer, fast, scaler, x, y, signalled: 
     return float(total[0]) / size, interrupted
 
 
-@contextmanager
 def _signals_as_flag(stop: dict[str, bool]):
     """Under DDP: SIGINT/SIGTERM only set a flag, which the ranks agree on after each step."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum, frame):
         stop["signal"] = True
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    return interrupts.handled_by(handler)
 
 
 def _step_batches(setup: SweepSetup):
@@ -228,21 +216,13 @@ class _StopRule:
         return smoothed, "diverged" if diverged(smoothed, self.best, self.factor) else None
 
 
-@contextmanager
 def _sigterm_as_interrupt():
     """SIGTERM ends the sweep like Ctrl-C does (SPEC: both are exit 130, files flushed)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return interrupts.handled_by(handler)
 
 
 # ---------------------------------------------------------------------------------------

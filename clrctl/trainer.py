@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import math
 import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from clrctl import checkpoint, distributed, tensorboard
+from clrctl import checkpoint, distributed, interrupts, tensorboard
 from clrctl.data import BatchSource
 from clrctl.errors import DataError, Interrupted, RunFailed
 from clrctl.rundir import RunDir
@@ -394,24 +392,15 @@ class TrainingLoop:
         }
 
     # -- signals ---------------------------------------------------------------------
-    @contextmanager
     def _signals(self):
         """SIGINT/SIGTERM: finish the current step, then stop cleanly. A second one aborts."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
 
         def handler(signum, _frame):
             if self._signal:  # second signal: stop now
                 raise KeyboardInterrupt
             self._signal = signal.Signals(signum).name
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+        return interrupts.handled_by(handler)
 
 
 class _Stop(Exception):

@@ -127,3 +127,29 @@ def test_range_test_in_two_processes_matches_one(cli, tiny_config, tmp_path):
     for a, b in zip(one[:25], two[:25]):  # (at high LRs, float rounding grows chaotically)
         assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-3)
     assert run_json(tmp_path / "two")["world_size"] == 2
+
+
+def test_image_folder_shares_of_each_batch_add_up_to_one_process_batches(tmp_path):
+    """The DataLoader path's distributed batch sampler: rank 0 and rank 1 of 2 together see
+    exactly the samples of each one-process batch, in order, also when resumed mid-epoch."""
+    import torch
+
+    from clrctl.data import LoaderSource
+
+    class Indexed(torch.utils.data.Dataset):  # sample i is the image i: easy to follow
+        def __len__(self):
+            return 11
+
+        def __getitem__(self, i):
+            return torch.full((1, 2, 2), float(i)), i
+
+    def batches(shard, start=0):
+        source = LoaderSource(Indexed(), 4, "cpu", shuffle=True, seed=3)
+        source.shard = shard
+        return [y.tolist() for _, y in source.batches(epoch=1, start=start)]
+
+    for start in (0, 1):
+        whole = batches(None, start)
+        ranks = [batches((rank, 2), start) for rank in (0, 1)]
+        assert [a + b for a, b in zip(*ranks)] == whole
+        assert len(whole) == 3 - start

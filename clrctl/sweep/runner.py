@@ -20,13 +20,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Optional
 
+from clrctl import interrupts
 from clrctl.errors import InputError
 from clrctl.sweep import locks
 from clrctl.sweep.plan import Plan, RunRef
@@ -274,21 +273,11 @@ class Pool:
                 if worker.proc.poll() is None:
                     worker.proc.send_signal(signal.SIGINT)
 
-    @contextmanager
-    def _trap_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
+    def _trap_signals(self):
         def handler(_signum, _frame):
             self._signals += 1
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+        return interrupts.handled_by(handler)
 
 
 def _last_error(log) -> str:
