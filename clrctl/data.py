@@ -343,22 +343,15 @@ class LoaderSource(BatchSource):
 
     @property
     def loader(self) -> torch.utils.data.DataLoader:
-        if self._loader is None and self.shard is not None:
-            workers = self.num_workers
-            self._loader = torch.utils.data.DataLoader(
-                self.dataset, batch_sampler=_SharedBatches(self), num_workers=workers,
-                persistent_workers=workers > 0, pin_memory=self.device.type == "cuda")
         if self._loader is None:
+            if self.shard is not None:  # DDP: this rank's share of each global batch
+                batching = dict(batch_sampler=_SharedBatches(self))
+            else:  # the sampler skips whole batches, so drop_last drops the same one
+                batching = dict(batch_size=self.batch_size, sampler=self._sampler, drop_last=self.drop_last)
             workers = self.num_workers
             self._loader = torch.utils.data.DataLoader(
-                self.dataset,
-                batch_size=self.batch_size,
-                sampler=self._sampler,
-                num_workers=workers,
-                drop_last=self.drop_last,  # the sampler skips whole batches, so this drops the same one
-                persistent_workers=workers > 0,
-                pin_memory=self.device.type == "cuda",
-            )
+                self.dataset, num_workers=workers, persistent_workers=workers > 0,
+                pin_memory=self.device.type == "cuda", **batching)
         return self._loader
 
     def head(self, n: int) -> "LoaderSource":
