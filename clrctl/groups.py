@@ -107,9 +107,14 @@ def check_trainable(groups: list[ParamGroup], frozen: tuple[str, ...], where: st
 
 
 def torch_param_groups(groups: list[ParamGroup], model: nn.Module, cfg: OptimizerConfig,
-                       frozen: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+                       frozen: tuple[str, ...] = (), merge: bool = True) -> list[dict[str, Any]]:
     """torch optimizer ``param_groups`` for the groups that train: each carries its ``name`` and
-    ``lr_mult``; with ``no_decay`` a group is split into a decaying and a non-decaying part."""
+    ``lr_mult``; with ``no_decay`` a group is split into a decaying and a non-decaying part.
+
+    ``merge``: parts that train alike (same ``lr_mult`` and weight decay) share one torch group,
+    named ``body+head``. Every torch group costs the optimizer a Python loop and its own
+    kernels per step (5% of a small MLP's step on CPU); the math per parameter is the same.
+    """
     exempt = _no_decay_names(model, cfg.no_decay)
     out = []
     for group in groups:
@@ -122,7 +127,39 @@ def torch_param_groups(groups: list[ParamGroup], model: nn.Module, cfg: Optimize
             if params:
                 out.append({"params": params, "name": group.name, "lr_mult": group.lr_mult,
                             "weight_decay": weight_decay})
-    return out
+    return _merge_alike(out) if merge else out
+
+
+def _merge_alike(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    merged: dict[tuple[float, float], dict[str, Any]] = {}
+    for part in parts:
+        key = (part["lr_mult"], part["weight_decay"])
+        if key not in merged:
+            merged[key] = dict(part, params=list(part["params"]))
+            continue
+        into = merged[key]
+        into["params"] += part["params"]
+        if part["name"] not in into["name"].split("+"):
+            into["name"] += "+" + part["name"]
+    return list(merged.values())
+
+
+def load_optimizer_state(optimizer, state: dict[str, Any], unmerged: list[dict[str, Any]]) -> None:
+    """``optimizer.load_state_dict(state)``, also for a ``state`` saved before alike groups were
+    merged (one torch group per part, laid out as ``unmerged``): its per-parameter state is
+    mapped onto the merged groups by parameter, so such a run still resumes exactly."""
+    if len(state["param_groups"]) == len(optimizer.param_groups):
+        optimizer.load_state_dict(state)
+        return
+    saved_ids = [i for group in state["param_groups"] for i in group["params"]]
+    old_order = [p for group in unmerged for p in group["params"]]
+    if len(saved_ids) != len(old_order) or len(state["param_groups"]) != len(unmerged):
+        optimizer.load_state_dict(state)  # not that layout either: torch's own error
+        return
+    saved_id = {id(p): i for p, i in zip(old_order, saved_ids)}
+    groups = [dict(hyper, params=[saved_id[id(p)] for p in live["params"]])
+              for hyper, live in zip(optimizer.state_dict()["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({"state": state["state"], "param_groups": groups})
 
 
 def _no_decay_names(model: nn.Module, kinds: list[str]) -> set[str]:

@@ -21,6 +21,7 @@ from torch import nn
 from clrctl import checkpoint, distributed, interrupts, tensorboard
 from clrctl.data import BatchSource
 from clrctl.errors import DataError, Interrupted, RunFailed
+from clrctl.groups import load_optimizer_state, torch_param_groups
 from clrctl.rundir import RunDir
 from clrctl.setup import Setup, StageRun, build_stage
 
@@ -46,29 +47,46 @@ class Reporter:
 # One step, one evaluation (shared with the range test)
 
 
-def _forward_backward(model, optimizer, x, y, loss_fn, scaler=None, weight=None, dtype=None):
+def _forward_backward(model, optimizer, x, y, loss_fn, scaler=None, weight=None, dtype=None, skip_nonfinite=False):
     """``weight`` (DDP): the factor of :func:`clrctl.distributed.loss_weight` on the loss
     that is backpropagated; the returned loss is this batch's own mean. ``dtype``: autocast
-    to it (``train.precision``); an enabled ``scaler`` alone means float16."""
+    to it (``train.precision``); an enabled ``scaler`` alone means float16.
+    ``skip_nonfinite``: no optimizer step when the loss or a gradient is NaN/Inf (a host sync)."""
     optimizer.zero_grad(set_to_none=True)
     amp = scaler is not None and scaler.is_enabled()
     dtype = dtype or (torch.float16 if amp else None)
-    with torch.autocast(x.device.type, dtype=dtype or torch.float16, enabled=dtype is not None):
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        if weight is not None:
-            # A rank with no share of a last, partial batch still joins DDP's gradient reduction.
-            backprop = loss * weight if len(y) else logits.sum() * 0.0
-    if weight is None:
-        backprop = loss
-    if amp:
-        scaler.scale(backprop).backward()
+    if dtype is None:  # (entering even a disabled autocast costs ~2 µs a step)
+        logits, loss, backprop = _forward(model, x, y, loss_fn, weight)
+    else:
+        with torch.autocast(x.device.type, dtype=dtype):
+            logits, loss, backprop = _forward(model, x, y, loss_fn, weight)
+    (scaler.scale(backprop) if amp else backprop).backward()
+    if skip_nonfinite and not _finite(optimizer, None if weight is not None else loss):
+        optimizer.zero_grad(set_to_none=True)
+    elif amp:
         scaler.step(optimizer)
         scaler.update()
     else:
-        backprop.backward()
         optimizer.step()
     return loss.detach(), logits.detach()
+
+
+def _forward(model, x, y, loss_fn, weight):
+    logits = model(x)
+    loss = loss_fn(logits, y)
+    if weight is None:
+        return logits, loss, loss
+    # A rank with no share of a last, partial batch still joins DDP's gradient reduction.
+    return logits, loss, (loss * weight if len(y) else logits.sum() * 0.0)
+
+
+def _finite(optimizer, loss: Optional[torch.Tensor]) -> bool:
+    """Whether every gradient (and ``loss``) is finite, in one host sync. Under DDP (``loss``
+    None) the gradients alone decide: they are reduced, so every rank decides alike."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None and p.grad.numel()]
+    # (a tensor's largest magnitude is NaN or Inf exactly when the tensor holds one)
+    values = [g.detach().abs().amax().float() for g in grads] + ([loss.float()] if loss is not None else [])
+    return bool(torch.isfinite(torch.stack(values)).all()) if values else True
 
 
 def train_step(model, optimizer, x, y, loss_fn, scaler=None, weight=None, dtype=None) -> torch.Tensor:
@@ -174,10 +192,13 @@ class TrainingLoop:
         extra = ["stage"] if setup.config.has_stages else []
         self.metrics_log = run.csv("metrics.csv", METRIC_COLUMNS + extra)
         self.epochs_log = run.csv("epochs.csv", EPOCH_COLUMNS + extra)
-        self._rows: list[dict[str, Any]] = []  # rows whose loss is still a device tensor
+        # Rows whose loss is still a device tensor, with each step's loss (a sum under DDP),
+        # correct predictions (classification) and global batch size: read at the next flush.
+        self._rows: list[dict[str, Any]] = []
         self._losses: list[torch.Tensor] = []
-        self._epoch_loss: Optional[torch.Tensor] = None
-        self._epoch_correct: Optional[torch.Tensor] = None
+        self._hits: list[torch.Tensor] = []
+        self._sizes: list[int] = []
+        self._skip_nonfinite = setup.config.train.skip_nonfinite
         self._signal: Optional[str] = None
         self._t0 = time.perf_counter()
         self.tb = tensorboard.logger(setup, run)  # does nothing unless train.tensorboard (and on rank 0)
@@ -185,7 +206,6 @@ class TrainingLoop:
         # batch sizes of the rows not yet flushed, and whether all ranks agreed to stop.
         self._ddp = distributed.initialised()
         self.net = self.fast.model(distributed.wrap(self.fast.model_layout(setup.model), device))
-        self._sizes: list[int] = []
         self._stop_agreed = False
         self._ends = setup.stage_ends  # (a property that sums the stages: once, not per step)
 
@@ -223,10 +243,6 @@ class TrainingLoop:
     def _run_epoch(self, epoch: int) -> None:
         s, state = self.s, self.state
         n_batches = len(s.data.train)
-        # Under DDP the state holds the sums over all ranks: rank 0 carries them on.
-        own = not self._ddp or distributed.is_main()
-        self._epoch_loss = torch.tensor(state.epoch_loss_sum if own else 0.0, device=s.device)
-        self._epoch_correct = torch.tensor(state.epoch_correct if own else 0.0, device=s.device)
         # A run resumed mid-epoch gets the same epoch's order, minus the batches it has done.
         for index, (x, y) in enumerate(s.data.train.batches(epoch, start=state.batch), start=state.batch):
             self._train_one(x, y, epoch)
@@ -258,38 +274,31 @@ class TrainingLoop:
             size = min(s.data.train.batch_size, s.data.train._end - state.batch * s.data.train.batch_size)
             weight = distributed.loss_weight(len(y), size)
         loss, logits = _forward_backward(self.net, optimizer, self.fast.inputs(x), y, s.loss_fn, self.scaler, weight,
-                                         self.fast.dtype)
-        if s.config.train.skip_nonfinite and not torch.isfinite(loss):  # opt-in: syncs every step
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            self._epoch_loss += loss.float() * len(y)
-            if not y.is_floating_point():
-                self._epoch_correct += (logits.argmax(1) == y).sum()
-            state.epoch_seen += size if self._ddp else len(y)
+                                         self.fast.dtype, self._skip_nonfinite)
         schedule.step()
         row = {"step": state.step, "epoch": epoch + 1, "lr": lr, "momentum": momentum}
         if s.config.has_stages:
             row["stage"] = self.stage.stage.name
         self._rows.append(row)
         self._losses.append(loss * len(y) if self._ddp else loss)
-        if self._ddp:
-            self._sizes.append(size)
+        if not y.is_floating_point():  # classification: train accuracy, summed at the flush
+            self._hits.append(torch.eq(logits.argmax(1), y).sum())
+        self._sizes.append(size if self._ddp else len(y))
         state.step += 1
         state.last_lr = lr
         self.reporter.advance(state.step, lr)
 
     def _flush(self) -> None:
-        """The one host sync of the loop: losses to floats, rows to metrics.csv."""
+        """The one host sync of the loop: losses to floats, rows to metrics.csv, the epoch's
+        train loss and accuracy sums brought up to date."""
         if not self._rows:
             return
-        if self._ddp:
-            losses = self._reduce_flush()
-        else:
-            losses = torch.stack(self._losses).float().cpu().tolist()
-        rows, self._rows, self._losses = self._rows, [], []
+        losses, hits = self._host_values()
+        rows, sizes = self._rows, self._sizes
+        self._rows, self._losses, self._hits, self._sizes = [], [], [], []
         for i, (row, loss) in enumerate(zip(rows, losses)):
             row["loss"] = loss
-            if not math.isfinite(loss) and not self.s.config.train.skip_nonfinite:
+            if not math.isfinite(loss) and not self._skip_nonfinite:
                 self.metrics_log.write(rows[: i + 1])
                 self.metrics_log.flush()
                 self.tb.rows(rows[: i + 1])
@@ -297,21 +306,32 @@ class TrainingLoop:
         self.metrics_log.write(rows)
         self.metrics_log.flush()
         self.tb.rows(rows)
-        if not self._ddp:  # (under DDP, _reduce_flush sets them)
-            self.state.epoch_loss_sum = float(self._epoch_loss)
-            self.state.epoch_correct = float(self._epoch_correct)
+        self._count_epoch(losses, hits, sizes)
         self.reporter.metrics(self.state.step, losses[-1], self.state.final_val_acc)
 
-    def _reduce_flush(self) -> list[float]:
-        """DDP's host sync: one all-reduce of the rows' loss sums, the epoch's sums and the
-        stop flag; returns each row's loss over its global batch (the same on every rank)."""
-        local = torch.stack([*(loss.float() for loss in self._losses),
-                             self._epoch_loss.float(), self._epoch_correct.float()])
+    def _host_values(self) -> tuple[list[float], list[float]]:
+        """Each row's loss (over its global batch) and correct predictions, in one transfer;
+        under DDP one all-reduce of the sums, the stop flag riding along, so every rank
+        gets the same numbers."""
+        local = torch.cat([torch.stack(self._losses).float(), *([torch.stack(self._hits).float()] if self._hits else [])])
+        if not self._ddp:
+            values = local.cpu().tolist()
+            return values[: len(self._rows)], values[len(self._rows):]
         total, self._stop_agreed = distributed.reduce_flush(local, bool(self._signal))
         total = total.cpu().tolist()
-        self.state.epoch_loss_sum, self.state.epoch_correct = total[-2], total[-1]
-        sizes, self._sizes = self._sizes, []
-        return [value / size for value, size in zip(total[:-2], sizes)]
+        n = len(self._rows)
+        return [value / size for value, size in zip(total[:n], self._sizes)], total[n:]
+
+    def _count_epoch(self, losses: list[float], hits: list[float], sizes: list[int]) -> None:
+        """Add the flushed rows to the epoch's sample-weighted train loss and accuracy, one row
+        at a time (so a run resumed between two flushes sums in the same order). A skipped
+        non-finite batch (``train.skip_nonfinite``) counts for neither."""
+        state = self.state
+        for i, (loss, size) in enumerate(zip(losses, sizes)):
+            if math.isfinite(loss):
+                state.epoch_loss_sum += loss * size
+                state.epoch_correct += hits[i] if hits else 0.0
+                state.epoch_seen += size
 
     def _evaluate(self) -> None:
         s, state = self.s, self.state
@@ -365,7 +385,9 @@ class TrainingLoop:
         self.s.model.load_state_dict(saved["model"])
         self.scaler.load_state_dict(saved["scaler"])
         if saved.get("stage", 0) == self.stage.index:
-            self.stage.optimizer.load_state_dict(saved["optimizer"])
+            stage = self.stage.stage  # (the layout of checkpoints from before alike groups were merged)
+            unmerged = torch_param_groups(self.s.groups, self.s.model, stage.optimizer, stage.freeze, merge=False)
+            load_optimizer_state(self.stage.optimizer, saved["optimizer"], unmerged)
             self.stage.schedule.load_state_dict(saved["schedule"])
         checkpoint.restore_rng(saved["rng"])
 
