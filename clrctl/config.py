@@ -278,6 +278,9 @@ class TrainConfig(_Section):
     target: Optional[dict[str, float]] = None  # e.g. {val_acc: 0.97}: record steps_to_target
     eval_every: Optional[int] = Field(None, gt=0)  # steps between evaluations; default: per epoch
     log_every: int = Field(25, gt=0)  # steps between host syncs for loss logging / progress
+    # seconds between checkpoints/last.pt writes at epoch ends (0: every epoch); always at the
+    # end of a run and when interrupted
+    checkpoint_every: float = Field(10.0, ge=0)
     skip_nonfinite: bool = False  # skip batches with NaN/Inf loss instead of stopping
     amp: bool = False  # mixed precision on CUDA (ignored elsewhere): the same as precision: fp16 there
     # The GPU fast path (each also runs on the CPU): autocast to bf16 or fp16 (a GradScaler for

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from clrctl.app import console
-from clrctl.reporting import say
+from clrctl.reporting import due, say
 
 
 class SeedProgress:
@@ -70,6 +70,7 @@ class _SeedReporter:
         self.loss: Optional[float] = None
         self.val_acc: Optional[float] = None
         self.t0 = time.perf_counter()
+        self._next_update = 0.0
 
     def start(self, total_steps: int, done_steps: int) -> None:
         self.total, self.steps, self.t0 = total_steps, done_steps, time.perf_counter()
@@ -80,7 +81,8 @@ class _SeedReporter:
 
     def advance(self, steps_done: int, lr: float) -> None:
         self.steps, self.lr = steps_done, lr
-        self._show()
+        if due(self):  # (metrics and close bring the bar up to date)
+            self._show()
 
     def metrics(self, steps_done: int, loss: Optional[float], val_acc: Optional[float]) -> None:
         self.steps = steps_done
