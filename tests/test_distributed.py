@@ -106,7 +106,7 @@ def test_shares_of_a_batch_cover_it_once():
 @pytest.mark.slow
 def test_a_crashing_rank_stops_the_run_as_failed(tiny_config, tmp_path):
     cfg = tiny_config("crash", model={"name": "crash_model:build", "args": {"after": 30}},
-                      train={"epochs": 2, "eval_every": 5, "log_every": 5})
+                      train={"epochs": 2, "eval_every": 5, "log_every": 5, "checkpoint_every": 0})
     proc = spawn("train", cfg, "--nproc", "2", "--run-dir", tmp_path / "run", "-q")
     _, err = proc.communicate(timeout=120)  # no hang: the launcher stops the other rank
     assert proc.returncode == 1, err

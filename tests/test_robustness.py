@@ -18,8 +18,8 @@ TESTS = Path(__file__).parent
 
 
 def slow_config(tiny_config, delay_s=0.01, **sections):
-    return tiny_config("slow", model={"name": "slow_model:build", "args": {"delay_s": delay_s}},
-                       train={"epochs": 3, "eval_every": 5}, **sections)
+    sections["train"] = {"epochs": 3, "eval_every": 5, **sections.get("train", {})}
+    return tiny_config("slow", model={"name": "slow_model:build", "args": {"delay_s": delay_s}}, **sections)
 
 
 def spawn(*args):
@@ -50,7 +50,8 @@ def slow_models_importable(monkeypatch):
 
 
 def test_kill_9_then_resume_equals_uninterrupted(cli, tiny_config, tmp_path, slow_models_importable):
-    cfg = slow_config(tiny_config)
+    # last.pt at every epoch end (by default at most every 10 s): resumed from the first one
+    cfg = slow_config(tiny_config, train={"checkpoint_every": 0})
     assert cli("train", cfg, "--run-dir", tmp_path / "ref", "-q") == 0
 
     proc = spawn("train", cfg, "--run-dir", tmp_path / "killed", "-q")
