@@ -140,7 +140,7 @@ def test_a_failing_point_exits_1_and_the_others_complete(tmp_path, capsys):
 
 def slow_sweep_args(tmp_path, *extra):
     config = write_config(tmp_path / "slow.yaml", model={"name": "slow_model:build", "args": {"delay_s": 0.02}},
-                          train={"epochs": 3, "eval_every": 5})
+                          train={"epochs": 3, "eval_every": 5, "checkpoint_every": 0})  # last.pt every epoch
     return ["sweep", config, "--grid", "policy.name=triangular,triangular2", "--run-dir", tmp_path / "s", "-q", *extra]
 
 
