@@ -69,7 +69,7 @@ class LRFinderResult:
         markers = {name: entry["lr"] for name, entry in self.suggestion["candidates"].items()
                    if name in ("steepest", "valley", "min_loss/10") and entry["lr"] is not None}
         return range_test_figure([{**curve, "label": "lr_find"}], self.base_lr, self.max_lr, markers,
-                                 log_x=self.log_x, title="lr_find", ax=ax)
+                                 log_x=self.log_x, title="lr_find", ax=ax, pyplot=True)
 
     def to_config(self, policy: str = "triangular2") -> dict[str, Any]:
         """A ``policy:`` block with the suggested bounds, e.g. ``{"name": "triangular2",

@@ -476,30 +476,44 @@ def _check_batches(train: BatchSource, cfg: DatasetConfig) -> None:
 
 
 def _stratified_split(y, val_fraction: float, seed: int):
-    """(train indices, val indices): stratified by class when every class allows it."""
-    import numpy as np
-    from sklearn.model_selection import train_test_split
+    """(train indices, val indices): stratified by class when every class allows it, else a
+    seeded split (tiny image folders); sklearn's train_test_split, index for index."""
+    from clrctl.splits import train_val_split
 
-    index = np.arange(len(y))
     try:
-        return train_test_split(index, test_size=val_fraction, stratify=y, random_state=seed % 2**32)
-    except ValueError:
-        # Too few samples of some class to stratify (tiny image folders): a seeded split.
-        return train_test_split(index, test_size=val_fraction, random_state=seed % 2**32)
+        return train_val_split(y, val_fraction, seed)
+    except ValueError as err:
+        raise ConfigError(f"dataset.val_fraction: {err}") from None
 
 
 def _digits(cfg: DatasetConfig, seed: int):
     """sklearn's bundled 8x8 digits (1797 images, values 0..16), normalised by train stats."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(digits.target, dtype=torch.int64)
-    train, val = (torch.as_tensor(i) for i in _stratified_split(digits.target, cfg.val_fraction, seed))
+    images, target = _load_digits()
+    x = torch.tensor(images, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(target, dtype=torch.int64)
+    train, val = (torch.as_tensor(i) for i in _stratified_split(target, cfg.val_fraction, seed))
     # One scalar mean/std from the training split only, so validation leaks nothing.
     mean, std = x[train].mean(), x[train].std()
     x = (x - mean) / std
     return _Arrays(x[train], y[train], x[val], y[val], num_classes=10)
+
+
+def _load_digits():
+    """(images float64 (1797, 8, 8), target int64) as ``sklearn.datasets.load_digits`` reads
+    them, from the file sklearn bundles, without importing sklearn (~0.7 s of start-up)."""
+    import gzip
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else None
+    if path is None or not path.is_file():
+        raise ConfigError("dataset.name: digits needs scikit-learn, which bundles the data "
+                          "(pip install scikit-learn)")
+    with gzip.open(path, mode="rt", encoding="utf-8") as file:
+        data = np.loadtxt(file, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
 
 
 # Noise std per feature of the synthetic task, against cluster centres of norm 3: the nearest

@@ -172,3 +172,26 @@ def test_torchvision_configs_refuse_missing_data_cleanly(cli, tmp_path, capsys):
     assert code == 2
     assert "dataset.root" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_digits_run_imports_nothing_it_does_not_use(tiny_config, tmp_path):
+    """Start-up time (benchmarks/startup.py): digits needs neither sklearn (its split and data
+    are clrctl's own) nor torchvision nor clrctl.compare; plots need no pyplot."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        from clrctl.cli import main
+        try:
+            main(["train", {str(tiny_config())!r}, "--run-dir", {str(tmp_path / "run")!r}, "-q"])
+        except SystemExit as exc:
+            assert exc.code == 0, exc.code
+        unused = ("sklearn", "scipy", "pandas", "torchvision", "clrctl.compare", "matplotlib.pyplot")
+        print("UNUSED=" + ",".join(sorted(m for m in unused if m in sys.modules)))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "UNUSED=\n" in out.stdout
+    assert (tmp_path / "run" / "plots" / "loss.png").is_file()

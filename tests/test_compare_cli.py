@@ -300,6 +300,14 @@ def test_compare_never_imports_torch_or_matplotlib(pair):
     assert "HEAVY=\n" in out.stdout
 
 
+def test_the_commands_copies_of_gate_metrics_and_bootstrap_agree_with_clrctl_compare():
+    from clrctl.commands import compare as command
+    from clrctl.compare.metrics import GATE_METRICS
+    from clrctl.compare.stats import N_BOOTSTRAP
+
+    assert command.GATE_METRICS == GATE_METRICS and command.N_BOOTSTRAP == N_BOOTSTRAP
+
+
 def test_real_runs_from_tiny_trainings(cli, tiny_config, tmp_path, capsys):
     """Two real (tiny) trainings through the CLI, then compare them; compare agrees with the trainer."""
     cfg = tiny_config("tiny", train={"epochs": 2, "eval_every": 2, "target": {"val_acc": 0.3}})

@@ -11,18 +11,23 @@ import io
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 from rich.console import Console
 
 from clrctl.app import app, console, err_console
-from clrctl.compare import render
-from clrctl.compare.metrics import GATE_METRICS, parse_target
-from clrctl.compare.report import Options, build_report, exit_code
-from clrctl.compare.runs import Side, load_sides
-from clrctl.compare.stats import N_BOOTSTRAP, Tolerance
 from clrctl.errors import InputError, Regression
+
+# clrctl.compare.metrics.GATE_METRICS and clrctl.compare.stats.N_BOOTSTRAP, written out so that
+# registering the command (every clrctl start) imports no clrctl.compare module; the
+# command imports them when it runs. tests/test_compare_cli.py checks that they agree.
+if TYPE_CHECKING:
+    from clrctl.compare.report import Options
+    from clrctl.compare.runs import Side
+
+GATE_METRICS = ("final_val_acc", "best_val_acc", "final_val_loss", "steps_to_target", "auc_val_acc", "elapsed_s")
+N_BOOTSTRAP = 4000
 
 
 class Format(str, Enum):
@@ -51,6 +56,8 @@ def compare(
 ) -> None:
     """Compare runs or seed groups against a baseline; with --gate, exit 1 on a regression.
     A sweep directory (clrctl sweep) on its own: one row per point, ranked by --metric."""
+    from clrctl.compare.report import build_report, exit_code
+    from clrctl.compare.runs import load_sides
     from clrctl.compare.sweep import is_sweep
 
     if any(is_sweep(spec) for spec in runs):
@@ -71,6 +78,10 @@ def compare(
 
 
 def _options(target, metric, tolerance, gate, strict, bootstrap, seed) -> Options:
+    from clrctl.compare.metrics import parse_target
+    from clrctl.compare.report import Options
+    from clrctl.compare.stats import Tolerance
+
     if metric not in GATE_METRICS:
         raise InputError(f"--metric {metric!r}: expected one of {', '.join(GATE_METRICS)}")
     return Options(
@@ -109,6 +120,8 @@ def plot_title(report: dict[str, Any]) -> str:
 
 
 def _emit(report: dict[str, Any], fmt: Format, output: Optional[Path], plot: Optional[Path]) -> None:
+    from clrctl.compare import render
+
     if output is None:
         if fmt is Format.table:
             # crop=False: a path longer than the terminal is wrapped by the terminal, not split by rich
@@ -126,6 +139,8 @@ def _emit(report: dict[str, Any], fmt: Format, output: Optional[Path], plot: Opt
 
 
 def _text(report: dict[str, Any], fmt: Format, image: Optional[str]) -> str:
+    from clrctl.compare import render
+
     if fmt is Format.json:
         return render.to_json(report)
     if fmt is Format.markdown:

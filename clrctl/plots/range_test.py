@@ -21,11 +21,13 @@ def plot_range_test(path: Path, curves: list[dict[str, Any]], base_lr: Optional[
 
 
 def range_test_figure(curves: list[dict[str, Any]], base_lr: Optional[float], max_lr: Optional[float],
-                      markers: dict[str, float], *, log_x: bool, title: str = "", ax=None):
+                      markers: dict[str, float], *, log_x: bool, title: str = "", ax=None,
+                      pyplot: bool = False):
     """The figure of :func:`plot_range_test` (loss over accuracy), not saved; with ``ax``, only
-    the loss panel, drawn there (a notebook's own axes). Returns the matplotlib Figure."""
+    the loss panel, drawn there (a notebook's own axes); ``pyplot``: a pyplot figure (for
+    ``plt.show()``). Returns the matplotlib Figure."""
     if ax is None:
-        fig, (ax_loss, ax_acc) = new_figure(2, 1, sharex=True)
+        fig, (ax_loss, ax_acc) = new_figure(2, 1, sharex=True, pyplot=pyplot)
     else:
         fig, ax_loss, ax_acc = ax.figure, ax, None
     colors = ["tab:blue", "tab:orange", "tab:red", "tab:cyan", "tab:olive"]

@@ -86,9 +86,6 @@ def _heatmap(report, rows, keys, path) -> None:
               for row in report["points"] if row["included"]]
     ax.set_title(_title(report) + ("\n" + "; ".join(extras) if extras else ""), fontsize=9)
     fig.savefig(path, dpi=120)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
 
 
 def _dark(image, value: float) -> bool:
