@@ -77,8 +77,10 @@ class Schedule:
         # torch does not warn) without running an optimizer step on a parameter with no grad.
         self.reference._opt_called = True  # type: ignore[attr-defined]
         self.scheduler.step()
-        self._couple_momentum()
-        self.apply()
+        if self.inverse_momentum is not None:
+            self._couple_momentum()
+        if self.target is not None:
+            self.apply()
 
     def lr(self) -> float:
         """The policy's LR (lr_mult 1): what metrics.csv records."""

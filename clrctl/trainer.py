@@ -477,8 +477,9 @@ class _Hits:
         counts, self._counts = self._counts, []
         if not counts:
             return None
-        counts = torch.stack(counts).float()
-        return counts if self.per_row else counts.sum().reshape(1)
+        if not self.per_row:
+            return (counts[0] if len(counts) == 1 else torch.stack(counts).sum()).float().reshape(1)
+        return torch.stack(counts).float()
 
     def _count(self) -> None:
         if not self._held:
