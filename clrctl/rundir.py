@@ -314,7 +314,8 @@ def versions() -> dict[str, Optional[str]]:
 def _installed_version(distribution: str) -> Optional[str]:
     """The installed distribution's version from its metadata, None when absent or unreadable.
 
-    Not ``import torchvision``: that import pulls in torch._dynamo (~0.8 s of every run's start)."""
+    Not ``import torchvision``: a run that uses no torchvision model or data set should not pay
+    for that import at its start."""
     from importlib import metadata
 
     try:
