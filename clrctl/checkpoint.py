@@ -30,6 +30,19 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def snapshot(obj: Any) -> Any:
+    """A copy of a checkpoint payload that later steps cannot change: tensors cloned (on their
+    device: no host sync), dicts, lists and tuples rebuilt, everything else (numbers,
+    strings, fresh RNG states) kept."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {key: snapshot(value) for key, value in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(snapshot(value) for value in obj)
+    return obj
+
+
 def serialise(payload: dict[str, Any]) -> bytes:
     """``payload`` as ``torch.save`` writes it (a snapshot: later steps do not change it)."""
     buffer = io.BytesIO()

@@ -191,18 +191,22 @@ class RunDir:
     def csv(self, name: str, columns: list[str]) -> CsvLog:
         return CsvLog(self.path / name, columns)
 
-    def save_checkpoint(self, payload: dict[str, Any], name: str) -> None:
-        """``checkpoints/<name>``, written atomically: serialised now (a snapshot of the
-        tensors), put on disk by a background thread while training goes on. One write at
-        a time; :meth:`wait` (called before the summary and status) has them all on disk."""
-        from clrctl.checkpoint import serialise
+    def save_checkpoint(self, payload: dict[str, Any], name: str, copy: bool = True) -> None:
+        """``checkpoints/<name>``, written atomically by a background thread while training
+        goes on: the loop pays for a copy of the tensors (``copy``: the payload may still
+        change; False when it is a snapshot already), not for serialising them. Writes happen
+        one after the other, in order; :meth:`wait` (called before the summary and status)
+        has them all on disk."""
+        from clrctl.checkpoint import serialise, snapshot
 
-        data = serialise(payload)
-        self.wait()
-        path = self.checkpoints_dir / name
+        payload = snapshot(payload) if copy else payload
+        previous, path = self._writer, self.checkpoints_dir / name
 
         def write() -> None:
             try:
+                if previous is not None:
+                    previous.join()
+                data = serialise(payload)
                 with atomic_file(path, "wb", fsync=False) as handle:  # the rename: never a torn file
                     handle.write(data)
             except BaseException as err:  # noqa: BLE001 - re-raised in the main thread by wait()

@@ -249,19 +249,19 @@ class TrainingLoop:
     def _run_epoch(self, epoch: int) -> None:
         s, state = self.s, self.state
         n_batches = len(s.data.train)
+        every, log_every = s.config.train.eval_every, s.config.train.log_every
         # A run resumed mid-epoch gets the same epoch's order, minus the batches it has done.
         for index, (x, y) in enumerate(s.data.train.batches(epoch, start=state.batch), start=state.batch):
             self._train_one(x, y, epoch)
             state.batch = index + 1
             epoch_end = index == n_batches - 1 or state.step >= self._ends[-1]
             stage_end = state.step == self._ends[self.stage.index]
-            every = s.config.train.eval_every
             if epoch_end or stage_end or (every and state.step % every == 0):
                 self._evaluate()
             if stage_end:
                 state.stages.append({"name": self.stage.stage.name, "steps": self.stage.stage.length(s.steps_per_epoch),
                                      "final_val_acc": state.final_val_acc})
-            if epoch_end or state.step % s.config.train.log_every == 0:
+            if epoch_end or len(self._rows) >= log_every:  # (log_every steps since the last sync)
                 self._flush()
             if self._stop_agreed if self._ddp else self._signal:
                 raise _Stop()
@@ -352,7 +352,8 @@ class TrainingLoop:
         if val_acc is not None and (state.best_val_acc is None or val_acc > state.best_val_acc):
             state.best_val_acc, state.best_step = val_acc, state.step
             if self._writes:
-                self._best = {"model": _snapshot(s.model.state_dict()), "step": state.step, "val_acc": val_acc}
+                self._best = {"model": checkpoint.snapshot(s.model.state_dict()), "step": state.step,
+                              "val_acc": val_acc}
         target = s.config.train.target
         if target and state.steps_to_target is None:
             metric, threshold = next(iter(target.items()))
@@ -412,7 +413,7 @@ class TrainingLoop:
 
     def _save_best(self) -> None:
         if self._best is not None:
-            self.run.save_checkpoint(self._best, "best.pt")
+            self.run.save_checkpoint(self._best, "best.pt", copy=False)
             self._best = None
 
     def _finish(self, status: str, **extra: Any) -> dict[str, Any]:
@@ -491,11 +492,6 @@ class _Hits:
             labels = torch.cat([y for _, y in self._held])
             self._counts.append(torch.eq(logits.argmax(1), labels).sum())
         self._held, self._held_numel = [], 0
-
-
-def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a state_dict that later steps do not change (on the same device: no sync)."""
-    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 class _Stop(Exception):
