@@ -442,7 +442,7 @@ def test_kill_9_inside_stage_2_then_resume_equals_uninterrupted(cli, tiny_config
     tests = Path(__file__).parent
     monkeypatch.syspath_prepend(str(tests))
     cfg = tiny_config("slow-stages", model={"name": "slow_model:build", "args": {"delay_s": 0.01}},
-                      train={"epochs": None, "eval_every": 5},
+                      train={"epochs": None, "eval_every": 5, "log_every": 5, "checkpoint_every": 0},
                       stages=[{**STAGES[0], "freeze": ["body"]}, {**STAGES[1], "epochs": 2}])
     assert cli("train", cfg, "--run-dir", tmp_path / "ref", "-q") == 0
     env = {**os.environ, "PYTHONPATH": f"{tests}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

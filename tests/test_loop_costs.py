@@ -139,8 +139,8 @@ def test_last_pt_at_most_every_checkpoint_every_seconds_and_best_pt_kept(cli, ti
 
     written = []
     real = RunDir.save_checkpoint
-    monkeypatch.setattr(RunDir, "save_checkpoint", lambda self, payload, name: (written.append(name),
-                                                                                  real(self, payload, name)))
+    monkeypatch.setattr(RunDir, "save_checkpoint", lambda self, payload, name, **kw: (written.append(name),
+                                                                                        real(self, payload, name, **kw)))
     cfg = tiny_config(train={"epochs": 4})
     assert cli("train", cfg, "train.checkpoint_every=0", "--run-dir", tmp_path / "every", "-q") == 0
     assert written.count("last.pt") == 4
