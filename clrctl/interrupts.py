@@ -58,13 +58,13 @@ def clear() -> None:
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
-def _raise(_signum: int, frame: Any) -> None:
-    _pending.append(_signum)
+def _raise(signum: int, frame: Any) -> None:
+    _pending.append(signum)
     if _importing(frame) and hasattr(signal, "setitimer"):
         # A KeyboardInterrupt raised while an extension module initialises (torch's pybind11
         # code calls back into Python) aborts the process ("terminate called …", exit 134).
-        # Raise it once the import is over instead: look again every 50 ms.
-        _hold()
+        # Deliver the signal once the import is over instead: look again every 50 ms.
+        _hold(signum)
         return
     raise KeyboardInterrupt
 
@@ -77,17 +77,21 @@ def _importing(frame: Any) -> bool:
     return False
 
 
-def _hold() -> None:
+def _hold(signum: int) -> None:
     previous = signal.getsignal(signal.SIGALRM)
     if getattr(previous, "held_interrupt", False):  # already waiting for this import to end
         return
 
-    def retry(_signum: int, frame: Any) -> None:
+    def retry(_alarm: int, frame: Any) -> None:
         if _importing(frame):
             signal.setitimer(signal.ITIMER_REAL, 0.05)
             return
         signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
-        raise KeyboardInterrupt
+        # The signal again, to whichever handler is in place *now*: the import may have been
+        # the last of start-up, and the trainer's finish-the-step handler (or a deferred
+        # block) taken over since; raising KeyboardInterrupt would cut through it.
+        _pending.clear()
+        signal.raise_signal(signum)
 
     retry.held_interrupt = True  # type: ignore[attr-defined]
     signal.signal(signal.SIGALRM, retry)

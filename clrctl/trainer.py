@@ -236,7 +236,11 @@ class TrainingLoop:
             self._flush()
             self._checkpoint()
             self._finish("interrupted")
-            raise Interrupted(f"interrupted at step {state.step}; resume with: clrctl train --resume {self.run.path}")
+            raise self._interrupted()
+        except KeyboardInterrupt:  # a second signal ("stop now"), or one raised mid-step: no
+            # checkpoint of a step that may be half done; the last one resumes, rows after it redone
+            self._finish("interrupted")
+            raise self._interrupted()
         except DataError as err:  # unreadable data met mid-run: the run ended badly (exit 1)
             self._finish("failed")
             raise RunFailed(f"{err} (the run is kept as 'failed' in {self.run.path})") from err
@@ -244,6 +248,9 @@ class TrainingLoop:
             self._finish("failed")
             raise
         return self._finish("completed")
+
+    def _interrupted(self) -> Interrupted:
+        return Interrupted(f"interrupted at step {self.state.step}; resume with: clrctl train --resume {self.run.path}")
 
     # -- epochs and steps ------------------------------------------------------------
     def _run_epoch(self, epoch: int) -> None:

@@ -95,6 +95,53 @@ def test_signal_once_the_run_dir_exists_leaves_it_resumable(cli, tiny_config, tm
     assert json.loads((run / "summary.json").read_text())["steps"] == 22
 
 
+def test_a_signal_held_through_an_import_reaches_the_handler_in_place_when_it_fires():
+    """A signal that lands inside an import is held (raising there aborts torch's pybind11
+    code) and delivered once the import is over — to the handler in place by then. When start-
+    up has ended and the trainer's finish-the-step handler taken over, that is the handler, not
+    a KeyboardInterrupt cutting through a step (CI saw such a run end as 'failed', exit 130)."""
+    from clrctl import interrupts
+
+    got: list[int] = []
+    previous, _ = interrupts.install()
+    try:
+        interrupts._hold(signal.SIGTERM)  # what _raise does for a signal inside an import
+        with interrupts.handled_by(lambda signum, _frame: got.append(signum)):
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        interrupts.restore(previous)
+        interrupts.clear()
+    assert got == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)  # the retry is gone
+
+
+def test_a_keyboard_interrupt_inside_a_step_leaves_an_interrupted_resumable_run(cli, tiny_config, tmp_path,
+                                                                               monkeypatch, capsys):
+    """A second Ctrl-C ("stop now") raises inside the step: the run is 'interrupted' (exit 130),
+    not 'failed', and resumes from its last checkpoint to the uninterrupted run's metrics."""
+    from clrctl.trainer import TrainingLoop
+
+    cfg = tiny_config(train={"epochs": 2, "eval_every": 5, "checkpoint_every": 0})
+    assert cli("train", cfg, "--run-dir", tmp_path / "ref", "-q") == 0
+    real = TrainingLoop._train_one
+
+    def stop_now(self, x, y, epoch):
+        if self.state.step == 30:  # inside epoch 2, after epoch 1's checkpoint
+            raise KeyboardInterrupt
+        real(self, x, y, epoch)
+
+    monkeypatch.setattr(TrainingLoop, "_train_one", stop_now)
+    run = tmp_path / "run"
+    assert cli("train", cfg, "--run-dir", run, "-q") == 130
+    assert f"resume with: clrctl train --resume {run}" in capsys.readouterr().err
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(TrainingLoop, "_train_one", real)
+    assert cli("train", "--resume", run, "-q") == 0
+    assert (run / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
+
+
 def test_interrupt_before_the_first_step_resumes_or_reruns(cli, tiny_config, tmp_path, monkeypatch, capsys):
     """Deterministic in-process version: Ctrl-C lands while the loop is being set up."""
     import clrctl.runs
