@@ -115,6 +115,10 @@ class CsvLog:
         columns = self.columns
         self._rows.writerows([row.get(c) for c in columns] for row in rows)
 
+    def write_lists(self, rows: Iterable[list[Any]]) -> None:
+        """Rows already in column order (the trainer's per-step rows): no per-row reordering."""
+        self._rows.writerows(rows)
+
     def flush(self) -> None:
         """To the OS: a killed process keeps every flushed row (the trainer's hot path)."""
         self._handle.flush()

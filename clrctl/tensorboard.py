@@ -52,6 +52,8 @@ def _number(value: Any) -> Optional[float]:
 class TrainLogger:
     """Scalars of a training run from its metrics rows; :meth:`close` adds the hparams."""
 
+    active = True  # (the trainer builds row dicts for it only then)
+
     def __init__(self, run_path: Path, config, groups: list[dict[str, Any]]):
         self.config = config
         self.writer = _writer(Path(run_path) / DIRNAME)
@@ -86,6 +88,8 @@ class TrainLogger:
 
 class NoLogger:
     """``train.tensorboard: false``: every hook does nothing."""
+
+    active = False
 
     def rows(self, rows) -> None: ...
 

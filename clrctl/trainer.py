@@ -26,6 +26,8 @@ from clrctl.rundir import RunDir
 from clrctl.setup import Setup, StageRun, build_stage
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "val_loss", "val_acc"]
+# A metrics row is a list in METRIC_COLUMNS order (+ the stage): cheaper per step than a dict.
+STEP, LR, LOSS, VAL_LOSS, VAL_ACC = (METRIC_COLUMNS.index(c) for c in ("step", "lr", "loss", "val_loss", "val_acc"))
 EPOCH_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "elapsed_s"]
 
 
@@ -194,7 +196,7 @@ class TrainingLoop:
         self.epochs_log = run.csv("epochs.csv", EPOCH_COLUMNS + extra)
         # Rows whose loss is still a device tensor, with each step's loss (a sum under DDP),
         # correct predictions (classification) and global batch size: read at the next flush.
-        self._rows: list[dict[str, Any]] = []
+        self._rows: list[list[Any]] = []
         self._losses: list[torch.Tensor] = []
         self._sizes: list[int] = []
         self._skip_nonfinite = setup.config.train.skip_nonfinite
@@ -289,9 +291,9 @@ class TrainingLoop:
         loss, logits = _forward_backward(self.net, optimizer, self.fast.inputs(x), y, s.loss_fn, self.scaler, weight,
                                          self.fast.dtype, self._skip_nonfinite)
         schedule.step()
-        row = {"step": state.step, "epoch": epoch + 1, "lr": lr, "momentum": momentum}
+        row = [state.step, epoch + 1, lr, momentum, None, None, None]
         if self._stage_column:
-            row["stage"] = self.stage.stage.name
+            row.append(self.stage.stage.name)
         self._rows.append(row)
         n = y.shape[0]  # (len(y) goes through Tensor.__len__: a microsecond a step)
         self._losses.append(loss * n if self._ddp else loss)
@@ -311,26 +313,29 @@ class TrainingLoop:
         rows, sizes = self._rows, self._sizes
         self._rows, self._losses, self._sizes = [], [], []
         for i, (row, loss) in enumerate(zip(rows, losses)):
-            row["loss"] = loss
+            row[LOSS] = loss
             if not math.isfinite(loss) and not self._skip_nonfinite:
-                self.metrics_log.write(rows[: i + 1])
-                self.metrics_log.flush()
-                self.tb.rows(rows[: i + 1])
-                raise _Diverged(row["step"], row["lr"], loss)
-        self.metrics_log.write(rows)
-        self.metrics_log.flush()
-        self.tb.rows(rows)
+                self._log_rows(rows[: i + 1])
+                raise _Diverged(row[STEP], row[LR], loss)
+        self._log_rows(rows)
         self._count_epoch(losses, hits, sizes)
         self.reporter.metrics(self.state.step, losses[-1], self.state.final_val_acc)
+
+    def _log_rows(self, rows: list[list[Any]]) -> None:
+        self.metrics_log.write_lists(rows)
+        self.metrics_log.flush()
+        if self.tb.active:
+            self.tb.rows([dict(zip(self.metrics_log.columns, row)) for row in rows])
 
     def _host_values(self) -> tuple[list[float], list[float]]:
         """Each row's loss (over its global batch) and correct predictions, in one transfer;
         under DDP one all-reduce of the sums, the stop flag riding along, so every rank
         gets the same numbers."""
         hits = self._hits.take()
-        local = torch.cat([torch.stack(self._losses).float(), *([hits] if hits is not None else [])])
+        losses = self._losses if self._losses[0].dtype == torch.float32 else [v.float() for v in self._losses]
+        local = torch.stack(losses + hits)  # one kernel, one transfer (tolist copies to the host)
         if not self._ddp:
-            values = local.cpu().tolist()
+            values = local.tolist()
             return values[: len(self._rows)], values[len(self._rows):]
         total, self._stop_agreed = distributed.reduce_flush(local, bool(self._signal))
         total = total.cpu().tolist()
@@ -354,7 +359,7 @@ class TrainingLoop:
     def _evaluate(self) -> None:
         s, state = self.s, self.state
         val_loss, val_acc = evaluate(s.model, s.data.val, s.loss_fn)
-        self._rows[-1].update(val_loss=val_loss, val_acc=val_acc)
+        self._rows[-1][VAL_LOSS], self._rows[-1][VAL_ACC] = val_loss, val_acc
         state.final_val_loss, state.final_val_acc = val_loss, val_acc
         if val_acc is not None and (state.best_val_acc is None or val_acc > state.best_val_acc):
             state.best_val_acc, state.best_step = val_acc, state.step
@@ -478,26 +483,24 @@ class _Hits:
         if self._held_numel > self.HELD_LIMIT:
             self._count()
 
-    def take(self) -> Optional[torch.Tensor]:
-        """The counts since the last take, as float: one per row, or their sum (as many
-        numbers on every DDP rank, whenever each counted early); None for a regression run."""
+    def take(self) -> list[torch.Tensor]:
+        """The counts since the last take, as float32 scalars: one per row, or their sum (as
+        many numbers on every DDP rank, whenever each counted early); none for a regression run."""
         self._count()
         counts, self._counts = self._counts, []
-        if not counts:
-            return None
-        if not self.per_row:
-            return (counts[0] if len(counts) == 1 else torch.stack(counts).sum()).float().reshape(1)
-        return torch.stack(counts).float()
+        if self.per_row or len(counts) <= 1:
+            return counts
+        return [torch.stack(counts).sum()]
 
     def _count(self) -> None:
         if not self._held:
             return
         if self.per_row:
-            self._counts += [torch.eq(logits.argmax(1), y).sum() for logits, y in self._held]
+            self._counts += [torch.eq(logits.argmax(1), y).sum(dtype=torch.float32) for logits, y in self._held]
         else:
             logits = torch.cat([logits for logits, _ in self._held])
             labels = torch.cat([y for _, y in self._held])
-            self._counts.append(torch.eq(logits.argmax(1), labels).sum())
+            self._counts.append(torch.eq(logits.argmax(1), labels).sum(dtype=torch.float32))
         self._held, self._held_numel = [], 0
 
 
