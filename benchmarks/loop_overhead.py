@@ -15,6 +15,15 @@ checkpoint handed to its writer), the hand-written loop's after its last evaluat
 column also counts what a run does once at its very end (summary.json, run.json's status:
 two fsynced atomic writes, ~10 ms on a disk), which ``benchmarks/startup.py`` counts too.
 
+``--instructions`` counts instead of timing: each loop runs in a child process under valgrind's
+callgrind (after one warm-up run of the same loop), which counts the CPU instructions of the
+measured run only (the window opens at ``os.getppid()`` and closes at ``os.getpgrp()``).
+Counts repeat to a few parts in 10^4 whatever else the machine does, so this ratio is the
+steady one on a shared machine; it counts clrctl's whole ``run_all``, end-of-run files
+included. Slow (~50x): about 15 minutes for digits (the default case here); LeNet's
+convolutions take about an hour. ``last.pt`` is throttled by wall time, so the child
+sets ``train.checkpoint_every`` out of reach: one checkpoint at the end, as in a real run.
+
 Cases (the table of issue 9): digits MLP 64-64, batch 32, 1032 steps (24 epochs); LeNet on
 28x28 synthetic uint8 images (MNIST-shaped), batch 128, 192 steps (3 epochs of 8192).
 """
@@ -141,19 +150,75 @@ def measure(case: str, repeats: int) -> dict[str, float]:
             "whole": steps / best["clrctl+end"], "median_ratio": statistics.median(paired)}
 
 
+def count_one(case: str, loop: str) -> None:
+    """(Child of --instructions, under callgrind) a warm-up run, then the measured one."""
+    import gc
+    import os
+
+    setup = make_setup(case)
+    train = setup.config.train.model_copy(update={"checkpoint_every": 1e12})
+    setup.config = setup.config.model_copy(update={"train": train})
+    initial = {k: v.clone() for k, v in setup.model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(2):
+            setup.model.load_state_dict(initial)
+            gc.collect()
+            if i:
+                os.getppid()  # callgrind --zero-before: the window opens
+            hand_written(setup) if loop == "hand" else clrctl_loop(setup, Path(tmp), i)
+            if i:
+                os.getpgrp()  # callgrind --dump-before: the window closes
+
+
+def count_instructions(case: str) -> dict[str, int]:
+    """Instructions of one run of each loop (callgrind), by loop name; and the steps."""
+    import os
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("valgrind") is None:
+        sys.exit("--instructions needs valgrind (apt install valgrind)")
+    counts = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for loop in ("hand", "clrctl"):
+            out = Path(tmp) / f"{loop}.out"
+            cmd = ["valgrind", "--tool=callgrind", "--zero-before=os_getppid", "--dump-before=os_getpgrp",
+                   f"--callgrind-out-file={out}", sys.executable, __file__, "--count-one", loop, "--case", case,
+                   "--threads", "1"]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={**os.environ, "PYTHONHASHSEED": "0"})
+            window = Path(f"{out}.1").read_text(errors="replace")
+            counts[loop] = int(re.search(r"^summary: (\d+)$", window, re.M).group(1))
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--case", choices=["digits", "lenet"], action="append")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's); 1 is steadier on a shared, loaded machine")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count CPU instructions under valgrind instead of timing (steady on a shared machine)")
+    parser.add_argument("--count-one", choices=["hand", "clrctl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    labels = {"digits": "digits MLP 64-64, batch 32", "lenet": "LeNet 28×28, batch 128"}
+    if args.count_one:
+        return count_one(args.case[0], args.count_one)
+    if args.instructions:
+        print(f"torch {torch.__version__}, instructions of one run after a warm-up (callgrind)")
+        print("| case | hand-written | clrctl | ratio |\n| --- | --- | --- | --- |")
+        for case in args.case or ["digits"]:  # (LeNet's convolutions: about an hour under callgrind)
+            counts, steps = count_instructions(case), make_setup(case).total_steps
+            print(f"| {labels[case]}, {steps} steps | {counts['hand'] / steps / 1e6:.3f} M/step "
+                  f"| {counts['clrctl'] / steps / 1e6:.3f} M/step | {counts['hand'] / counts['clrctl']:.3f} |", flush=True)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}, alternating")
     print("| case | hand-written | clrctl | ratio | median of the rounds' ratios | ratio with the run's last files |")
     print("| --- | --- | --- | --- | --- | --- |")
-    labels = {"digits": "digits MLP 64-64, batch 32", "lenet": "LeNet 28×28, batch 128"}
     for case in args.case or ["digits", "lenet"]:
         m = measure(case, args.repeats)
         print(f"| {labels[case]}, {m['steps']} steps | {m['hand']:.1f} steps/s | {m['clrctl']:.1f} steps/s "
