@@ -1,6 +1,7 @@
 """The bundled digits examples do what the README says they do."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +38,11 @@ def test_fine_tuning_showcase_pretrains_then_fine_tunes_a_new_head(cli, tmp_path
     assert summary["final_val_acc"] >= 0.95
     info = json.loads((fine / "run.json").read_text())
     assert info["weights"]["reinitialised"] == ["5.weight", "5.bias"]  # 6 classes -> 4: a new head
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    """`.ci/run` must run the README's test command as written, not a variant of it."""
+    repo = Path(__file__).resolve().parents[1]
+    ci_lines = (repo / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    command = next(line for line in ci_lines if "pytest" in line)
+    assert command in (repo / "README.md").read_text(encoding="utf-8")
