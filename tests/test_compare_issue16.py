@@ -125,3 +125,37 @@ def test_label_smoothing_makes_val_loss_not_comparable_not_a_regression(cli, tmp
     assert cli("compare", base, smooth, "--gate", "--metric", "final_val_loss") == 0  # never a regression
     out = capsys.readouterr().out
     assert "worse" not in out and "not comparable" in out
+
+
+# -- the overlay plots' axes -------------------------------------------------------------------------
+def test_a_divergence_spike_does_not_stretch_the_range_overlay(cli, tmp_path):
+    from clrctl.compare import curves
+    from clrctl.compare.runs import load_side
+    from clrctl.plots.compare import range_overlay_figure
+
+    lrs = [1e-4 * 10 ** (i / 10) for i in range(41)]
+    losses = [2.3 - 0.04 * i for i in range(40)] + [500.0]  # the last step diverges
+    a = make_range_test(tmp_path / "a", lrs, losses, {"base_lr": 0.01, "max_lr": 0.04}, mode="exp")
+    b = make_range_test(tmp_path / "b", lrs, [x * 1.1 for x in losses], {"base_lr": 0.01, "max_lr": 0.04}, mode="exp")
+    drawn = [c for spec in (a, b) for c in curves.range_curves(load_side(str(spec)))]
+    low, high = curves.range_ylim(drawn)
+    assert low < 0.8 and 2.5 < high < 5  # the curves fill the axis; the spike runs off the top
+    fig = range_overlay_figure(drawn, True, "t", (low, high))
+    assert fig.axes[0].get_ylim() == (low, high)
+    assert cli("compare", a, b, "--plot", tmp_path / "rt.png") == 0 and (tmp_path / "rt.png").stat().st_size > 0
+
+
+def test_the_accuracy_panel_zooms_on_the_data_and_the_target(cli, tmp_path):
+    from clrctl.compare import curves
+    from clrctl.compare.runs import load_side
+    from clrctl.plots.compare import train_overlay_figure
+
+    evals = {9: 0.1, 19: 0.6, 29: 0.93, 39: 0.95, 49: 0.96, 59: 0.965, 69: 0.97, 79: 0.972, 89: 0.975, 99: 0.975}
+    base = make_run(tmp_path / "a", evals)
+    cand = make_run(tmp_path / "b", {s: min(1.0, v + 0.005) for s, v in evals.items()})
+    drawn = [curves.train_curves(load_side(str(p))) for p in (base, cand)]
+    low, high = curves.acc_ylim(drawn, 0.97)
+    assert 0.85 < low < 0.95 and 0.975 < high < 1.0  # not 0.1 … 1.0: the region near the target fills it
+    fig = train_overlay_figure(drawn, ("val_acc", 0.97), "t", (low, high))
+    assert fig.axes[1].get_ylim() == (low, high)
+    assert cli("compare", base, cand, "--target", "val_acc=0.97", "--plot", tmp_path / "c.png") == 0

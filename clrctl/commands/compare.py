@@ -110,11 +110,13 @@ def _plot(sides: list[Side], report: dict[str, Any], path: Path) -> None:
     title = plot_title(report)
     if report["kind"] == "range-test":
         drawn = [c for side in sides for c in curves.range_curves(side)]
-        plots.plot_range_overlay(drawn, path, curves.range_log_x(sides), title)
+        plots.plot_range_overlay(drawn, path, curves.range_log_x(sides), title, curves.range_ylim(drawn))
     else:
         target = report["target"]
-        plots.plot_train_overlay([curves.train_curves(side) for side in sides], path,
-                                 (target["metric"], target["value"]) if target else None, title)
+        drawn = [curves.train_curves(side) for side in sides]
+        acc_target = target["value"] if target and target["metric"] == "val_acc" else None
+        plots.plot_train_overlay(drawn, path, (target["metric"], target["value"]) if target else None, title,
+                                 curves.acc_ylim(drawn, acc_target))
 
 
 def plot_title(report: dict[str, Any]) -> str:
