@@ -270,7 +270,16 @@ def run_info(kind: str, seed: int, device: str, argv: Optional[list[str]] = None
         "versions": versions(),
         "host": socket.gethostname(),
         "git": git_state(),
+        "threads": thread_settings(),
     }
+
+
+def thread_settings() -> dict[str, Any]:
+    """CPU threads of this run: results depend on them (a sweep's worker gets cores / --jobs),
+    so ``OMP_NUM_THREADS=K clrctl train …`` with K from here reproduces a run's bytes."""
+    import torch  # run_info is built by train and range-test, which have torch loaded already
+
+    return {"torch": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
 def holds_no_results(path: Path) -> bool:

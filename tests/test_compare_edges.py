@@ -103,7 +103,8 @@ def test_multi_seed_range_test_compares_by_median_suggestion_and_spread(cli, tmp
     assert values["max_lr"]["median"] == 0.2 and values["base_lr"]["median"] == 0.05
     assert values["max_lr_spread"]["median"] == pytest.approx(1.0)  # log10(1.0 / 0.1)
     assert values["sweep_seeds"]["median"] == 3 and values["steps"]["median"] == 41
-    assert values["lr_at_min_loss"]["median"] == pytest.approx(1e-4 * 10 ** 3.0)  # the median seed's minimum
+    # the median seed's minimum, by the range test's rule (its smoothed kink sits one step early)
+    assert values["lr_at_min_loss"]["median"] == pytest.approx(1e-4 * 10 ** 2.9)
     assert report["comparisons"][0]["max_lr_shift_decades"] == pytest.approx(np.log10(2))
     assert plot.read_bytes()[:4] == b"\x89PNG"
 

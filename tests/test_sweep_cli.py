@@ -101,6 +101,22 @@ def test_compare_ranks_a_sweep_in_every_format(done_sweep, capsys, tmp_path):
     assert "--gate: not for a sweep" in capsys.readouterr().err
 
 
+def test_run_json_records_the_threads_and_the_documented_rerun_reproduces_a_point(done_sweep, tmp_path):
+    _, sweep, _ = done_sweep
+    run = sweep / "points/policy-triangular2"
+    threads = json.loads((run / "run.json").read_text())["threads"]
+    share = str(max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) // 2))
+    assert threads == {"torch": int(share), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", share)}
+    # the README's rerun: OMP_NUM_THREADS=K clrctl train DIR/configs/<point>.yaml (K from run.json)
+    env = {**os.environ, "OMP_NUM_THREADS": threads["OMP_NUM_THREADS"], "MPLBACKEND": "Agg"}
+    again = subprocess.run([sys.executable, "-m", "clrctl", "train", str(sweep / "configs/policy-triangular2.yaml"),
+                            "--run-dir", str(tmp_path / "again"), "-q"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again/metrics.csv").read_bytes() == (run / "metrics.csv").read_bytes()
+    assert json.loads((tmp_path / "again/run.json").read_text())["threads"] == threads
+
+
 def test_rerun_skips_completed_runs(done_sweep, capsys):
     _, sweep, config = done_sweep
     before = {p: (sweep / p / "run.json").stat().st_mtime_ns for p in statuses(sweep)}
@@ -110,8 +126,18 @@ def test_rerun_skips_completed_runs(done_sweep, capsys):
     assert {p: (sweep / p / "run.json").stat().st_mtime_ns for p in statuses(sweep)} == before
     assert set(attempts(sweep).values()) == {1}
     # the same directory with another config for an existing point is refused
-    assert run_cli("sweep", config, "train.epochs=3", "--grid", "policy.name=triangular", "--run-dir", sweep) == 2
+    grid = "policy.name=triangular,triangular2"
+    assert run_cli("sweep", config, "train.epochs=3", "--grid", grid, "--run-dir", sweep) == 2
     assert "exists with a different config (train.epochs)" in capsys.readouterr().err
+    # and so is another grid: its index would drop the finished points (refused, not merged)
+    index = (sweep / "sweep.json").read_bytes()
+    for other, change in (("policy.name=triangular", "policy.name: [triangular, triangular2] there, [triangular] now"),
+                          ("policy.name=triangular,triangular2,exp_range", "[triangular, triangular2, exp_range] now")):
+        assert run_cli("sweep", config, "--grid", other, "--run-dir", sweep) == 2
+        err = capsys.readouterr().err
+        assert "holds a sweep of another grid (policy.name: " in err and change in err and err.strip().count("\n") == 0
+    assert (sweep / "sweep.json").read_bytes() == index and sorted(p.name for p in (sweep / "configs").iterdir()) == [
+        "policy-triangular.yaml", "policy-triangular2.yaml"]
 
 
 def test_a_bad_point_exits_2_before_anything_is_written(tmp_path, capsys):
@@ -221,4 +247,4 @@ def test_dry_run_prints_bracketed_values_literally(tmp_path, capsys):
     config = write_config(tmp_path / "tiny.yaml")
     assert run_cli("sweep", config, "-g", "policy.bounds=[0.01,0.1],[0.02,0.2]", "--dry-run") == 0
     out = capsys.readouterr().out
-    assert "policy.bounds=[0.01, 0.1]" in out and "policy.bounds=[0.02, 0.2]" in out
+    assert "[0.01, 0.1]" in out and "[0.02, 0.2]" in out and "policy.bounds" in out

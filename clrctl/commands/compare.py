@@ -33,6 +33,7 @@ N_BOOTSTRAP = 4000
 class Format(str, Enum):
     table = "table"
     markdown = "markdown"
+    md = "md"  # an alias of markdown
     json = "json"
 
 
@@ -48,30 +49,36 @@ def compare(
                                             help="For --metric: absolute (0.01) or relative to the baseline (2%)."),
     gate: bool = typer.Option(False, "--gate", help="Exit 1 when a candidate is worse than the baseline beyond tolerance."),
     strict: bool = typer.Option(False, "--strict", help="With --gate: an inconclusive result fails too."),
-    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, markdown (PR comments) or json."),
+    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, markdown or md (PR comments), or json."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to FILE instead of stdout."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Overlay loss, val acc and LR against step in a PNG."),
     bootstrap: int = typer.Option(N_BOOTSTRAP, "--bootstrap", min=100, help="Bootstrap resamples for groups."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap (results are deterministic)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the verdict line; the exit code tells the rest."),
 ) -> None:
     """Compare runs or seed groups against a baseline; with --gate, exit 1 on a regression.
-    A sweep directory (clrctl sweep) on its own: one row per point, ranked by --metric."""
+    One RUN (or group) alone: its summary table. A sweep directory (clrctl sweep) on its own:
+    one row per point, ranked by --metric."""
     from clrctl.compare.report import build_report, exit_code
     from clrctl.compare.runs import load_sides
     from clrctl.compare.sweep import is_sweep
 
+    if fmt is Format.md:
+        fmt = Format.markdown
     if any(is_sweep(spec) for spec in runs):
         from clrctl.commands.sweep import compare_sweep
 
-        return compare_sweep(list(runs), metric, target, fmt.value, output, plot,
+        return compare_sweep(list(runs), metric, target, fmt.value, output, plot, quiet,
                              baseline=baseline, tolerance=tolerance, gate=gate)
     options = _options(target, metric, tolerance, gate, strict, bootstrap, seed)
     sides, base = load_sides(list(runs), baseline)
+    if len(sides) == 1 and gate:
+        raise InputError("--gate needs a candidate to judge against the baseline (give two or more runs)")
     report = build_report(sides, base, options)
     if plot is not None:
         _plot(sides, report, plot)
-    _emit(report, fmt, output, plot)
-    if plot is not None:  # after the report, like --output's line: stdout stays the report alone
+    _emit(report, fmt, output, plot, quiet)
+    if plot is not None and not quiet:  # after the report, like --output's line: stdout stays the report alone
         err_console.print(f"wrote {plot}", markup=False, highlight=False, soft_wrap=True)
     if exit_code(report):
         raise Regression(_failure(report))
@@ -103,11 +110,13 @@ def _plot(sides: list[Side], report: dict[str, Any], path: Path) -> None:
     title = plot_title(report)
     if report["kind"] == "range-test":
         drawn = [c for side in sides for c in curves.range_curves(side)]
-        plots.plot_range_overlay(drawn, path, curves.range_log_x(sides), title)
+        plots.plot_range_overlay(drawn, path, curves.range_log_x(sides), title, curves.range_ylim(drawn))
     else:
         target = report["target"]
-        plots.plot_train_overlay([curves.train_curves(side) for side in sides], path,
-                                 (target["metric"], target["value"]) if target else None, title)
+        drawn = [curves.train_curves(side) for side in sides]
+        acc_target = target["value"] if target and target["metric"] == "val_acc" else None
+        plots.plot_train_overlay(drawn, path, (target["metric"], target["value"]) if target else None, title,
+                                 curves.acc_ylim(drawn, acc_target))
 
 
 def plot_title(report: dict[str, Any]) -> str:
@@ -116,12 +125,16 @@ def plot_title(report: dict[str, Any]) -> str:
     what = "range tests: " if report["kind"] == "range-test" else ""
     target = report.get("target")
     suffix = f" (target {target['metric']}={target['value']:g})" if target else ""
-    return f"clrctl compare, {what}{candidates} vs {report['baseline']}{suffix}"
+    sides = f"{candidates} vs {report['baseline']}" if candidates else report["baseline"]  # one run: its summary
+    return f"clrctl compare, {what}{sides}{suffix}"
 
 
-def _emit(report: dict[str, Any], fmt: Format, output: Optional[Path], plot: Optional[Path]) -> None:
+def _emit(report: dict[str, Any], fmt: Format, output: Optional[Path], plot: Optional[Path], quiet: bool) -> None:
     from clrctl.compare import render
 
+    if quiet and output is None:
+        console.print(render.headline(report), markup=False, highlight=False, soft_wrap=True)
+        return
     if output is None:
         if fmt is Format.table:
             # crop=False: a path longer than the terminal is wrapped by the terminal, not split by rich
@@ -135,7 +148,8 @@ def _emit(report: dict[str, Any], fmt: Format, output: Optional[Path], plot: Opt
     output.write_text(_text(report, fmt, image), encoding="utf-8")
     console.print(render.headline(report) if report["kind"] == "train" else "compared range tests",
                   markup=False, highlight=False, soft_wrap=True)
-    err_console.print(f"wrote {output}", markup=False, highlight=False, soft_wrap=True)
+    if not quiet:
+        err_console.print(f"wrote {output}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _text(report: dict[str, Any], fmt: Format, image: Optional[str]) -> str:

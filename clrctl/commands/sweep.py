@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from clrctl.app import app, console, err_console
 from clrctl.errors import InputError, Interrupted, RunFailed
+from clrctl.text import count
 
 HELP = (
     "Run a grid of training runs, each a normal run directory under DIR, indexed by DIR/sweep.json.\n\n"
@@ -114,7 +114,8 @@ class _Printer:
             console.print(f"{'resume' if resumed else 'start '} {ref.id}", style="dim", highlight=False, markup=False)
 
     def finished(self, outcome) -> None:
-        self.done += 1
+        if outcome.status != "interrupted":  # an interrupted run is not done: the rerun resumes it
+            self.done += 1
         if self.quiet and outcome.status == "completed":
             return
         mark = {"completed": ("ok", "green"), "interrupted": ("interrupted", "yellow")}.get(
@@ -134,13 +135,30 @@ class _Printer:
 
 
 def _print_plan(plan) -> None:
-    table = Table(title=f"{len(plan.points)} points × seeds = {len(plan.runs())} runs", title_justify="left")
-    for col in ("point", "overrides", "seeds"):
-        table.add_column(col)
-    for point in plan.points:
-        overrides = ", ".join(f"{k}={v}" for k, v in point.overrides.items())
-        table.add_row(Text(point.name), Text(overrides), ",".join(map(str, point.seeds)))
-    console.print(table)
+    """The points of --dry-run: a table, or one block per point when it does not fit; names and
+    values are never cut, and values print as YAML (``null``, ``[0.01, 0.1]``)."""
+    from clrctl.compare import render
+
+    keys = list(dict.fromkeys(k for point in plan.points for k in point.overrides))
+    rows = [[point.name, *(yaml_value(point.overrides[k]) if k in point.overrides else "" for k in keys),
+             ",".join(map(str, point.seeds))] for point in plan.points]
+    title = render._prose(plan_title(plan), console.width, style="bold")
+    console.print(title, render._block(["point", *keys, "seeds"], rows, console.width), crop=False)
+
+
+def plan_title(plan) -> str:
+    """``4 points × 3 seeds = 12 runs`` (the seed count only when every point has the same)."""
+    counts = {len(point.seeds) for point in plan.points}
+    seeds = f" × {count(counts.pop(), 'seed')}" if len(counts) == 1 else ""
+    return f"{count(len(plan.points), 'point')}{seeds} = {count(len(plan.runs()), 'run')}"
+
+
+def yaml_value(value) -> str:
+    """A value as YAML writes it in flow style: ``null``, ``true``, ``[0.01, 0.1]``, ``2 epochs``."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True)
+    return text.removesuffix("\n").removesuffix("\n...").strip()
 
 
 def _print_result(path: Path, index: dict, result, elapsed: float) -> None:
@@ -159,7 +177,7 @@ def _print_result(path: Path, index: dict, result, elapsed: float) -> None:
 
 
 def compare_sweep(specs: list[str], metric: str, target: Optional[str], fmt: str, output: Optional[Path],
-                  plot: Optional[Path], **refused) -> None:
+                  plot: Optional[Path], quiet: bool = False, **refused) -> None:
     """Rank the points of one sweep directory; write the table, markdown or JSON (and a plot)."""
     from clrctl.compare import sweep as report_mod
     from clrctl.compare.metrics import GATE_METRICS, parse_target
@@ -185,15 +203,18 @@ def compare_sweep(specs: list[str], metric: str, target: Optional[str], fmt: str
         text = report_mod.to_markdown(report, image)
     else:
         text = None if output is None else report_mod.to_text(report)
-    if output is None:
-        if text is None:
-            console.print(report_mod.rich_table(report))
+    if output is None and quiet:
+        console.print(report_mod.headline(report), markup=False, highlight=False, soft_wrap=True)
+    elif output is None:
+        if text is None:  # crop=False: a name longer than the terminal is wrapped by it, never cut
+            console.print(report_mod.renderable(report, console.width), crop=False)
         else:
             typer.echo(text, nl=False)
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text, encoding="utf-8")
-        console.print(report_mod.headline(report), highlight=False)
-        err_console.print(f"wrote {output}", highlight=False)
-    if plot is not None and output is None and fmt == "table":
+        console.print(report_mod.headline(report), highlight=False, markup=False, soft_wrap=True)
+        if not quiet:
+            err_console.print(f"wrote {output}", highlight=False, markup=False)
+    if plot is not None and output is None and fmt == "table" and not quiet:
         err_console.print(f"wrote {plot}", highlight=False, markup=False)

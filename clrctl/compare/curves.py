@@ -86,3 +86,43 @@ def range_curves(side: Side) -> list[SideCurves]:
 def range_log_x(sides: list[Side]) -> bool:
     """Log LR axis when any range test swept exponentially (``range_test.mode: exp``)."""
     return any((run.config.get("range_test") or {}).get("mode") == "exp" for side in sides for run in side.runs)
+
+
+# -- axis ranges (computed here, drawn by clrctl.plots.compare) ------------------------------------
+CLIP_PERCENTILE = 95  # a range test's divergence spike is a few steps: above this, off the axis
+ACC_ZOOM_PERCENTILE = 25  # val acc: the first evaluations (near chance) may fall below the axis
+
+
+def range_ylim(curves: list[SideCurves]) -> Optional[tuple[float, float]]:
+    """Loss axis of the range-test overlay: from the lowest loss to the 95th percentile of the
+    finite losses (at least every curve's starting loss), so one divergence spike does not
+    flatten the curves; None (autoscale) when nothing sticks out."""
+    ys = [c.panels["loss_vs_lr"].y[np.isfinite(c.panels["loss_vs_lr"].y)] for c in curves]
+    ys = [y for y in ys if len(y)]
+    if not ys:
+        return None
+    every = np.concatenate(ys)
+    high = max(float(np.percentile(every, CLIP_PERCENTILE)), max(float(y[0]) for y in ys))
+    low = float(every.min())
+    if every.max() <= high or high <= low:
+        return None
+    pad = 0.05 * (high - low)
+    return low - pad, high + pad
+
+
+def acc_ylim(sides: list[SideCurves], target: Optional[float]) -> Optional[tuple[float, float]]:
+    """Val acc axis of the train overlay: zoomed on where the runs spend most evaluations and on
+    the target (the region a comparison is about), not stretched down to chance level."""
+    parts = []
+    for side in sides:
+        curve = side.panels["val_acc"]
+        parts += [a[np.isfinite(a)] for a in (curve.y, curve.low, curve.high) if a is not None]
+    values = np.concatenate(parts) if parts else np.empty(0)
+    if not len(values):
+        return None
+    low = float(np.percentile(values, ACC_ZOOM_PERCENTILE))
+    high = float(values.max())
+    if target is not None:
+        low, high = min(low, target - 0.02), max(high, target)
+    pad = 0.05 * max(high - low, 0.01)
+    return max(0.0, low - pad), high + pad

@@ -25,6 +25,7 @@ import numpy as np
 from clrctl.compare.runs import Run
 from clrctl.config import TARGET_METRICS
 from clrctl.errors import InputError
+from clrctl.suggest import loss_analysis
 
 HIGHER, LOWER, NEUTRAL = 1, -1, 0  # direction: which way is better
 
@@ -58,6 +59,7 @@ RANGE_METRICS = {
         Metric("base_lr", "suggested base_lr", NEUTRAL, "lr", "0"),
         Metric("max_lr", "suggested max_lr", NEUTRAL, "lr", "0"),
         Metric("min_loss", "min smoothed loss", NEUTRAL, "loss", "0"),  # sweeps differ: no verdict
+        # the range test's loss_min rule (clrctl.suggest), not the lagging EMA's minimum
         Metric("lr_at_min_loss", "LR at min loss", NEUTRAL, "lr", "0"),
         Metric("steps", "steps", NEUTRAL, "count", "0"),
         # a multi-seed range test (range-test --seeds N): how far its seeds' suggestions spread
@@ -204,13 +206,19 @@ def range_scalars(run: Run) -> dict[str, float]:
 
 
 def _loss_minimum(metrics: dict[str, np.ndarray]) -> tuple[float, float]:
-    """(minimum smoothed loss, the LR where it occurs) of one sweep."""
-    loss = metrics.get("smoothed_loss", metrics.get("loss"))
-    lr = metrics.get("lr")
-    if loss is None or lr is None or not np.isfinite(loss).any():
+    """(minimum of the smoothed loss, the LR where it occurs) of one sweep, by the range test's
+    own rule (:func:`clrctl.suggest.loss_analysis`: zero-phase smoothing of the raw loss, no EMA
+    lag), so that compare and ``range-test`` report the same LR. NaN when it finds no minimum."""
+    loss, lr = metrics.get("loss"), metrics.get("lr")
+    if loss is None or lr is None:
         return math.nan, math.nan
-    best = int(np.nanargmin(np.where(np.isfinite(loss), loss, np.nan)))
-    return float(loss[best]), float(lr[best])
+    analysis = loss_analysis(lr, loss)
+    if analysis["smooth"] is None:
+        return math.nan, math.nan
+    at = analysis["min_i"]
+    # without a usable descent the range test suggests no loss_min LR: neither does compare
+    lr_at = math.nan if analysis["reason"] else float(lr[at])
+    return float(analysis["smooth"][at]), lr_at
 
 
 def _nanmedian(values: list[float]) -> float:

@@ -26,7 +26,8 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-VERDICT_STYLE = {"better": "green", "worse": "bold red", "same": "dim", "inconclusive": "yellow", "-": "dim"}
+VERDICT_STYLE = {"better": "green", "worse": "bold red", "same": "dim", "inconclusive": "yellow", "-": "dim",
+                 "not comparable": "yellow"}
 RESULT_STYLE = {"pass": "bold green", "regression": "bold red", "inconclusive": "bold yellow",
                 "incomparable": "bold yellow", "n/a": "dim"}
 VERDICT_WORDS = {"incomparable": "not comparable"}  # the JSON value -> the words people read
@@ -58,6 +59,13 @@ def fmt_diff(value: Optional[float], unit: str) -> str:
 
 def fmt_pct(value: Optional[float]) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value * 100:+.1f}%"
+
+
+def fmt_decades(decades: Optional[float]) -> str:
+    """A ratio of LRs: ``+0.20 dec (×1.58)``; a percentage would read +95947.3% for 3 decades."""
+    if decades is None or not math.isfinite(decades):
+        return "—"
+    return f"{decades:+.2f} dec (×{10 ** decades:.3g})"
 
 
 def fmt_side(entry: dict[str, Any], unit: str) -> str:
@@ -120,6 +128,10 @@ def fmt_config_value(value: Any) -> str:
 
 def headline(report: dict[str, Any]) -> str:
     gate = report["gate"]
+    if not report["comparisons"]:  # compare RUN: one run or group, summarised
+        runs = report["runs"][0]
+        what = "range test" if report["kind"] != "train" else "group" if runs["is_group"] else "run"
+        return f"summary of {what} {report['baseline']}" + (f" ({runs['n']} runs)" if runs["is_group"] else "")
     if report["kind"] != "train":
         return f"range tests against {report['baseline']}"
     on = "gate" if gate["enabled"] else "judged on"
@@ -131,7 +143,7 @@ def headline(report: dict[str, Any]) -> str:
 
 
 def context_line(report: dict[str, Any]) -> str:
-    parts = [f"baseline: {report['baseline']}"]
+    parts = [f"baseline: {report['baseline']}" if report["comparisons"] else f"summary of {report['baseline']}"]
     if report.get("target"):
         parts.append(f"target {report['target']['metric']}={report['target']['value']:g}")
     budget = report.get("budget_steps")
@@ -164,18 +176,21 @@ def diff_rows(report: dict[str, Any], comp: dict[str, Any]) -> tuple[list[str], 
     its tolerance and verdict; range tests are described, not judged)."""
     judged = report["kind"] == "train"
     grouped = any(e.get("ci_low") is not None for e in comp["metrics"].values())
-    header = ["metric", "Δ", "Δ%"] + (["95% CI of Δ"] if grouped else []) + (["tolerance", "verdict"] if judged else [])
+    header = ["metric", "Δ", "Δ%" if judged else "relative"] + (["95% CI of Δ"] if grouped else []) \
+        + (["tolerance", "verdict"] if judged else [])
     rows = []
     for name, entry in comp["metrics"].items():
         info = report["metrics"][name]
         if info["direction"] is None and judged:
             continue  # steps, epochs: shown in the runs table, nothing to judge
         unit = info["unit"]
-        row = [info["title"], fmt_delta(entry, unit), fmt_pct(entry["rel_diff"])]
+        relative = fmt_decades(entry.get("diff_decades")) if unit == "lr" else fmt_pct(entry["rel_diff"])
+        row = [info["title"], fmt_delta(entry, unit), relative]
         if grouped:
             row.append(fmt_ci(entry, unit))
         if judged:
-            row += [f"±{fmt_value(entry['tolerance_abs'], unit).strip()}", entry["verdict"]]
+            row += [f"±{fmt_value(entry['tolerance_abs'], unit).strip()}",
+                    VERDICT_WORDS.get(entry["verdict"], entry["verdict"])]
         rows.append(row)
     return header, rows
 
@@ -210,7 +225,7 @@ def rich_report(report: dict[str, Any], width: Optional[int] = None) -> Group:
             parts.append(_block(["changed config key", report["baseline"], comp["candidate"]],
                                 [[d["key"], fmt_config_value(d["baseline"]), fmt_config_value(d["candidate"])]
                                  for d in comp["config_diff"]], width, vertical_title="changed config keys"))
-    if report["kind"] == "train":
+    if report["kind"] == "train" and report["comparisons"]:
         parts.append(_prose(headline(report), width, style=RESULT_STYLE.get(report["verdict"], "")))
     parts += [_prose(f"note: {note}", width, style="dim") for note in report["notes"]]
     return Group(*parts)

@@ -8,7 +8,7 @@ table, markdown or JSON. Nothing here prints or draws. Non-finite floats stay in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -37,6 +37,9 @@ IGNORED_CONFIG_KEYS = ("name", "seed")  # differ by design between runs that are
 # keeps them), a range test sweeps its own LR, so the policy and the training length do not apply
 IGNORED_SECTIONS = {"train": ("range_test",), "range-test": ("policy", "train")}
 IDENTITY_KEYS = ("dataset.name", "model.name")  # runs that differ here are not comparable
+# runs that differ here compute another loss (label smoothing adds its term to val_loss too):
+# their losses are reported, not judged
+LOSS_KEYS = ("train.loss", "train.label_smoothing")
 FEW_SEEDS = 3
 
 
@@ -67,6 +70,7 @@ def build_report(sides: list[Side], baseline: int, options: Options) -> dict[str
         target = target_from_run(sides[baseline].runs[0])
         if target is not None:
             report_notes.append(f"target {target} taken from the baseline's config")
+            options = replace(options, target=target)
     budget = shared_budget([run for side in sides for run in side.runs])
     report = _build(sides, baseline, options, TRAIN_METRICS, "train", target, budget)
     report["notes"] = report_notes + report["notes"]
@@ -198,9 +202,19 @@ def _comparison(base: Side, b_vals, cand: Side, c_vals, shown, options: Options)
     }
     comp["not_comparable"] = [d["key"] for d in comp["config_diff"] if d["key"] in IDENTITY_KEYS]
     comp["comparable"] = not comp["not_comparable"]
+    comp["loss_differs"] = [d["key"] for d in comp["config_diff"] if d["key"] in LOSS_KEYS]
+    if comp["loss_differs"]:
+        for name in _loss_metrics(shown, options.target):
+            entries[name]["verdict"] = "incomparable"
     if "steps_to_target" in shown:
         comp["speedup"] = speedup(b_vals, c_vals, pairs, options)
     return comp
+
+
+def _loss_metrics(shown: list[str], target: Optional[Target]) -> list[str]:
+    """The metrics measured in the loss: final val loss, and steps to a val_loss target."""
+    loss_target = target is not None and target.metric.endswith("loss")
+    return [name for name in shown if name == "final_val_loss" or (name == "steps_to_target" and loss_target)]
 
 
 def compare_metric(metric: Metric, base: np.ndarray, cand: np.ndarray, pairs, tol: Tolerance, options) -> dict[str, Any]:
@@ -220,8 +234,10 @@ def compare_metric(metric: Metric, base: np.ndarray, cand: np.ndarray, pairs, to
     tolerance = tol.absolute(old)
     with np.errstate(all="ignore"):
         rel = diff / abs(old) if old and math.isfinite(old) and math.isfinite(diff) else math.nan
+    decades = math.log10(new / old) if metric.unit == "lr" and old > 0 and new > 0 and math.isfinite(old * new) else None
     return {
         "old": old, "new": new, "diff": diff, "rel_diff": rel,
+        **({"diff_decades": decades} if metric.unit == "lr" else {}),  # LRs differ by factors, not percents
         "ci_low": low if grouped else None, "ci_high": high if grouped else None,
         "direction": _metric_info(metric)["direction"],
         "tolerance": str(tol), "tolerance_abs": tolerance,
@@ -334,7 +350,7 @@ def _gate(comparisons: list[dict[str, Any]], options: Options, kind: str) -> dic
     """The gate metric's verdict per candidate and the result: pass / regression / inconclusive,
     or incomparable when no candidate is comparable. A candidate that is not comparable (another
     data set or model) is reported as ``incomparable`` and never fails the gate (README)."""
-    if kind != "train":
+    if kind != "train" or not comparisons:  # range tests are described; one run alone is a summary
         return {"enabled": False, "metric": None, "tolerance": None, "result": None, "candidates": {}}
     verdicts = {c["candidate"]: c["metrics"].get(options.metric, {}).get("verdict", "inconclusive")
                 if c["comparable"] else "incomparable" for c in comparisons}
@@ -374,6 +390,10 @@ def _notes(sides: list[Side], comparisons: list[dict[str, Any]]) -> list[str]:
             keys = ", ".join(comp["not_comparable"])
             verb = "differs" if len(comp["not_comparable"]) == 1 else "differ"
             notes.append(f"{comp['candidate']}: not comparable with the baseline ({keys} {verb})")
+        if comp.get("loss_differs"):
+            keys = ", ".join(comp["loss_differs"])
+            notes.append(f"{comp['candidate']}: val_loss is not comparable with the baseline's ({keys} differs: "
+                         "another loss is computed); its loss is reported, not judged — compare by val_acc")
     return notes
 
 

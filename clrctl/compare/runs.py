@@ -80,7 +80,7 @@ def load_side(spec: str) -> Side:
         matches = sorted(p for p in _glob.glob(spec) if Path(p).is_dir())
         if not matches:
             raise InputError(f"{spec}: no run directories match this pattern")
-        return Side(label=spec, source=spec, runs=[load_run(p) for p in matches], is_group=True)
+        return _checked(Side(label=spec, source=spec, runs=[load_run(p) for p in matches], is_group=True))
     path = Path(spec)
     if not path.exists():
         raise InputError(f"{spec}: no such run directory")
@@ -89,7 +89,33 @@ def load_side(spec: str) -> Side:
     if (path / "run.json").is_file():
         return Side(label=_name(path), source=spec, runs=[load_run(path)], is_group=False)
     members = group_members(path)
-    return Side(label=_name(path), source=spec, runs=[load_run(p) for p in members], is_group=True)
+    return _checked(Side(label=_name(path), source=spec, runs=[load_run(p) for p in members], is_group=True))
+
+
+def _checked(side: Side) -> Side:
+    """A group is several seeds of one config: refuse a side that repeats a seed or pools runs
+    of different configs (a glob over two groups), naming the seed or the first differing key."""
+    from clrctl.compare.report import config_diff  # report imports this module
+
+    first = side.runs[0]
+    seen: dict[int, Path] = {}
+    for run in side.runs:
+        if run.seed is not None and run.seed in seen:
+            raise InputError(f"{side.source}: seed {run.seed} appears twice ({seen[run.seed]}, {run.path}); "
+                             "a side is one config's seeds: compare each group as a side of its own")
+        if run.seed is not None:
+            seen[run.seed] = run.path
+        diff = config_diff(first.config, run.config, first.kind) if run.kind == first.kind else []
+        if diff:
+            key = diff[0]
+            raise InputError(f"{side.source}: mixes runs of different configs ({key['key']}: "
+                             f"{_short(key['baseline'])} in {first.path}, {_short(key['candidate'])} in {run.path}); "
+                             "compare each config as a side of its own")
+    return side
+
+
+def _short(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
 
 
 def group_members(path: Path) -> list[Path]:
@@ -243,7 +269,8 @@ def unique_labels(sides: list[Side]) -> None:
 
 
 def load_sides(specs: list[str], baseline: Optional[str] = None) -> tuple[list[Side], int]:
-    """Load every side; the baseline is the first unless ``baseline`` names one (or another run)."""
+    """Load every side; the baseline is the first unless ``baseline`` names one (or another run).
+    One side alone is a summary of that run or group (no comparison)."""
     index = 0
     if baseline is not None:
         matches = [i for i, spec in enumerate(specs) if _same(spec, baseline)]
@@ -251,8 +278,8 @@ def load_sides(specs: list[str], baseline: Optional[str] = None) -> tuple[list[S
             index = matches[0]
         else:
             specs, index = [baseline, *specs], 0
-    if len(specs) < 2:
-        raise InputError("compare needs at least two runs (a baseline and a candidate)")
+    if not specs:
+        raise InputError("compare needs a run (its summary) or two or more (a baseline and candidates)")
     sides = [load_side(spec) for spec in specs]
     unique_labels(sides)
     return sides, index

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from rich.console import Console
-from rich.markup import escape
+from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 from clrctl.compare import render, stats
 from clrctl.compare.metrics import HIGHER, TRAIN_METRICS, Target, shared_budget, target_from_run, train_scalars
@@ -154,24 +154,44 @@ def headline(report: dict[str, Any]) -> str:
     metric = report["metric"]
     target = report["target"]
     what = metric["title"] + (f" (target {target['metric']}={target['value']:g})" if target else "")
-    best = report["points"][0]
     return (f"sweep {report['name']}: {len(report['points'])} points ranked by {what}, {metric['direction']} "
-            f"is better; values are the median [min–max] over seeds; best: {best['name']}")
+            f"is better; values are the median [min–max] over seeds; {best_text(report)}")
 
 
-def rich_table(report: dict[str, Any]) -> Table:
+def best_text(report: dict[str, Any]) -> str:
+    """``best: NAME``, ``tie for best: A, B`` (same median), or ``no point ranked``."""
+    best = [row["name"] for row in report["points"] if row["rank"] == 1]
+    if not best:
+        return "no point ranked (none completed with a value)"
+    return f"best: {best[0]}" if len(best) == 1 else f"tie for best ({len(best)} points): {', '.join(best)}"
+
+
+def renderable(report: dict[str, Any], width: Optional[int]) -> Any:
+    """The ranking for a terminal of ``width`` columns: a table whose cells are never cut
+    (no_wrap), or, when it does not fit, one block per point (name, then ``column  value``)."""
     header, rows = table_rows(report)
-    table = Table(title=escape(headline(report)), title_justify="left")
+    title = render._prose(headline(report), width, style="bold")
+    table = _table(header, rows, report)
+    if width is None or render._width_of(table) <= width:
+        return Group(title, table)
+    named = [[f"rank {cells[0]}: {row['name']}" if row["rank"] is not None else f"unranked: {row['name']}",
+              *cells[1:]] for cells, row in zip(rows, report["points"])]
+    return Group(title, render._vertical(["point", *header[1:]], named, None, "row", width))
+
+
+def _table(header: list[str], rows: list[list[str]], report: dict[str, Any]) -> Table:
+    table = Table()
+    right = len(header) - len(report["shown"]) - 1
     for i, col in enumerate(header):
-        table.add_column(col, justify="right" if i == 0 or i >= len(header) - len(report["shown"]) - 1 else "left")
+        table.add_column(Text(col), justify="right" if i == 0 or i >= right else "left", no_wrap=True)
     for cells, row in zip(rows, report["points"]):
-        table.add_row(*map(escape, cells), style="bold" if row["rank"] == 1 else None)
+        table.add_row(*map(Text, cells), style="bold" if row["rank"] == 1 else None)
     return table
 
 
 def to_text(report: dict[str, Any]) -> str:
     buffer = io.StringIO()
-    Console(file=buffer, width=200, no_color=True, force_terminal=False).print(rich_table(report))
+    Console(file=buffer, width=200, no_color=True, force_terminal=False).print(renderable(report, 200), crop=False)
     return buffer.getvalue()
 
 

@@ -17,14 +17,16 @@ def _label(side) -> str:
 
 
 def plot_train_overlay(sides: Sequence, path: str | Path, target: Optional[tuple[str, float]] = None,
-                       title: Optional[str] = None) -> Path:
+                       title: Optional[str] = None, acc_ylim: Optional[tuple[float, float]] = None) -> Path:
     """Loss, validation accuracy and LR against optimizer steps, one colour per side."""
-    save(train_overlay_figure(sides, target, title), path)
+    save(train_overlay_figure(sides, target, title, acc_ylim), path)
     return Path(path)
 
 
-def train_overlay_figure(sides: Sequence, target: Optional[tuple[str, float]] = None, title: Optional[str] = None):
-    """The figure of :func:`plot_train_overlay` (not saved, so that tests can inspect it)."""
+def train_overlay_figure(sides: Sequence, target: Optional[tuple[str, float]] = None, title: Optional[str] = None,
+                         acc_ylim: Optional[tuple[float, float]] = None):
+    """The figure of :func:`plot_train_overlay` (not saved, so that tests can inspect it);
+    ``acc_ylim``: the accuracy panel's range (:func:`clrctl.compare.curves.acc_ylim`)."""
     fig, axes = new_figure(3, 1, sharex=True, figsize=(7.5, 8.5))
     for ax, (key, ylabel) in zip(axes, TRAIN_PANELS):
         for i, side in enumerate(sides):
@@ -38,6 +40,8 @@ def train_overlay_figure(sides: Sequence, target: Optional[tuple[str, float]] = 
         axes[1].axhline(target[1], color="gray", linestyle="--", linewidth=1, label=f"target val_acc={target[1]:g}")
         # the target line is not in the top panel's legend: label it where it is drawn
         axes[1].legend(handles=axes[1].get_lines()[-1:], fontsize="small", loc="lower right")
+    if acc_ylim is not None:
+        axes[1].set_ylim(*acc_ylim)
     axes[0].legend(fontsize="small")
     axes[-1].set_xlabel("optimizer steps")
     if title:
@@ -45,20 +49,25 @@ def train_overlay_figure(sides: Sequence, target: Optional[tuple[str, float]] = 
     return fig
 
 
-def plot_range_overlay(curves: Sequence, path: str | Path, log_x: bool, title: Optional[str] = None) -> Path:
+def plot_range_overlay(curves: Sequence, path: str | Path, log_x: bool, title: Optional[str] = None,
+                       ylim: Optional[tuple[float, float]] = None) -> Path:
     """Range tests: smoothed loss against LR (log LR axis for an exponential sweep)."""
-    save(range_overlay_figure(curves, log_x, title), path)
+    save(range_overlay_figure(curves, log_x, title, ylim), path)
     return Path(path)
 
 
-def range_overlay_figure(curves: Sequence, log_x: bool, title: Optional[str] = None):
-    """The figure of :func:`plot_range_overlay` (not saved, so that tests can inspect it)."""
+def range_overlay_figure(curves: Sequence, log_x: bool, title: Optional[str] = None,
+                         ylim: Optional[tuple[float, float]] = None):
+    """The figure of :func:`plot_range_overlay` (not saved, so that tests can inspect it);
+    ``ylim``: the loss axis (:func:`clrctl.compare.curves.range_ylim`: a spike is clipped)."""
     fig, ax = new_figure()
     for i, side in enumerate(curves):
         curve = side.panels["loss_vs_lr"]
         ax.plot(curve.x, curve.y, color=f"C{i}", label=side.label, linewidth=1.2)
     if log_x:
         ax.set_xscale("log")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("smoothed loss")
     ax.legend(fontsize="small")

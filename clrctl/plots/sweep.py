@@ -1,7 +1,8 @@
 """The ``compare SWEEP_DIR --plot`` figure, drawn from the sweep report (nothing computed here).
 
 Two grid keys vary: a heatmap of the metric's median over seeds (each cell also gives the
-seeds' min–max). One key varies: the median against that key's values with the seeds' min–max
+seeds' count and min–max; the colour range spans at least :data:`MIN_COLOR_SPAN`, so that a
+small difference does not look maximal). One key varies: the median against that key's values with the seeds' min–max
 as a band and each seed as a dot. Otherwise: every point's median and range, best first.
 Extra points (``sweep.include``, e.g. a fixed-LR baseline) are drawn as reference lines or
 listed under the heatmap.
@@ -15,20 +16,63 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 
-from clrctl.plots._style import new_figure, save
+from clrctl.plots._style import DPI, new_figure, save
 
 
 def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
+    fig = sweep_figure(report)
+    if getattr(fig, "clrctl_no_grid", False):
+        fig.savefig(path, dpi=DPI)  # a heatmap: no grid lines across its cells
+    else:
+        save(fig, path)
+    return Path(path)
+
+
+def sweep_figure(report: dict[str, Any]):
+    """The figure of :func:`plot_sweep` (not saved, so that tests can inspect it)."""
     keys = report["keys"]
     grid_rows = [row for row in report["points"] if not row["included"]]
+    if not any(math.isfinite(_finite(row["metrics"][report["metric"]["name"]]["median"])) for row in report["points"]):
+        return _nothing(report)
     if len(keys) == 2 and grid_rows:
-        _heatmap(report, grid_rows, keys, path)
-    elif len(keys) == 1 and grid_rows:
-        _lines(report, grid_rows, keys[0], path)
-    else:
-        _ranked(report, path)
-    return Path(path)
+        return heatmap_figure(report, grid_rows, keys)
+    if len(keys) == 1 and grid_rows:
+        return _lines(report, grid_rows, keys[0])
+    return _ranked(report)
+
+
+def _nothing(report: dict[str, Any]):
+    """No point has a value to draw (none reached the target): say so, not a made-up scale."""
+    fig, ax = new_figure()
+    what = ("no point reached the target" if report["metric"]["name"] == "steps_to_target"
+            else f"no point has a {report['metric']['title']}")
+    ax.text(0.5, 0.5, what, ha="center", va="center", fontsize=12, transform=ax.transAxes)
+    ax.set_axis_off()
+    ax.set_title(_title(report), fontsize=9)
+    fig.clrctl_no_grid = True
+    return fig
+
+
+# The smallest colour range of a heatmap, per unit: a smaller spread of medians is drawn in the
+# middle of this range, so that a one-point difference does not span the whole scale.
+MIN_COLOR_SPAN = {"acc": 0.05, "loss": 0.1, "steps": 0.2, "count": 0.2, "seconds": 0.2}  # relative for the last 3
+
+
+def color_limits(values: np.ndarray, unit: str) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    low, high = float(finite.min()), float(finite.max())
+    span = MIN_COLOR_SPAN.get(unit, 0.0)
+    if unit not in ("acc",):
+        span *= max(abs(low), abs(high))
+    if high - low >= span:
+        return low, high
+    middle = (low + high) / 2
+    low, high = middle - span / 2, middle + span / 2
+    if unit == "acc" and high > 1.0:  # keep the range within [0, 1]
+        low, high = low - (high - 1.0), 1.0
+    return low, high
 
 
 def _fmt(entry: dict[str, Any], unit: str) -> str:
@@ -51,7 +95,8 @@ def _title(report: dict[str, Any]) -> str:
     return f"{report['name']}: median {what} over seeds ({metric['direction']} is better)"
 
 
-def _heatmap(report, rows, keys, path) -> None:
+def heatmap_figure(report, rows, keys):
+    """Median over seeds per cell, with the seeds' count and min–max written in the cell."""
     metric = report["metric"]
     ys, xs = report["grid"][keys[0]], report["grid"][keys[1]]
     values = np.full((len(ys), len(xs)), np.nan)
@@ -64,14 +109,14 @@ def _heatmap(report, rows, keys, path) -> None:
             continue
         entry = row["metrics"][metric["name"]]
         values[i, j] = entry["median"]
-        spread = "" if entry["n"] < 2 else f"\n[{_fmt({**entry, 'median': entry['min']}, metric['unit'])}–" \
+        spread = "" if entry["n"] < 2 else f"\nn={entry['n']} [{_fmt({**entry, 'median': entry['min']}, metric['unit'])}–" \
                                            f"{_fmt({**entry, 'median': entry['max']}, metric['unit'])}]"
         labels[i][j] = _fmt(entry, metric["unit"]) + spread
     shown = np.ma.masked_invalid(values)
-    fig, ax = new_figure(figsize=(1.6 * len(xs) + 3.0, 1.0 * len(ys) + 2.2))
-    cmap = "viridis" if metric["direction"] == "higher" else "viridis_r"
-    image = ax.imshow(shown, cmap=cmap, aspect="auto")
-    image.cmap.set_bad("lightgray")
+    fig, ax = new_figure(figsize=(1.8 * len(xs) + 3.0, 1.0 * len(ys) + 2.2))
+    cmap = colormaps["viridis" if metric["direction"] == "higher" else "viridis_r"].with_extremes(bad="lightgray")
+    vmin, vmax = color_limits(values, metric["unit"])
+    image = ax.imshow(shown, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
     for i in range(len(ys)):
         for j in range(len(xs)):
             ax.text(j, i, labels[i][j] or "—", ha="center", va="center", fontsize=8,
@@ -81,11 +126,12 @@ def _heatmap(report, rows, keys, path) -> None:
     ax.set_xlabel(keys[1])
     ax.set_ylabel(keys[0])
     ax.grid(False)
-    fig.colorbar(image, ax=ax, label=metric["title"])
+    fig.colorbar(image, ax=ax, label=metric["title"] + " (median over seeds)")
     extras = [f"{row['name']}: {_fmt(row['metrics'][metric['name']], metric['unit'])}"
               for row in report["points"] if row["included"]]
     ax.set_title(_title(report) + ("\n" + "; ".join(extras) if extras else ""), fontsize=9)
-    fig.savefig(path, dpi=120)
+    fig.clrctl_no_grid = True
+    return fig
 
 
 def _dark(image, value: float) -> bool:
@@ -95,7 +141,7 @@ def _dark(image, value: float) -> bool:
     return 0.299 * r + 0.587 * g + 0.114 * b < 0.5
 
 
-def _lines(report, rows, key, path) -> None:
+def _lines(report, rows, key):
     metric = report["metric"]["name"]
     values = report["grid"][key]
     order = {_key(v): i for i, v in enumerate(values)}
@@ -118,10 +164,10 @@ def _lines(report, rows, key, path) -> None:
     ax.set_ylabel(report["metric"]["title"])
     ax.set_title(_title(report), fontsize=9)
     ax.legend(fontsize="small")
-    save(fig, path)
+    return fig
 
 
-def _ranked(report, path) -> None:
+def _ranked(report):
     metric = report["metric"]["name"]
     rows = [r for r in report["points"] if r["completed"]]
     fig, ax = new_figure(figsize=(7.5, 0.35 * len(rows) + 1.5))
@@ -133,7 +179,7 @@ def _ranked(report, path) -> None:
     ax.set_yticks(y, [r["name"] for r in rows], fontsize=7)
     ax.set_xlabel(report["metric"]["title"] + " (median, seeds' min–max)")
     ax.set_title(_title(report), fontsize=9)
-    save(fig, path)
+    return fig
 
 
 def _finite(value: Any) -> float:

@@ -62,7 +62,10 @@ class SweepDir:
         return sweep
 
     def check_consistent(self, plan: Plan) -> None:
-        """A point that exists already must have the same config and seeds as the plan's."""
+        """An existing sweep must be the same grid (its points are refused, not merged: the index
+        of another grid would drop finished points from the ranking), and a point that exists
+        already must have the same config and seeds as the plan's."""
+        self._check_same_points(plan)
         for point in plan.points:
             config = self.config_path(point)
             if config.is_file():
@@ -77,6 +80,14 @@ class SweepDir:
                                  f"({read_json(group).get('seeds')}); sweep into a new --run-dir")
             if not point.is_group and group.is_file():
                 raise InputError(f"{self.path}: point {point.name} exists as a seed group; sweep into a new --run-dir")
+
+    def _check_same_points(self, plan: Plan) -> None:
+        previous = self._previous_index()
+        names = [p.get("name") for p in previous.get("points") or [] if isinstance(p, dict)]
+        if not names or names == [p.name for p in plan.points]:
+            return
+        raise InputError(f"{self.path}: holds a sweep of another grid ({_grid_change(previous, plan)}); "
+                         "rerun the same grid to resume it, or sweep into a new --run-dir")
 
     # -- paths ----------------------------------------------------------------------
     def config_path(self, point: Point) -> Path:
@@ -194,3 +205,23 @@ def _differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> l
         elif x != y:
             keys.append(f"{prefix}{key}")
     return keys
+
+
+def _grid_change(previous: dict[str, Any], plan: Plan) -> str:
+    """What differs between an index's grid and the plan's, for the refusal's one line."""
+    before, now = previous.get("grid") or {}, plan.grid
+    changes = [f"{key}: {_values(before.get(key))} there, {_values(now.get(key))} now"
+               for key in list(before) + [k for k in now if k not in before] if before.get(key) != now.get(key)]
+    if previous.get("include") != plan.include:
+        changes.append("sweep.include differs")
+    if previous.get("seeds") != plan.seeds:
+        changes.append(f"seeds: {previous.get('seeds')} there, {plan.seeds} now")
+    if not changes:  # e.g. an index without a grid: name the points themselves
+        names = {p.get("name") for p in previous.get("points", [])}
+        added = [p.name for p in plan.points if p.name not in names]
+        changes.append(f"new points: {', '.join(added[:3])}" if added else "fewer points")
+    return "; ".join(changes)
+
+
+def _values(values: Any) -> str:
+    return "not swept" if values is None else yaml.safe_dump(values, default_flow_style=True, width=10**6).strip()
