@@ -15,6 +15,9 @@ machines. A worker knows it is one from torchrun's environment (``WORLD_SIZE``, 
 - Stopping is agreed: a signal, a diverged loss or an error on one rank is folded into the
   one reduction of each host sync (:func:`reduce_flush`), so all ranks stop at the same step
   (Lightning's ``should_stop`` broadcast). A rank that dies makes the launcher stop the rest.
+- Failing is bounded and told truly: a collective waits at most :func:`timeout_s`; workers stop
+  when their launcher dies (:func:`stop_with_launcher`); the launcher shows the first failing
+  rank's own error and marks the run ``failed`` when a failure left it ``running``.
 """
 
 from __future__ import annotations
@@ -416,7 +419,10 @@ def launch(nproc: int, args: list[str]) -> int:
         return _supervise(launcher, folder)
     finally:
         for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+            if value is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = value
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -459,18 +465,14 @@ def _verdict(records: list[dict[str, Any]], codes: dict[int, int]) -> tuple[int,
     that only lost its peers; interruptions last."""
     failed = [r for r in records if r["code"] != 130]
     own = [r for r in failed if not r["echo"]]
-    if own:
-        return own[0]["code"], _line(_first(own))
-    if any(code not in (0, *_PASSED_ON) and code != -signal.SIGTERM for code in codes.values()):
-        return 1, "worker failed: " + ", ".join(f"rank {r} ({_describe(c)})" for r, c in sorted(codes.items()))
-    if failed or records:
-        chosen = _first(failed or records)
+    killed = any(code not in (0, *_PASSED_ON) and code != -signal.SIGTERM for code in codes.values())
+    if own or (records and not killed):
+        chosen = _first(own or failed or records)
         return chosen["code"], _line(chosen)
-    # No word from the workers (--debug: they printed tracebacks): the first rank that failed decides.
     first = next((code for _, code in sorted(codes.items()) if code != 130), 130)
-    if first not in _PASSED_ON:
-        return 1, "worker failed: " + ", ".join(f"rank {r} ({_describe(c)})" for r, c in sorted(codes.items()))
-    return first, None
+    if not killed and first in _PASSED_ON:  # no word from the workers (--debug: they printed tracebacks)
+        return first, None
+    return 1, "worker failed: " + ", ".join(f"rank {r} ({_describe(c)})" for r, c in sorted(codes.items()))
 
 
 def _first(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -171,8 +172,9 @@ def workers_of(launcher) -> dict[int, int]:
         children += (task / "children").read_text().split()
     ranks = {}
     for pid in map(int, children):
-        env = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in item)
-        ranks[int(env["RANK"])] = pid
+        env = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+        rank = next(item.split("=", 1)[1] for item in env if item.startswith("RANK="))
+        ranks[int(rank)] = pid
     return ranks
 
 
@@ -200,7 +202,11 @@ def test_a_stuck_rank_fails_the_run_after_the_timeout(tiny_config, tmp_path, mon
     monkeypatch.setenv("CLRCTL_DDP_TIMEOUT", "1")
     cfg = tiny_config("stall", model={"name": "rank_model:build", "args": {"after": 3, "stall_s": 4}})
     proc = spawn("train", cfg, "--nproc", "2", "--run-dir", tmp_path / "run", "-q")
-    _, err = proc.communicate(timeout=120)  # torch's default timeout: 30 minutes of a hung job
+    try:
+        _, err = proc.communicate(timeout=120)  # torch's default timeout: 30 minutes of a hung job
+    except subprocess.TimeoutExpired:
+        proc.kill()  # (its workers follow their launcher)
+        raise
     assert proc.returncode == 1, err
     assert err.splitlines() == ["error: a collective operation timed out after 1 s (CLRCTL_DDP_TIMEOUT): "
                                 "another process is stuck or slower than that"]
