@@ -236,7 +236,7 @@ def reduce_flush(loss_sums, stop: bool):
     import torch
     import torch.distributed as dist
 
-    stop = stop or _orphaned()  # (where no prctl sends SIGTERM when the launcher dies)
+    stop = stop or (_watch["poll"] and _orphaned())  # (where no signal comes when the launcher dies)
     flag = torch.tensor([1.0 if stop else 0.0], dtype=torch.float64, device=loss_sums.device)
     both = torch.cat([loss_sums.to(torch.float64), flag])
     dist.all_reduce(both)
@@ -307,7 +307,9 @@ _LAUNCHER_PID = "CLRCTL_LAUNCHER_PID"  # set by launch() for its workers: whom t
 _LAUNCH_DIR = "CLRCTL_LAUNCH_DIR"  # and where they leave their errors and rank 0 its run directory
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _PARENT_GONE = signal.SIGHUP  # the parent-death signal: "hang up", turned into one SIGTERM
-_PARENT: list[int] = []  # this worker's launcher (or torchrun's agent), once it watches it
+# This worker's launcher (or torchrun's agent) once it watches it, and whether by polling
+# (no parent-death signal outside Linux); both mechanisms at once could send two SIGTERMs.
+_watch: dict[str, Any] = {"parent": None, "poll": False}
 # How gloo reports a peer that went away: a consequence of that peer's failure, not a cause.
 _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
@@ -332,15 +334,17 @@ def stop_with_launcher() -> None:
     """An elastic worker (of ``clrctl … --nproc`` or torchrun) stops as if sent SIGTERM when
     its launcher dies, even by ``kill -9``: Linux signals it (prctl's parent-death signal);
     elsewhere :func:`reduce_flush` sees the parent gone at the next sync."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ or _PARENT:
+    if "TORCHELASTIC_RUN_ID" not in os.environ or _watch["parent"] is not None:
         return
     launcher = _launcher()
-    _PARENT.append(launcher[0] if launcher else os.getppid())
+    _watch["parent"] = launcher[0] if launcher else os.getppid()
     if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
         import ctypes
 
         signal.signal(_PARENT_GONE, _on_parent_gone)
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, _PARENT_GONE, 0, 0, 0)
+    else:
+        _watch["poll"] = True
     if _orphaned():  # it died before the prctl: no signal will come
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -355,7 +359,7 @@ def _on_parent_gone(_signum: int, _frame: Any) -> None:
 
 
 def _orphaned() -> bool:
-    return bool(_PARENT) and os.getppid() != _PARENT[0]
+    return _watch["parent"] is not None and os.getppid() != _watch["parent"]
 
 
 def announce(path: Path) -> None:
