@@ -62,10 +62,7 @@ def _main(args: list[str]) -> None:
     except ClrctlError as err:
         if "--debug" in args:
             raise
-        if not _is_main():  # under DDP every rank meets the same error: rank 0 says it
-            sys.exit(err.exit_code)
-        err_console.print(_line("error:", "red", str(err)), highlight=False, soft_wrap=True)
-        sys.exit(err.exit_code)
+        _fail(err, str(err), err.exit_code)
     except (typer.Exit, typer.Abort) as err:
         sys.exit(130 if isinstance(err, typer.Abort) else err.exit_code)
     except _CLICK_ERROR as err:  # usage errors: bad option, missing argument
@@ -74,10 +71,18 @@ def _main(args: list[str]) -> None:
     except Exception as err:  # the unexpected: still one line unless --debug
         if "--debug" in args:
             raise
-        message = f"{err.__class__.__name__}: {err} (run with --debug for a traceback)"
-        err_console.print(_line("error:", "red", message), highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(err, f"{err.__class__.__name__}: {err} (run with --debug for a traceback)", 1)
     sys.exit(0)
+
+
+def _fail(err: Exception, message: str, code: int) -> None:
+    """Print ``message`` and exit ``code``; under DDP the rank, or its launcher, that should say it does."""
+    from clrctl.distributed import report
+
+    line = report(err, message, code)
+    if line is not None:
+        err_console.print(_line("error:", "red", line), highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 def _is_main() -> bool:

@@ -58,6 +58,7 @@ def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
     if not distributed.is_main():
         return _resume_worker(Path(path), reporter)
     run, info = open_resumable(path)
+    distributed.announce(run.path)  # (the launcher of --nproc marks it failed if a rank dies)
     try:
         return run.path, _resume(run, info, argv, reporter)
     except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)

@@ -3,7 +3,12 @@ of ``clrctl train --nproc 2`` (torch.distributed.run, as torchrun)."""
 
 import csv
 import json
+import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,6 +116,7 @@ def test_a_crashing_rank_stops_the_run_as_failed(tiny_config, tmp_path):
     _, err = proc.communicate(timeout=120)  # no hang: the launcher stops the other rank
     assert proc.returncode == 1, err
     assert "rank 1 crashed on purpose" in err
+    assert "Connection closed" not in err  # rank 0 only lost its peer: rank 1's own error is the one shown
     assert run_json(tmp_path / "run")["status"] == "failed"
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()  # resumable
 
@@ -153,3 +159,109 @@ def test_image_folder_shares_of_each_batch_add_up_to_one_process_batches(tmp_pat
         ranks = [batches((rank, 2), start) for rank in (0, 1)]
         assert [a + b for a, b in zip(*ranks)] == whole
         assert len(whole) == 3 - start
+
+
+# ---------------------------------------------------------------------------------------
+# A rank that blocks, a launcher that dies, an error on one rank (issue 17)
+
+
+def workers_of(launcher) -> dict[int, int]:
+    """{rank: pid} of the workers a ``clrctl … --nproc`` launcher started (Linux /proc)."""
+    children = []
+    for task in Path(f"/proc/{launcher.pid}/task").iterdir():
+        children += (task / "children").read_text().split()
+    ranks = {}
+    for pid in map(int, children):
+        env = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+        rank = next(item.split("=", 1)[1] for item in env if item.startswith("RANK="))
+        ranks[int(rank)] = pid
+    return ranks
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # (a zombie has ended)
+    except FileNotFoundError:
+        return True
+
+
+def wait_until_gone(pids, timeout=60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(gone(pid) for pid in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+@pytest.mark.slow
+def test_a_stuck_rank_fails_the_run_after_the_timeout(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLRCTL_DDP_TIMEOUT", "1")
+    cfg = tiny_config("stall", model={"name": "rank_model:build", "args": {"after": 3, "stall_s": 4}})
+    proc = spawn("train", cfg, "--nproc", "2", "--run-dir", tmp_path / "run", "-q")
+    try:
+        _, err = proc.communicate(timeout=120)  # torch's default timeout: 30 minutes of a hung job
+    except subprocess.TimeoutExpired:
+        proc.kill()  # (its workers follow their launcher)
+        raise
+    assert proc.returncode == 1, err
+    assert err.splitlines() == ["error: a collective operation timed out after 1 s (CLRCTL_DDP_TIMEOUT): "
+                                "another process is stuck or slower than that"]
+    assert run_json(tmp_path / "run")["status"] == "failed"
+
+
+def test_a_bad_timeout_is_refused_before_any_process_starts(cli, tiny_config, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CLRCTL_DDP_TIMEOUT", "soon")
+    assert cli("train", tiny_config(), "--nproc", "2", "--run-dir", tmp_path / "run") == 2
+    assert "CLRCTL_DDP_TIMEOUT: expected a positive number of seconds, got 'soon'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@linux_only
+def test_killing_the_launcher_stops_its_workers(tiny_config, tmp_path):
+    cfg = tiny_config("slow", model={"name": "slow_model:build", "args": {"delay_s": 0.02}},
+                      train={"epochs": 4, "eval_every": 5, "log_every": 5})
+    run = tmp_path / "run"
+    proc = spawn("train", cfg, "--nproc", "2", "--run-dir", run, "-q")
+    wait_for_rows(run / "metrics.csv", 10, proc, timeout=90)
+    workers = workers_of(proc)
+    assert sorted(workers) == [0, 1]
+    proc.kill()
+    proc.wait()
+    assert wait_until_gone(workers.values()), "workers still running after their launcher was killed"
+    info = run_json(run)
+    assert info["status"] == "interrupted"  # stopped together, at a step rank 0 checkpointed
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert json.loads((run / "summary.json").read_text())["steps"] == len(rows(run / "metrics.csv"))
+
+
+@linux_only
+def test_rank_0_killed_marks_the_run_failed(tiny_config, tmp_path):
+    cfg = tiny_config("slow", model={"name": "slow_model:build", "args": {"delay_s": 0.02}},
+                      train={"epochs": 4, "eval_every": 5, "log_every": 5})
+    run = tmp_path / "run"
+    proc = spawn("train", cfg, "--nproc", "2", "--run-dir", run, "-q")
+    wait_for_rows(run / "metrics.csv", 10, proc, timeout=90)
+    os.kill(workers_of(proc)[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "rank 0 (killed by SIGKILL)" in err and "Connection closed" not in err
+    info = run_json(run)
+    assert info["status"] == "failed" and info["end_time"]
+    assert "rank 0 (killed by SIGKILL)" in info["error"]
+
+
+def test_an_error_on_one_rank_is_that_ranks_and_fails_the_run(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config("one", model={"name": "rank_model:build",
+                                    "args": {"fail_build": True, "wait_for": str(run / "run.json")}})
+    proc = spawn("train", cfg, "--nproc", "2", "--run-dir", run, "-q")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err  # the run directory exists: a run that ended badly
+    assert len(err.splitlines()) == 1 and err.startswith("error: rank 1: model.name: 'rank_model:build' raised "
+                                                         "RuntimeError: rank 1 cannot build its model"), err
+    info = run_json(run)
+    assert info["status"] == "failed" and "rank 1 cannot build its model" in info["error"]
