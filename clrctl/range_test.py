@@ -261,22 +261,29 @@ def seed_summary(result: SweepResult, suggestion: dict[str, Any]) -> dict[str, A
     }
 
 
+def suggested_policy_name(name: str) -> str:
+    """The policy ``suggested.yaml`` trains for a config's policy ``name``: a policy without
+    bounds (fixed, step) becomes ``triangular2`` (the paper's choice)."""
+    return name if name in BOUNDED_POLICIES else "triangular2"
+
+
 def suggested_config(config: Config, base_lr: float, max_lr: float, stage: Optional[str] = None) -> dict[str, Any]:
     """The config as the user wrote it (file plus overrides, no defaults spelled out) with
     ``policy.bounds`` — or stage ``stage``'s — filled in, ready for ``clrctl train``.
 
     A policy without bounds (fixed, step) becomes ``triangular2`` (the paper's choice)."""
     data = config.as_written()
-    policy = data["policy"] = data.get("policy") or {}
-    effective = config.policy
-    if stage is not None:  # the stage's own policy block, over what it inherits
+    if stage is None:
+        policy = data["policy"] = data.get("policy") or {}
+        effective = config.policy
+    else:  # the stage's own policy block, over what it inherits; the top level stays as written
         entry = next(s for s in data["stages"] if s["name"] == stage)
         policy = entry["policy"] = entry.get("policy") or {}
         effective = config.stage(stage).policy
-    if effective.name not in BOUNDED_POLICIES:
+    if suggested_policy_name(effective.name) != effective.name:
         for key in ("lr", "milestones", "gamma"):  # fixed / step settings that triangular2 refuses or ignores
             policy.pop(key, None)
-        policy["name"] = "triangular2"
+        policy["name"] = suggested_policy_name(effective.name)
     policy["bounds"] = [float(f"{base_lr:.4g}"), float(f"{max_lr:.4g}")]
     if config.name.endswith("-range-test"):
         data["name"] = config.name[: -len("-range-test")] + f"-{policy.get('name', config.policy.name)}"

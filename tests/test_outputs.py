@@ -1,0 +1,84 @@
+"""What clrctl writes and prints after a run (issue 16): suggested.yaml of a staged range
+test, strict JSON after a divergence, consistent step counts, staged plots and config.yaml,
+progress lines, export, and the one-line messages around them."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from clrctl.config import load_config
+
+STAGES = [
+    {"name": "head-only", "epochs": 1, "freeze": ["body"], "policy": {"name": "one_cycle", "bounds": [0.01, 0.1]}},
+    {"name": "all", "epochs": 1, "policy": {"name": "one_cycle", "bounds": [0.002, 0.02]}},
+]
+
+
+def strict_json(path):
+    """``json.loads`` that refuses NaN / Infinity (what a strict parser such as jq or JS does)."""
+
+    def refuse(constant):
+        raise ValueError(f"{path}: non-standard JSON constant {constant}")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+@pytest.fixture
+def staged_no_policy(tmp_path):
+    """A staged config without a top-level policy: every stage brings its own (as
+    configs/digits-finetune.yaml does)."""
+    config = {
+        "name": "staged", "seed": 0, "device": "cpu",
+        "dataset": {"name": "digits", "batch_size": 64},
+        "model": {"name": "mlp", "hidden": [32]},
+        "optimizer": {"name": "sgd", "momentum": 0.9,
+                      "groups": [{"name": "body", "params": ["1.*"], "lr_mult": 0.1},
+                                 {"name": "head", "params": ["3.*"]}]},
+        "stages": STAGES,
+        "train": {"eval_every": 5},
+    }
+    path = tmp_path / "staged.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+# -- item 1: suggested.yaml of a staged range test ------------------------------------------------
+
+
+@pytest.mark.parametrize("stage, index", [("head-only", 0), ("all", 1)])
+def test_suggested_yaml_of_a_stage_trains_and_adds_no_top_level_policy(cli, staged_no_policy, tmp_path,
+                                                                      stage, index):
+    run = tmp_path / "rt"
+    assert cli("range-test", staged_no_policy, "--stage", stage, "--run-dir", run, "-q",
+               "range_test.steps=60", "range_test.eval_every=5", "range_test.end_lr=2") == 0
+    suggested = yaml.safe_load((run / "suggested.yaml").read_text())
+    assert "policy" not in suggested  # (was a stray `policy: {}`: fixed without bounds)
+    assert suggested["stages"][index]["policy"]["name"] == "one_cycle"
+    assert cli("train", run / "suggested.yaml", "--run-dir", tmp_path / "train", "-q") == 0
+
+
+# -- preview: every step, and what a range test's suggested.yaml trains --------------------------------
+
+
+def test_preview_prints_every_step_unless_rows_are_asked_for(cli, tiny_config, capsys):
+    config = tiny_config()  # 2 epochs of 22 steps
+    assert cli("preview", config) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "step\tepoch\tlr\tmomentum"  # tab-separated when piped
+    assert [int(line.split("\t")[0]) for line in lines[2:]] == list(range(44))
+    assert cli("preview", config, "--rows", "3") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines[2:5]] == ["0", "22", "43"]
+    assert lines[5] == "(3 of 44 steps; without --rows every step)"
+
+
+def test_preview_policy_of_a_range_test_config_names_what_suggested_yaml_trains(cli, tiny_config, capsys):
+    config = tiny_config(name="tiny-range-test", policy={"name": "fixed", "lr": 0.01})
+    assert cli("preview", config, "--policy", "--rows", "2") == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == ("suggested.yaml trains triangular2 between the bounds the range test finds, stepsize 7 "
+                     "(below: fixed as written)")
