@@ -13,6 +13,7 @@ import csv
 import datetime as _dt
 import io
 import json
+import math
 import os
 import platform
 import socket
@@ -52,7 +53,24 @@ def default_run_path(runs_root: str | Path, name: str) -> Path:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    write_text_atomic(path, dumps_strict(payload) + "\n")
+
+
+def dumps_strict(payload: Any) -> str:
+    """JSON that any strict parser reads: a NaN or infinite float (a diverged loss) becomes
+    ``null``, as ``compare --format json`` writes it; ``json.dumps`` alone writes bare ``NaN``."""
+    return json.dumps(finite_or_none(payload), indent=2, sort_keys=False, default=str, allow_nan=False)
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float inside dicts, lists and tuples replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -229,6 +229,9 @@ class TrainingLoop:
                 while state.step < s.total_steps or state.batch > 0:
                     self._run_epoch(state.epoch)
         except _Diverged as div:
+            # The steps after the diverged one (up to the sync that saw it) trained on NaN
+            # weights and are not in metrics.csv: the summary counts the steps logged.
+            state.step = div.step + 1
             self._finish("diverged", diverged_at={"step": div.step, "lr": div.lr, "loss": div.loss})
             raise RunFailed(
                 f"loss became {div.loss} at step {div.step} (lr {div.lr:.4g}); the run is kept as 'diverged' "

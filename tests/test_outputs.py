@@ -82,3 +82,49 @@ def test_preview_policy_of_a_range_test_config_names_what_suggested_yaml_trains(
     first = capsys.readouterr().out.splitlines()[0]
     assert first == ("suggested.yaml trains triangular2 between the bounds the range test finds, stepsize 7 "
                      "(below: fixed as written)")
+
+
+# -- items 5 and 8: after a divergence, strict JSON and one step count -------------------------------
+
+DIVERGING = {"name": "fixed", "lr": 1.0e9}
+
+
+def every_json(root):
+    files = sorted(root.rglob("*.json"))
+    assert files
+    return {str(path.relative_to(root)): strict_json(path) for path in files}
+
+
+def test_a_diverged_run_writes_strict_json_and_counts_the_steps_it_logged(cli, tiny_config, tmp_path):
+    import csv
+
+    run = tmp_path / "run"
+    assert cli("train", tiny_config(policy=DIVERGING), "--run-dir", run, "-q", "train.log_every=10") == 1
+    files = every_json(run)
+    summary = files["summary.json"]
+    assert summary["status"] == "diverged" and files["run.json"]["status"] == "diverged"
+    assert summary["final_val_loss"] is None and summary["diverged_at"]["loss"] is None  # (was bare NaN)
+    with open(run / "metrics.csv", newline="") as handle:
+        last = int(list(csv.DictReader(handle))[-1]["step"])
+    # (the sync that saw the NaN came up to 9 steps later: steps counted those too)
+    assert summary["steps"] == summary["diverged_at"]["step"] + 1 == last + 1
+    assert summary["epochs"] == round(summary["steps"] / summary["steps_per_epoch"], 4)
+
+
+def test_a_diverged_seed_group_and_sweep_write_strict_json(cli, tiny_config, tmp_path):
+    config = tiny_config(policy=DIVERGING)
+    assert cli("train", config, "--seeds", "2", "--run-dir", tmp_path / "group", "-q") == 1
+    files = every_json(tmp_path / "group")
+    assert {"group.json", "seed-0/summary.json", "seed-1/run.json"} <= set(files)
+    assert cli("sweep", config, "--grid", "policy.lr=1.0e9", "--run-dir", tmp_path / "sweep") == 1
+    files = every_json(tmp_path / "sweep")
+    assert "sweep.json" in files and any(name.endswith("summary.json") for name in files)
+
+
+def test_a_range_test_stopped_early_writes_strict_json(cli, tiny_config, tmp_path):
+    run = tmp_path / "rt"
+    cli("range-test", tiny_config(name="tiny-range-test"), "--run-dir", run, "-q", "--seeds", "2",
+        "range_test.steps=40", "range_test.mode=exp", "range_test.end_lr=1e9")
+    files = every_json(run)
+    assert files["summary.json"]["stopped_early"]
+    assert {"seeds/seed-0/summary.json", "seeds/seed-1/summary.json"} <= set(files)
