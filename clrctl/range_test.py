@@ -155,8 +155,10 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
                 if on_row:
                     on_row(row)
                 reporter.advance(t + 1, lr)
-                if "val_acc" in row or (t + 1) % FLUSH_EVERY == 0:
-                    reporter.metrics(t + 1, loss, row.get("val_acc"))
+                if "val_acc" in row or (t + 1) % FLUSH_EVERY == 0 or stop_reason:
+                    # The EMA the stop rule watches, not one batch's loss (raw where non-finite).
+                    shown = loss if row["smoothed_loss"] is None else row["smoothed_loss"]
+                    reporter.metrics(t + 1, shown, row.get("val_acc"))
                 if stop_reason:
                     break
         except KeyboardInterrupt:

@@ -128,3 +128,41 @@ def test_a_range_test_stopped_early_writes_strict_json(cli, tiny_config, tmp_pat
     files = every_json(run)
     assert files["summary.json"]["stopped_early"]
     assert {"seeds/seed-0/summary.json", "seeds/seed-1/summary.json"} <= set(files)
+
+
+# -- item 10: the progress line's last LR and loss ---------------------------------------------------
+
+
+def test_the_train_bar_ends_on_the_last_steps_lr_and_the_epochs_running_loss(cli, tiny_config, tmp_path, capsys):
+    import csv
+
+    run = tmp_path / "run"
+    assert cli("train", tiny_config(), "--run-dir", run) == 0  # (digits: the last batch holds 3 samples)
+    bar = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("train ━"))
+    with open(run / "epochs.csv", newline="") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    assert f"lr {float(last['lr']):.4g} loss {float(last['train_loss']):.4g} " in bar
+
+
+def test_the_bar_shows_the_latest_lr_between_redraws():
+    from clrctl.reporting import RichReporter
+
+    reporter = RichReporter("train")
+    reporter.start(200, 0)
+    for step in range(1, 201):  # far faster than the bar's 50 ms between redraws
+        reporter.advance(step, 0.001 * step)
+    reporter.metrics(200, 0.5, 0.9)
+    reporter.close()
+    assert reporter.progress.tasks[0].fields["lr"] == "0.2"
+
+
+def test_the_range_test_line_shows_the_last_lr_and_the_smoothed_loss(cli, tiny_config, tmp_path, capsys):
+    import csv
+
+    run = tmp_path / "rt"
+    cli("range-test", tiny_config(name="tiny-range-test"), "--run-dir", run, "-q", "range_test.steps=37",
+        "range_test.eval_every=10")
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("range-test: "))
+    with open(run / "metrics.csv", newline="") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    assert f"lr {float(last['lr']):.4g}  loss {float(last['smoothed_loss']):.4g}  " in line
