@@ -166,3 +166,33 @@ def test_the_range_test_line_shows_the_last_lr_and_the_smoothed_loss(cli, tiny_c
     with open(run / "metrics.csv", newline="") as handle:
         last = list(csv.DictReader(handle))[-1]
     assert f"lr {float(last['lr']):.4g}  loss {float(last['smoothed_loss']):.4g}  " in line
+
+
+# -- item 7: a staged run's lr.png and config.yaml name the stages' policies ---------------------------
+
+
+def test_a_staged_runs_lr_plot_and_config_name_the_stages_policies(cli, staged_no_policy, tmp_path, monkeypatch):
+    from clrctl.plots import train as train_plots
+
+    drawn = {}
+    real_save = train_plots.save
+    monkeypatch.setattr(train_plots, "save", lambda fig, path: (drawn.setdefault(path.name, fig), real_save(fig, path)))
+    run = tmp_path / "run"
+    assert cli("train", staged_no_policy, "--run-dir", run, "-q") == 0
+    ax = drawn["lr.png"].axes[0]
+    assert ax.get_title() == "staged: one_cycle + one_cycle on digits/mlp"  # (was "staged: fixed on …")
+    assert [t.get_text().strip() for t in ax.texts] == ["head-only", "all"]
+    boundaries = [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":"]
+    assert boundaries == [22]  # the first step of stage 'all' (22 steps per epoch)
+    assert (run / "plots" / "lr.png").is_file()
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert "policy" not in written  # (was the unused default: {name: fixed, lr: 0.01})
+    again = load_config(run / "config.yaml")
+    assert again.plan() == load_config(staged_no_policy).plan()
+
+
+def test_a_stage_that_inherits_the_top_level_policy_keeps_it_in_config_yaml(staged_no_policy):
+    data = yaml.safe_load(staged_no_policy.read_text())
+    data["stages"][1].pop("policy")  # stage 'all' trains the top-level policy
+    staged_no_policy.write_text(yaml.safe_dump(data))
+    assert load_config(staged_no_policy).to_dict()["policy"]["name"] == "fixed"

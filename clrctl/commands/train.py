@@ -187,11 +187,13 @@ def preview(
         say(f"({len(picks)} of {total} steps; without --rows every step)")
     if plot is not None:
         from clrctl.plots.train import plot_schedule
+        from clrctl.series import policy_names, stage_starts
 
         moms = [m for _, _, m in trace]
-        what = f"{cfg.range_test.mode} range test" if sweep else " + ".join(s.policy.name for s in cfg.plan())
+        what = f"{cfg.range_test.mode} range test" if sweep else policy_names(cfg)
+        starts = None if sweep or not cfg.has_stages else stage_starts(range(len(stages)), stages)
         plot_schedule(plot, [s for s, _, _ in trace], [lr for _, lr, _ in trace],
-                      None if moms[0] is None else moms, f"{cfg.name}: {what} (preview)", groups or None)
+                      None if moms[0] is None else moms, f"{cfg.name}: {what} (preview)", groups or None, starts)
         say(f"wrote {plot}", err=True)
 
 
