@@ -320,7 +320,7 @@ def start_range_test(config: Config, *, seeds: Optional[list[int]] = None, runs_
         return _distributed_range_test(config, seed_list, first, runs_root, run_dir, info, reporter_factory)
     try:
         with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
-            run = RunDir.create(runs_root, config.name, run_dir)
+            run = RunDir.create(runs_root, config.name, run_dir, resumable=False)
             run.begin(info, config.model_copy(update={"seed": seed_list[0]}).to_dict())
         return _range_test(config, seed_list, first, run, reporter_factory)
     except KeyboardInterrupt:  # outside a sweep: before the first, or while writing the results
@@ -335,7 +335,7 @@ def _distributed_range_test(config, seed_list, first, runs_root, run_dir, info, 
     run = None
     if distributed.is_main():
         try:
-            run = RunDir.create(runs_root, config.name, run_dir)
+            run = RunDir.create(runs_root, config.name, run_dir, resumable=False)
             run.begin(info, config.model_copy(update={"seed": seed_list[0]}).to_dict())
         finally:
             distributed.tell_path(run)

@@ -178,11 +178,15 @@ class RunDir:
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
-    def create(cls, runs_root: str | Path, name: str, run_dir: Optional[str | Path] = None) -> "RunDir":
+    def create(cls, runs_root: str | Path, name: str, run_dir: Optional[str | Path] = None,
+               resumable: bool = True) -> "RunDir":
+        """``resumable``: the command has ``--resume`` (train), which the refusal may suggest."""
         path = Path(run_dir) if run_dir is not None else default_run_path(runs_root, name)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and not path.is_dir():
+            raise InputError(f"{path}: exists and is a file, not a directory; choose another --run-dir")
+        if path.exists() and any(path.iterdir()):
             if not holds_no_results(path):
-                raise InputError(f"{path}: run directory exists and is not empty (use --resume to continue it)")
+                raise InputError(f"{path}: run directory exists and is not empty ({_instead(path, resumable)})")
             _clear(path)  # a run interrupted before its first result: reused, not overwritten
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
@@ -301,6 +305,22 @@ def holds_no_results(path: Path) -> bool:
     if not ((path / "run.json").is_file() or (path / "group.json").is_file()):
         return False
     return all(_not_a_result(p) for p in path.rglob("*"))
+
+
+def _instead(path: Path, resumable: bool) -> str:
+    """What to do about an existing, non-empty run directory: resume it only where that works."""
+    if (path / "group.json").is_file() and resumable:
+        return "use --resume to finish the seed group"
+    try:
+        info = json.loads((path / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    if info.get("status") == "completed":
+        what = {"train": "training run", "range-test": "range test"}.get(info.get("kind"), "run")
+        return f"it holds a completed {what}; choose another --run-dir"
+    if resumable and info.get("kind") == "train":
+        return "use --resume to continue it"
+    return "choose another --run-dir, or remove it" + ("; a range test cannot be resumed" if not resumable else "")
 
 
 def _not_a_result(path: Path) -> bool:

@@ -196,3 +196,25 @@ def test_a_stage_that_inherits_the_top_level_policy_keeps_it_in_config_yaml(stag
     data["stages"][1].pop("policy")  # stage 'all' trains the top-level policy
     staged_no_policy.write_text(yaml.safe_dump(data))
     assert load_config(staged_no_policy).to_dict()["policy"]["name"] == "fixed"
+
+
+# -- --run-dir refusals say what can be done ----------------------------------------------------------
+
+
+def test_run_dir_refusals_name_a_file_and_suggest_resume_only_where_it_works(cli, tiny_config, tmp_path, capsys):
+    config, file = tiny_config(train={"epochs": 1}), tmp_path / "notes.txt"
+    file.write_text("x")
+    assert cli("train", config, "--run-dir", file, "-q") == 2
+    assert capsys.readouterr().err == f"error: {file}: exists and is a file, not a directory; choose another --run-dir\n"
+    done = tmp_path / "done"
+    assert cli("train", config, "--run-dir", done, "-q") == 0
+    capsys.readouterr()
+    assert cli("train", config, "--run-dir", done, "-q") == 2  # (was: "use --resume", then "nothing to resume")
+    assert capsys.readouterr().err == (f"error: {done}: run directory exists and is not empty "
+                                       "(it holds a completed training run; choose another --run-dir)\n")
+    (done / "run.json").write_text((done / "run.json").read_text().replace('"completed"', '"interrupted"'))
+    assert cli("train", config, "--run-dir", done, "-q") == 2
+    assert "(use --resume to continue it)" in capsys.readouterr().err
+    assert cli("range-test", config, "--run-dir", done, "-q") == 2  # range-test has no --resume
+    assert capsys.readouterr().err == (f"error: {done}: run directory exists and is not empty "
+                                       "(choose another --run-dir, or remove it; a range test cannot be resumed)\n")
