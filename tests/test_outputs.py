@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from clrctl.config import load_config
+from conftest import CONFIGS
 
 STAGES = [
     {"name": "head-only", "epochs": 1, "freeze": ["body"], "policy": {"name": "one_cycle", "bounds": [0.01, 0.1]}},
@@ -218,3 +219,27 @@ def test_run_dir_refusals_name_a_file_and_suggest_resume_only_where_it_works(cli
     assert cli("range-test", config, "--run-dir", done, "-q") == 2  # range-test has no --resume
     assert capsys.readouterr().err == (f"error: {done}: run directory exists and is not empty "
                                        "(choose another --run-dir, or remove it; a range test cannot be resumed)\n")
+
+
+# -- an offline download: the real reason, nothing left behind --------------------------------------
+
+
+def test_an_offline_download_gives_the_reason_and_leaves_nothing_behind(cli, tmp_path, monkeypatch, capsys):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known (offline)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    root = tmp_path / "data"
+    (root / "other").mkdir(parents=True)  # a data root that holds something else already
+    config = CONFIGS / "mnist-lenet-one_cycle.yaml"
+    assert cli("validate", config, "dataset.download=true", f"dataset.root={root}") == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: dataset.download: could not fetch MNIST into '{root}': Error downloading "
+                   "train-images-idx3-ubyte.gz: <urlopen error Name or service not known (offline)>\n")
+    assert sorted(p.name for p in root.iterdir()) == ["other"]  # (was: MNIST/raw left behind)
+    fresh = tmp_path / "fresh"
+    assert cli("validate", config, "dataset.download=true", f"dataset.root={fresh}") == 2
+    assert not fresh.exists()
