@@ -475,6 +475,12 @@ def median_suggestion(suggestions: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def plot_markers(suggestion: dict[str, Any]) -> dict[str, float]:
+    """The named LRs a range-test plot marks (those found): the loss minimum and the single-LR rules."""
+    return {name: entry["lr"] for name, entry in suggestion["candidates"].items()
+            if name in ("loss_min", "steepest", "valley", "min_loss/10") and entry["lr"] is not None}
+
+
 def render_plot(run: RunDir, config: Config, per_seed, summary: dict[str, Any]) -> None:
     from clrctl.plots.range_test import plot_range_test
 
@@ -484,8 +490,7 @@ def render_plot(run: RunDir, config: Config, per_seed, summary: dict[str, Any]) 
         analysis = rules.loss_analysis(c["lr"], c["loss"])
         curves.append({**c, "label": f"seed {seed}", "zero_phase": analysis["smooth"]})
     suggestion = summary["suggestion"]
-    markers = {name: entry["lr"] for name, entry in suggestion["candidates"].items()
-               if name in ("steepest", "valley", "min_loss/10") and entry["lr"] is not None}
+    markers = plot_markers(suggestion)
     title = (f"{config.name}: {config.range_test.mode} range test, {config.dataset.name}/{config.model.name}, "
              f"{config.optimizer.name}")
     plot_range_test(run.plots_dir / "range_test.png", curves, suggestion["base_lr"], suggestion["max_lr"],

@@ -243,3 +243,33 @@ def test_an_offline_download_gives_the_reason_and_leaves_nothing_behind(cli, tmp
     fresh = tmp_path / "fresh"
     assert cli("validate", config, "dataset.download=true", f"dataset.root={fresh}") == 2
     assert not fresh.exists()
+
+
+# -- the range-test plot: loss minimum marked, nothing over the curves or the title --------------------
+
+
+def test_range_test_plot_marks_the_loss_minimum_and_keeps_legends_and_markers_clear(cli, tiny_config, tmp_path,
+                                                                                  monkeypatch):
+    from clrctl.plots import range_test as rt_plots
+
+    drawn = []
+    real_save = rt_plots.save
+    monkeypatch.setattr(rt_plots, "save", lambda fig, path: (drawn.append(fig), real_save(fig, path)))
+    run = tmp_path / "rt"
+    assert cli("range-test", tiny_config(name="tiny-range-test"), "--run-dir", run, "-q", "range_test.steps=60",
+               "range_test.eval_every=5", "range_test.end_lr=2") == 0
+    fig = drawn[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    loss_min = strict_json(run / "summary.json")["suggestion"]["candidates"]["loss_min"]["lr"]
+    ax_loss = fig.axes[0]
+    labels = ax_loss.get_legend_handles_labels()[1]
+    assert f"loss minimum: {loss_min:.3g}" in labels
+    for ax in fig.axes:  # legends right of the axes, not over the curves
+        assert ax.get_legend().get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+    title = ax_loss.title.get_window_extent(renderer)
+    for line in ax_loss.lines:
+        if line.get_marker() not in ("None", None, "") and line.get_label().split(":")[0] in (
+                "loss minimum", "steepest", "valley", "min_loss/10"):
+            box = line.get_window_extent(renderer)
+            assert box.y1 <= ax_loss.get_window_extent(renderer).y1 and not box.overlaps(title)
