@@ -66,9 +66,7 @@ class LRFinderResult:
 
         curve = rt.columns(self.rows)
         curve["zero_phase"] = loss_analysis(curve["lr"], curve["loss"])["smooth"]
-        markers = {name: entry["lr"] for name, entry in self.suggestion["candidates"].items()
-                   if name in ("steepest", "valley", "min_loss/10") and entry["lr"] is not None}
-        return range_test_figure([{**curve, "label": "lr_find"}], self.base_lr, self.max_lr, markers,
+        return range_test_figure([{**curve, "label": "lr_find"}], self.base_lr, self.max_lr, rt.plot_markers(self.suggestion),
                                  log_x=self.log_x, title="lr_find", ax=ax, pyplot=True)
 
     def to_config(self, policy: str = "triangular2") -> dict[str, Any]:

@@ -470,8 +470,14 @@ class Config(_Section):
         return device
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for config.yaml (``bounds.from`` keeps its YAML spelling)."""
-        return json.loads(self.model_dump_json(by_alias=True))
+        """Plain data for config.yaml (``bounds.from`` keeps its YAML spelling). A staged
+        config whose stages each name their own policy records no top-level policy unless the
+        user wrote one: the default (fixed 0.01) would read as what the run trained."""
+        data = json.loads(self.model_dump_json(by_alias=True))
+        if self.stages and "policy" not in self.model_fields_set and all(
+                (stage.policy or {}).get("name") for stage in self.stages):
+            del data["policy"]
+        return data
 
     def as_written(self) -> dict[str, Any]:
         """The keys the user set (file plus overrides), without the defaults; a config not

@@ -543,10 +543,13 @@ def _torchvision(cfg: DatasetConfig):
 
     cls_name, label, mean, std = _TORCHVISION_SETS[cfg.name]
     cls = getattr(import_torchvision().datasets, cls_name)
+    before = _entries(Path(cfg.root)) if cfg.download else set()
     try:
         train = cls(cfg.root, train=True, download=cfg.download)
         test = cls(cfg.root, train=False, download=cfg.download)
     except Exception as err:  # noqa: BLE001 - torchvision raises many kinds; each is one line
+        if cfg.download:  # e.g. offline: leave no empty MNIST/raw or half-fetched archive behind
+            _remove_new(Path(cfg.root), before)
         raise _torchvision_error(cfg, label, err) from None
 
     def images(data) -> Tensor:
@@ -563,9 +566,42 @@ def _torchvision(cfg: DatasetConfig):
     )  # fmt: skip
 
 
+def _entries(root: Path) -> set[Path]:
+    """``root`` and what lies one and two levels below it (where torchvision's downloads put
+    their folders and archives: MNIST/raw/…, cifar-10-python.tar.gz), if it exists."""
+    if not root.is_dir():
+        return set()
+    found = {root}
+    for child in root.iterdir():
+        found.add(child)
+        if child.is_dir() and not child.is_symlink():
+            found.update(child.iterdir())
+    return found
+
+
+def _remove_new(root: Path, before: set[Path]) -> None:
+    """Remove what a failed download created under ``root`` (``root`` too, if it made it)."""
+    import shutil
+
+    for path in sorted(_entries(root) - before, key=lambda p: len(p.parts)):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
+
+
+def _download_reason(err: BaseException) -> str:
+    """torchvision's download errors open with a heading ("Error downloading X:") and end with
+    each mirror's error: the heading and the last error, on one line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[-1]}"
+    return lines[0] if lines else type(err).__name__
+
+
 def _torchvision_error(cfg: DatasetConfig, label: str, err: Exception) -> ConfigError:
     if cfg.download:
-        return ConfigError(f"dataset.download: could not fetch {label} into '{cfg.root}': {_one_line(err)}")
+        return ConfigError(f"dataset.download: could not fetch {label} into '{cfg.root}': {_download_reason(err)}")
     if isinstance(err, RuntimeError):  # torchvision's "Dataset not found" (CIFAR: "or corrupted")
         return ConfigError(
             f"dataset.root: no {label} data under '{cfg.root}' "

@@ -155,8 +155,10 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
                 if on_row:
                     on_row(row)
                 reporter.advance(t + 1, lr)
-                if "val_acc" in row or (t + 1) % FLUSH_EVERY == 0:
-                    reporter.metrics(t + 1, loss, row.get("val_acc"))
+                if "val_acc" in row or (t + 1) % FLUSH_EVERY == 0 or stop_reason:
+                    # The EMA the stop rule watches, not one batch's loss (raw where non-finite).
+                    shown = loss if row["smoothed_loss"] is None else row["smoothed_loss"]
+                    reporter.metrics(t + 1, shown, row.get("val_acc"))
                 if stop_reason:
                     break
         except KeyboardInterrupt:
@@ -261,22 +263,29 @@ def seed_summary(result: SweepResult, suggestion: dict[str, Any]) -> dict[str, A
     }
 
 
+def suggested_policy_name(name: str) -> str:
+    """The policy ``suggested.yaml`` trains for a config's policy ``name``: a policy without
+    bounds (fixed, step) becomes ``triangular2`` (the paper's choice)."""
+    return name if name in BOUNDED_POLICIES else "triangular2"
+
+
 def suggested_config(config: Config, base_lr: float, max_lr: float, stage: Optional[str] = None) -> dict[str, Any]:
     """The config as the user wrote it (file plus overrides, no defaults spelled out) with
     ``policy.bounds`` — or stage ``stage``'s — filled in, ready for ``clrctl train``.
 
     A policy without bounds (fixed, step) becomes ``triangular2`` (the paper's choice)."""
     data = config.as_written()
-    policy = data["policy"] = data.get("policy") or {}
-    effective = config.policy
-    if stage is not None:  # the stage's own policy block, over what it inherits
+    if stage is None:
+        policy = data["policy"] = data.get("policy") or {}
+        effective = config.policy
+    else:  # the stage's own policy block, over what it inherits; the top level stays as written
         entry = next(s for s in data["stages"] if s["name"] == stage)
         policy = entry["policy"] = entry.get("policy") or {}
         effective = config.stage(stage).policy
-    if effective.name not in BOUNDED_POLICIES:
+    if suggested_policy_name(effective.name) != effective.name:
         for key in ("lr", "milestones", "gamma"):  # fixed / step settings that triangular2 refuses or ignores
             policy.pop(key, None)
-        policy["name"] = "triangular2"
+        policy["name"] = suggested_policy_name(effective.name)
     policy["bounds"] = [float(f"{base_lr:.4g}"), float(f"{max_lr:.4g}")]
     if config.name.endswith("-range-test"):
         data["name"] = config.name[: -len("-range-test")] + f"-{policy.get('name', config.policy.name)}"
@@ -311,7 +320,7 @@ def start_range_test(config: Config, *, seeds: Optional[list[int]] = None, runs_
         return _distributed_range_test(config, seed_list, first, runs_root, run_dir, info, reporter_factory)
     try:
         with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
-            run = RunDir.create(runs_root, config.name, run_dir)
+            run = RunDir.create(runs_root, config.name, run_dir, resumable=False)
             run.begin(info, config.model_copy(update={"seed": seed_list[0]}).to_dict())
         return _range_test(config, seed_list, first, run, reporter_factory)
     except KeyboardInterrupt:  # outside a sweep: before the first, or while writing the results
@@ -326,7 +335,7 @@ def _distributed_range_test(config, seed_list, first, runs_root, run_dir, info, 
     run = None
     if distributed.is_main():
         try:
-            run = RunDir.create(runs_root, config.name, run_dir)
+            run = RunDir.create(runs_root, config.name, run_dir, resumable=False)
             run.begin(info, config.model_copy(update={"seed": seed_list[0]}).to_dict())
         finally:
             distributed.tell_path(run)
@@ -466,6 +475,12 @@ def median_suggestion(suggestions: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def plot_markers(suggestion: dict[str, Any]) -> dict[str, float]:
+    """The named LRs a range-test plot marks (those found): the loss minimum and the single-LR rules."""
+    return {name: entry["lr"] for name, entry in suggestion["candidates"].items()
+            if name in ("loss_min", "steepest", "valley", "min_loss/10") and entry["lr"] is not None}
+
+
 def render_plot(run: RunDir, config: Config, per_seed, summary: dict[str, Any]) -> None:
     from clrctl.plots.range_test import plot_range_test
 
@@ -475,8 +490,7 @@ def render_plot(run: RunDir, config: Config, per_seed, summary: dict[str, Any]) 
         analysis = rules.loss_analysis(c["lr"], c["loss"])
         curves.append({**c, "label": f"seed {seed}", "zero_phase": analysis["smooth"]})
     suggestion = summary["suggestion"]
-    markers = {name: entry["lr"] for name, entry in suggestion["candidates"].items()
-               if name in ("steepest", "valley", "min_loss/10") and entry["lr"] is not None}
+    markers = plot_markers(suggestion)
     title = (f"{config.name}: {config.range_test.mode} range test, {config.dataset.name}/{config.model.name}, "
              f"{config.optimizer.name}")
     plot_range_test(run.plots_dir / "range_test.png", curves, suggestion["base_lr"], suggestion["max_lr"],

@@ -25,6 +25,7 @@ class RichReporter:
         )
         self.task = None
         self._next_update = 0.0
+        self._lr: Optional[float] = None  # the latest step's LR (the bar itself is updated at most every 50 ms)
 
     def start(self, total_steps: int, done_steps: int) -> None:
         self.progress.start()
@@ -32,12 +33,14 @@ class RichReporter:
                                            lr="-", loss="-", acc="-")
 
     def advance(self, steps_done: int, lr: float) -> None:
+        self._lr = lr
         if not due(self):  # (the flush, epoch ends and close bring the bar up to date)
             return
         self.progress.update(self.task, completed=steps_done, lr=f"{lr:.4g}")
 
     def metrics(self, steps_done: int, loss: Optional[float], val_acc: Optional[float]) -> None:
-        fields: dict[str, Any] = {}
+        """``loss``: the trainer's running mean train loss of the epoch (not one batch's)."""
+        fields: dict[str, Any] = {} if self._lr is None else {"lr": f"{self._lr:.4g}"}
         if loss is not None:
             fields["loss"] = f"{loss:.4g}"
         if val_acc is not None:

@@ -13,6 +13,7 @@ import csv
 import datetime as _dt
 import io
 import json
+import math
 import os
 import platform
 import socket
@@ -52,7 +53,24 @@ def default_run_path(runs_root: str | Path, name: str) -> Path:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    write_text_atomic(path, dumps_strict(payload) + "\n")
+
+
+def dumps_strict(payload: Any) -> str:
+    """JSON that any strict parser reads: a NaN or infinite float (a diverged loss) becomes
+    ``null``, as ``compare --format json`` writes it; ``json.dumps`` alone writes bare ``NaN``."""
+    return json.dumps(finite_or_none(payload), indent=2, sort_keys=False, default=str, allow_nan=False)
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float inside dicts, lists and tuples replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -160,11 +178,15 @@ class RunDir:
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
-    def create(cls, runs_root: str | Path, name: str, run_dir: Optional[str | Path] = None) -> "RunDir":
+    def create(cls, runs_root: str | Path, name: str, run_dir: Optional[str | Path] = None,
+               resumable: bool = True) -> "RunDir":
+        """``resumable``: the command has ``--resume`` (train), which the refusal may suggest."""
         path = Path(run_dir) if run_dir is not None else default_run_path(runs_root, name)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and not path.is_dir():
+            raise InputError(f"{path}: exists and is a file, not a directory; choose another --run-dir")
+        if path.exists() and any(path.iterdir()):
             if not holds_no_results(path):
-                raise InputError(f"{path}: run directory exists and is not empty (use --resume to continue it)")
+                raise InputError(f"{path}: run directory exists and is not empty ({_instead(path, resumable)})")
             _clear(path)  # a run interrupted before its first result: reused, not overwritten
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
@@ -292,6 +314,22 @@ def holds_no_results(path: Path) -> bool:
     if not ((path / "run.json").is_file() or (path / "group.json").is_file()):
         return False
     return all(_not_a_result(p) for p in path.rglob("*"))
+
+
+def _instead(path: Path, resumable: bool) -> str:
+    """What to do about an existing, non-empty run directory: resume it only where that works."""
+    if (path / "group.json").is_file() and resumable:
+        return "use --resume to finish the seed group"
+    try:
+        info = json.loads((path / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    if info.get("status") == "completed":
+        what = {"train": "training run", "range-test": "range test"}.get(info.get("kind"), "run")
+        return f"it holds a completed {what}; choose another --run-dir"
+    if resumable and info.get("kind") == "train":
+        return "use --resume to continue it"
+    return "choose another --run-dir, or remove it" + ("; a range test cannot be resumed" if not resumable else "")
 
 
 def _not_a_result(path: Path) -> bool:

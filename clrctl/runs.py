@@ -17,7 +17,7 @@ from clrctl import checkpoint, distributed, interrupts
 from clrctl.config import Config, load_config, resolve_bounds_from
 from clrctl.errors import InputError, Interrupted, RunFailed
 from clrctl.rundir import RunDir, create_group, read_csv, read_json, run_info, truncate_csv, utc_now
-from clrctl.series import batch_sizes, group_lr_traces, moving_average
+from clrctl.series import batch_sizes, group_lr_traces, moving_average, policy_names, stage_starts
 from clrctl.setup import build_setup
 from clrctl.trainer import LoopState, Reporter, TrainingLoop
 
@@ -236,10 +236,11 @@ def render_plots(path: Path, config: Config, train_samples: Optional[int] = None
     momentum = _floats(rows, "momentum")
     evals = [r for r in rows if r.get("val_loss")]  # val_acc is blank for a regression (train.loss: mse)
     eval_steps = _floats(evals, "step") + 1  # evaluated after that step's update
-    title = f"{config.name}: {config.policy.name} on {config.dataset.name}/{config.model.name}"
+    title = f"{config.name}: {policy_names(config)} on {config.dataset.name}/{config.model.name}"
     plots = run.plots_dir
     varies = np.isfinite(momentum).any() and np.nanmax(momentum) > np.nanmin(momentum)
-    plot_lr(plots / "lr.png", steps, lr, momentum if varies else None, title, _group_traces(path, config, rows, lr))
+    plot_lr(plots / "lr.png", steps, lr, momentum if varies else None, title, _group_traces(path, config, rows, lr),
+            stage_starts(steps, [r.get("stage") for r in rows]) if config.has_stages else None)
     window = max(5, len(loss) // 50)
     weights = None
     if train_samples and not config.dataset.drop_last:  # raw losses in metrics.csv; sizes from the split

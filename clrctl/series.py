@@ -62,3 +62,14 @@ def robust_limits(values: Sequence[float], *, log: bool, low_pct: float = 1.0, h
     span = (hi - lo) or (abs(hi) if not log and hi else 1.0)  # a flat curve still gets a band
     lo, hi = lo - margin * span, hi + margin * span
     return (10**lo, 10**hi) if log else (lo, hi)
+
+
+def policy_names(config: "Config") -> str:
+    """The policies a run trains with: ``one_cycle``, or one per stage (``fixed + one_cycle``)."""
+    return " + ".join(stage.policy.name for stage in config.plan())
+
+
+def stage_starts(steps, stage_of_row: list[Optional[str]]) -> list[tuple[float, str]]:
+    """(first step, name) of each stage, from metrics.csv's stage column."""
+    return [(float(step), name) for i, (step, name) in enumerate(zip(steps, stage_of_row))
+            if name and (i == 0 or stage_of_row[i - 1] != name)]

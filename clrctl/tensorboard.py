@@ -54,9 +54,9 @@ class TrainLogger:
 
     active = True  # (the trainer builds row dicts for it only then)
 
-    def __init__(self, run_path: Path, config, groups: list[dict[str, Any]]):
+    def __init__(self, run_path: Path, config, groups: list[dict[str, Any]], logdir: Optional[Path] = None):
         self.config = config
-        self.writer = _writer(Path(run_path) / DIRNAME)
+        self.writer = _writer(logdir or Path(run_path) / DIRNAME)
         self.mults = _group_mults(config, groups)
         self.frozen = {stage.name: stage.freeze for stage in config.plan()}
         self.first_stage = config.plan()[0].name
@@ -171,22 +171,24 @@ def suggestion_text(suggestion: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def range_test_events(run_path: Path, summary: dict[str, Any]) -> None:
-    """Events of a range-test run directory (one seed, or ``seeds/seed-K`` each)."""
+def range_test_events(run_path: Path, summary: dict[str, Any], logdir: Optional[Path] = None) -> None:
+    """Events of a range-test run directory (one seed, or ``seeds/seed-K`` each) in
+    ``logdir`` (default ``RUN/tensorboard``)."""
     from clrctl.rundir import read_csv
 
     run_path = Path(run_path)
+    logdir = logdir or run_path / DIRNAME
     plot = run_path / "plots" / "range_test.png"
     per_seed = summary.get("per_seed")
     if not per_seed:
-        write_range_test(run_path / DIRNAME, read_csv(run_path / "metrics.csv"), summary["suggestion"], plot)
+        write_range_test(logdir, read_csv(run_path / "metrics.csv"), summary["suggestion"], plot)
         return
     for entry in per_seed:
         seed_dir = run_path / entry["path"]
         seed_summary = json.loads((seed_dir / "summary.json").read_text())
-        write_range_test(run_path / DIRNAME / f"seed-{entry['seed']}", read_csv(seed_dir / "metrics.csv"),
+        write_range_test(logdir / f"seed-{entry['seed']}", read_csv(seed_dir / "metrics.csv"),
                          seed_summary["suggestion"])
-    write_range_test(run_path / DIRNAME / "median", [], summary["suggestion"], plot)
+    write_range_test(logdir / "median", [], summary["suggestion"], plot)
 
 
 # ---------------------------------------------------------------------------------------
@@ -194,8 +196,10 @@ def range_test_events(run_path: Path, summary: dict[str, Any]) -> None:
 
 
 def export(path: Path) -> list[Path]:
-    """Write ``RUN/tensorboard/`` for a run, a range-test run or each run of a seed group;
-    returns the directories written. Raises InputError for what is not a finished run."""
+    """Write ``RUN/tensorboard/`` for a run, a range-test run (one seed or several) or each run
+    of a seed group; returns the directories written. Events are derived from the CSVs, so an
+    existing ``RUN/tensorboard/`` is replaced (written beside it first, then swapped in).
+    Raises InputError for what is not a finished run."""
     from clrctl.errors import InputError
     from clrctl.rundir import read_json
 
@@ -205,25 +209,39 @@ def export(path: Path) -> list[Path]:
         return [out for run in runs for out in export(run)]
     if not (path / "run.json").is_file():
         raise InputError(f"{path}: not a run directory or seed group (no run.json / group.json)")
-    if not (path / "summary.json").is_file() or not (path / "metrics.csv").is_file():
-        raise InputError(f"{path}: the run has no results yet (no summary.json / metrics.csv)")
-    target = path / DIRNAME
-    if target.exists() and any(target.rglob("events.out.tfevents.*")):
-        raise InputError(f"{target}: already holds TensorBoard events; remove it to export again")
+    if not (path / "summary.json").is_file():
+        raise InputError(f"{path}: the run has no results yet (no summary.json)")
     info, summary = read_json(path / "run.json"), read_json(path / "summary.json")
+    per_seed = info.get("kind") == "range-test" and summary.get("per_seed")  # metrics in seeds/seed-K/
+    if not per_seed and not (path / "metrics.csv").is_file():
+        raise InputError(f"{path}: the run has no results yet (no metrics.csv)")
+    target = path / DIRNAME
+    staging = path / f".{DIRNAME}.export"
+    _remove(staging)  # (left by an export that was killed)
     if info.get("kind") == "range-test":
-        range_test_events(path, summary)
-        return [target]
-    _train_events(path, info, summary)
+        range_test_events(path, summary, staging)
+    else:
+        _train_events(path, info, summary, staging)
+    _remove(target)
+    staging.rename(target)
     return [target]
 
 
-def _train_events(path: Path, info: dict[str, Any], summary: dict[str, Any]) -> None:
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _train_events(path: Path, info: dict[str, Any], summary: dict[str, Any], logdir: Path) -> None:
     from clrctl.config import load_config
     from clrctl.rundir import read_csv
 
     config = load_config(path / "config.yaml")
-    log = TrainLogger(path, config, info.get("groups") or [])
+    log = TrainLogger(path, config, info.get("groups") or [], logdir)
     try:
         log.rows(read_csv(path / "metrics.csv"))
     finally:

@@ -229,6 +229,9 @@ class TrainingLoop:
                 while state.step < s.total_steps or state.batch > 0:
                     self._run_epoch(state.epoch)
         except _Diverged as div:
+            # The steps after the diverged one (up to the sync that saw it) trained on NaN
+            # weights and are not in metrics.csv: the summary counts the steps logged.
+            state.step = div.step + 1
             self._finish("diverged", diverged_at={"step": div.step, "lr": div.lr, "loss": div.loss})
             raise RunFailed(
                 f"loss became {div.loss} at step {div.step} (lr {div.lr:.4g}); the run is kept as 'diverged' "
@@ -319,7 +322,11 @@ class TrainingLoop:
                 raise _Diverged(row[STEP], row[LR], loss)
         self._log_rows(rows)
         self._count_epoch(losses, hits, sizes)
-        self.reporter.metrics(self.state.step, losses[-1], self.state.final_val_acc)
+        # The bar shows the epoch's running train loss (epochs.csv's train_loss at its end), not
+        # the last batch's: that one may hold a few samples (digits: 3 of 32) and swings with them.
+        state = self.state
+        running = state.epoch_loss_sum / state.epoch_seen if state.epoch_seen else None
+        self.reporter.metrics(state.step, running, state.final_val_acc)
 
     def _log_rows(self, rows: list[list[Any]]) -> None:
         self.metrics_log.write_lists(rows)

@@ -126,8 +126,9 @@ def test_range_test_in_two_processes_matches_one(cli, tiny_config, tmp_path):
     cfg = tiny_config("rt", range_test={"start_lr": 0.001, "end_lr": 1.0, "steps": 40, "eval_every": 10})
     assert cli("range-test", cfg, "--run-dir", tmp_path / "one", "-q") == 0
     proc = spawn("range-test", cfg, "--nproc", "2", "--run-dir", tmp_path / "two", "-q")
-    _, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
+    assert len([line for line in out.splitlines() if line.startswith("range-test: 40/40 steps")]) == 1  # rank 0 only
     one, two = rows(tmp_path / "one" / "metrics.csv"), rows(tmp_path / "two" / "metrics.csv")
     assert [r["lr"] for r in two] == [r["lr"] for r in one]
     for a, b in zip(one[:25], two[:25]):  # (at high LRs, float rounding grows chaotically)

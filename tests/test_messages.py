@@ -182,7 +182,7 @@ def preview_rows(out: str) -> dict[int, tuple[str, str]]:
     """step -> (epoch, lr) from preview's table."""
     rows = {}
     for line in out.splitlines():
-        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+        cells = line.split("\t")  # (tab-separated when not a terminal)
         if len(cells) == 4 and cells[0].isdigit():
             rows[int(cells[0])] = (cells[1], cells[2])
     return rows
@@ -217,7 +217,9 @@ def test_preview_and_validate_of_a_range_test_config_describe_the_sweep(cli, cap
     assert out.startswith("range test: linear 0.0001 -> 0.3 over 344 steps (43 per epoch)")
     assert preview_rows(out)[0] == ("1", "0.0001") and preview_rows(out)[343] == ("8", "0.3")
     assert cli("preview", config, "--rows", "3", "--policy") == 0
-    assert capsys.readouterr().out.startswith("fixed: 344 steps (43 per epoch)")
+    assert capsys.readouterr().out.startswith(  # what suggested.yaml trains, then the policy as written
+        "suggested.yaml trains triangular2 between the bounds the range test finds, stepsize 86 "
+        "(below: fixed as written)\nfixed: 344 steps (43 per epoch)")
     assert cli("validate", config) == 0
     assert "range test: linear 0.0001 -> 0.3 over 344 steps (43 per epoch)" in capsys.readouterr().out
 

@@ -53,10 +53,26 @@ def test_export_writes_the_same_events_from_the_csvs(cli, tiny_config, tmp_path,
     run = tmp_path / "run"
     assert cli("train", tiny_config(), "--run-dir", run, "-q") == 0
     assert not (run / "tensorboard").exists()
+    capsys.readouterr()
     assert cli("export", "tensorboard", run) == 0
     _assert_matches_csv(_events(run / "tensorboard"), _rows(run))
-    assert cli("export", "tensorboard", run) == 2  # already there: not written twice
-    assert "already holds TensorBoard events" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"wrote {run / 'tensorboard'}\n"  # (README: files written, on stderr)
+    assert cli("export", "tensorboard", run) == 0  # again: replaced, not refused, not written twice
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    _assert_matches_csv(_events(run / "tensorboard"), _rows(run))
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+
+
+def test_export_of_a_multi_seed_range_test(cli, tiny_config, tmp_path):
+    run = tmp_path / "rt"
+    config = tiny_config("tiny-range-test", range_test={"steps": 30, "eval_every": 5})
+    assert cli("range-test", config, "--seeds", "0,1", "--run-dir", run, "-q") in (0, 1)
+    assert cli("export", "tensorboard", run) == 0  # (was: "no summary.json / metrics.csv")
+    for seed in (0, 1):
+        loss = _scalars(_events(run / "tensorboard" / f"seed-{seed}"), "range_test/loss")
+        assert loss == pytest.approx({int(r["step"]): float(r["loss"]) for r in _rows(run / "seeds" / f"seed-{seed}")})
+    assert "range_test/plot" in _events(run / "tensorboard" / "median").Tags()["images"]
 
 
 def test_export_of_a_seed_group_and_per_group_lrs(cli, tiny_config, tmp_path):

@@ -62,8 +62,10 @@ def range_test(
     quiet = quiet or not distributed.is_main()
     seed_list = parse_seeds(seeds, cfg.seed) if seeds is not None else [cfg.seed]
     progress = SeedProgress(seed_list, quiet)  # bars on a terminal; a plain line per seed with -q or in a log
+    # Under DDP only rank 0 reports: every rank sweeps the same steps (the other ranks' lines would repeat it).
+    reporter_factory = progress.reporter if distributed.is_main() else None
     path, summary = start_range_test(cfg, seeds=seed_list, runs_root=runs_root, run_dir=run_dir,
-                                     argv=["clrctl", *sys.argv[1:]], reporter_factory=progress.reporter,
+                                     argv=["clrctl", *sys.argv[1:]], reporter_factory=reporter_factory,
                                      stage=stage)
     if distributed.is_main():
         print_suggestion(path, summary)

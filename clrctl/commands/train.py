@@ -145,7 +145,9 @@ def preview(
     overrides: Optional[list[str]] = OVERRIDES_ARG,
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", min=1,
                                                   help="Skip loading the data set; assume this many steps per epoch."),
-    rows: int = typer.Option(25, "--rows", min=2, help="Table rows (evenly spaced steps)."),
+    rows: Optional[int] = typer.Option(None, "--rows", min=2, show_default=False,
+                                       help="Show N evenly spaced steps, first and last included "
+                                            "(default: every step)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write the schedule as a PNG."),
     sweep: Optional[bool] = typer.Option(None, "--range-test/--policy", show_default=False,
                                          help="Show the range test's sweep, or the training policy "
@@ -162,31 +164,36 @@ def preview(
         say(f"{_sweep_text(cfg, spe)}{_per_epoch(spe)}")
     else:
         trace = _policy_trace(cfg, spe)
+        if cfg.is_range_test:
+            say(_suggested_policy_note(cfg, spe))
         for line in _stage_lines(cfg, spe, len(trace)):
             say(line)
     stages = [name for _, name in _stage_steps(cfg, spe)] if not sweep else [None] * len(trace)
     groups = {} if sweep else _group_columns(cfg, [lr for _, lr, _ in trace], stages)
-    table = Table()
-    for col in ("step", "epoch", *(["stage"] if cfg.has_stages and not sweep else []), "lr",
-                *(f"lr {g}" for g in groups), "momentum"):
-        table.add_column(col, justify="right")
+    header = ["step", "epoch", *(["stage"] if cfg.has_stages and not sweep else []), "lr",
+              *(f"lr {g}" for g in groups), "momentum"]
     total = len(trace)
-    picks = sorted({round(i * (total - 1) / (rows - 1)) for i in range(rows)})
+    picks = range(total) if rows is None else sorted({round(i * (total - 1) / (rows - 1)) for i in range(rows)})
+    cells = []
     for step in picks:
         _, lr, mom = trace[step]
         # metrics.csv's epoch column: step t is in epoch t // steps_per_epoch + 1.
         epoch = "-" if spe is None else str(step // spe + 1)
         stage = [stages[step]] if cfg.has_stages and not sweep else []
         per_group = ["frozen" if math.isnan(g[step]) else f"{g[step]:.6g}" for g in groups.values()]
-        table.add_row(str(step), epoch, *stage, f"{lr:.6g}", *per_group, "-" if mom is None else f"{mom:.4g}")
-    console.print(table)
+        cells.append([str(step), epoch, *stage, f"{lr:.6g}", *per_group, "-" if mom is None else f"{mom:.4g}"])
+    _print_rows(header, cells)
+    if len(picks) < total:
+        say(f"({len(picks)} of {total} steps; without --rows every step)")
     if plot is not None:
         from clrctl.plots.train import plot_schedule
+        from clrctl.series import policy_names, stage_starts
 
         moms = [m for _, _, m in trace]
-        what = f"{cfg.range_test.mode} range test" if sweep else " + ".join(s.policy.name for s in cfg.plan())
+        what = f"{cfg.range_test.mode} range test" if sweep else policy_names(cfg)
+        starts = None if sweep or not cfg.has_stages else stage_starts(range(len(stages)), stages)
         plot_schedule(plot, [s for s, _, _ in trace], [lr for _, lr, _ in trace],
-                      None if moms[0] is None else moms, f"{cfg.name}: {what} (preview)", groups or None)
+                      None if moms[0] is None else moms, f"{cfg.name}: {what} (preview)", groups or None, starts)
         say(f"wrote {plot}", err=True)
 
 
@@ -200,6 +207,32 @@ def _stage_steps(cfg: Config, spe: Optional[int]) -> list[tuple[int, str]]:
 
 def _stage_length(cfg: Config, stage, spe: Optional[int]) -> int:
     return stage.length(spe or 1)
+
+
+def _print_rows(header: list[str], cells: list[list[str]]) -> None:
+    """A table on a terminal; tab-separated lines when piped or redirected (every step of a
+    long schedule in a moment, ready for ``cut``/``awk``: rich needs ~0.25 ms a row)."""
+    if console.is_terminal:
+        table = Table()
+        for col in header:
+            table.add_column(col, justify="right")
+        for row in cells:
+            table.add_row(*row)
+        console.print(table)
+        return
+    console.file.write("".join("\t".join(row) + "\n" for row in [header, *cells]))
+    console.file.flush()
+
+
+def _suggested_policy_note(cfg: Config, spe: Optional[int]) -> str:
+    """What ``suggested.yaml`` of a range test of ``cfg`` will train: its policy (fixed / step
+    become triangular2) between bounds that only the range test finds."""
+    from clrctl.range_test import suggested_policy_name
+
+    name = suggested_policy_name(cfg.policy.name)
+    stepsize = "".join(f", {note}" for note in _stepsize_text(cfg.policy.model_copy(update={"name": name}), spe))
+    shown = "below: the policy as written" if name == cfg.policy.name else f"below: {cfg.policy.name} as written"
+    return f"suggested.yaml trains {name} between the bounds the range test finds{stepsize} ({shown})"
 
 
 def _stage_lines(cfg: Config, spe: Optional[int], total: int) -> list[str]:

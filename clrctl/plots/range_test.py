@@ -1,5 +1,7 @@
 """``plots/range_test.png``: loss (raw, EMA, zero-phase) and val accuracy against the LR,
-log x for an exp sweep, the suggested ``[base_lr, max_lr]`` shaded. Draws what it is given."""
+log x for an exp sweep, the suggested ``[base_lr, max_lr]`` shaded, the named LRs (loss
+minimum, steepest, …) as lines with a marker inside the top edge; legends outside, on the
+right. Draws what it is given."""
 
 from __future__ import annotations
 
@@ -10,7 +12,11 @@ import numpy as np
 
 from clrctl.plots._style import new_figure, save
 
-_MARKER_STYLE = {"steepest": ("v", "tab:green"), "valley": ("D", "tab:purple"), "min_loss/10": ("s", "tab:brown")}
+_MARKER_STYLE = {"steepest": ("v", "tab:green"), "valley": ("D", "tab:purple"), "min_loss/10": ("s", "tab:brown"),
+                 "loss_min": ("*", "black")}
+_MARKER_LABEL = {"loss_min": "loss minimum"}
+# Legends sit outside the axes, on the right (constrained layout makes room): never over a curve.
+_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0, "fontsize": 7}
 
 
 def plot_range_test(path: Path, curves: list[dict[str, Any]], base_lr: Optional[float], max_lr: Optional[float],
@@ -53,20 +59,21 @@ def range_test_figure(curves: list[dict[str, Any]], base_lr: Optional[float], ma
     if base_lr is not None and max_lr is not None:
         (ax_loss if ax_acc is None else ax_acc).plot([], [], color="tab:green", lw=6, alpha=0.3,
                                                      label=f"suggested [{base_lr:.3g}, {max_lr:.3g}]")
+    top = ax_loss.get_xaxis_transform()  # x in data, y in axes: a marker just inside the top edge
     for name, lr in markers.items():
         marker, color = _MARKER_STYLE.get(name, ("o", "black"))
         ax_loss.axvline(lr, color=color, ls="-.", lw=0.8, alpha=0.7)
-        ax_loss.plot([lr], [ax_loss.get_ylim()[1]], marker, color=color, ms=6, clip_on=False,
-                     label=f"{name}: {lr:.3g}")
+        ax_loss.plot([lr], [0.96], marker, color=color, ms=7 if marker == "*" else 5, transform=top,
+                     label=f"{_MARKER_LABEL.get(name, name)}: {lr:.3g}")
     ax_loss.set_ylabel("train loss")
     ax_loss.set_title(title or "LR range test")
-    ax_loss.legend(fontsize=7, ncol=2)
+    ax_loss.legend(**_OUTSIDE)
     if ax_acc is None:
         ax_loss.set_xlabel("learning rate" + (" (log)" if log_x else ""))
         return fig
     ax_acc.set_ylabel("val accuracy (fixed slice)")
     ax_acc.set_xlabel("learning rate" + (" (log)" if log_x else ""))
-    ax_acc.legend(fontsize=7, loc="best")
+    ax_acc.legend(**_OUTSIDE)
     return fig
 
 

@@ -13,9 +13,12 @@ from clrctl.series import robust_limits
 
 def plot_lr(path: Path, steps: Sequence[float], lr: Sequence[float],
             momentum: Optional[Sequence[float]] = None, title: str = "",
-            groups: Optional[dict[str, Sequence[float]]] = None) -> None:
-    """The policy's LR, or with ``groups`` one line per parameter group (gaps where frozen)."""
+            groups: Optional[dict[str, Sequence[float]]] = None,
+            stages: Optional[Sequence[tuple[float, str]]] = None) -> None:
+    """The policy's LR, or with ``groups`` one line per parameter group (gaps where frozen);
+    ``stages``: (first step, name) of each stage, marked by a labelled vertical line."""
     fig, ax = new_figure()
+    mark_stages(ax, stages or [])
     if groups:
         for name, trace in groups.items():
             ax.plot(steps, trace, lw=1.5, label=f"lr: {name}")
@@ -34,6 +37,17 @@ def plot_lr(path: Path, steps: Sequence[float], lr: Sequence[float],
         twin.set_ylabel("momentum", color=color)
     ax.set_title(title or "Learning-rate schedule")
     save(fig, path)
+
+
+def mark_stages(ax, stages: Sequence[tuple[float, str]]) -> None:
+    """A dotted line where each stage after the first begins; every stage's name at the top
+    of the axes, at its first step (axes coordinates in y: whatever the LR scale)."""
+    transform = ax.get_xaxis_transform()
+    for i, (start, name) in enumerate(stages):
+        if i:
+            ax.axvline(start, color="gray", ls=":", lw=1.2)
+        ax.text(start, 0.98, f" {name}", transform=transform, ha="left", va="top", fontsize="small",
+                color="dimgray", bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
 
 
 def plot_loss(path: Path, steps: Sequence[float], loss: Sequence[float], smoothed: Sequence[float],
@@ -82,6 +96,7 @@ def plot_accuracy(path: Path, epoch_steps: Sequence[float], train_acc: Sequence[
 
 def plot_schedule(path: Path, steps: Sequence[float], lr: Sequence[float],
                   momentum: Optional[Sequence[float]], title: str,
-                  groups: Optional[dict[str, Sequence[float]]] = None) -> None:
+                  groups: Optional[dict[str, Sequence[float]]] = None,
+                  stages: Optional[Sequence[tuple[float, str]]] = None) -> None:
     """``clrctl preview``: the same picture as ``lr.png``, before any training."""
-    plot_lr(path, steps, lr, momentum, title, groups)
+    plot_lr(path, steps, lr, momentum, title, groups, stages)
