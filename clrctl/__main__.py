@@ -17,6 +17,8 @@ def main() -> None:
     try:
         cli_main()
     finally:
+        if interrupts.is_stopping():  # the interrupt is reported: more signals must not turn exit
+            interrupts.ignore()  # 130 into death by SIGTERM (Python's exit resets its handlers)
         _exit_without_collecting()
 
 

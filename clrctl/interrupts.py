@@ -11,6 +11,9 @@ makes both signals raise :class:`KeyboardInterrupt`, which the library turns int
   is being imported, see :func:`_raise`); says whether one came early.
 - :func:`deferred`: a short critical section (a run directory's first files) that a signal
   cannot cut in half; it is raised again right after the section.
+- :func:`stopping`: an interrupt was accepted and the run is writing how it ended; from then
+  on, until ``main()`` reports it, further signals are only recorded: however many arrive,
+  the run's files are complete and the exit code is 130.
 
 Stdlib only, so that importing it costs nothing. Signals reach only the main thread; from any
 other thread these are no-ops.
@@ -36,6 +39,18 @@ def _record(signum: int, _frame: Any) -> None:
 
 
 _pending: list[int] = []  # an interrupt raised but maybe swallowed (see check())
+_stopping: list[bool] = []  # non-empty once an interrupt was accepted (see stopping())
+
+
+def stopping() -> None:
+    """An interrupt is being handled (the run records how it ended): from now on, signals
+    that reach the CLI's handler are dropped instead of raised (see :func:`install`)."""
+    if not _stopping:
+        _stopping.append(True)
+
+
+def is_stopping() -> bool:
+    return bool(_stopping)
 
 
 def check() -> None:
@@ -59,6 +74,8 @@ def clear() -> None:
 
 
 def _raise(signum: int, frame: Any) -> None:
+    if _stopping:  # one interrupt is being handled already: this one changes nothing
+        return
     _pending.append(signum)
     if _importing(frame) and hasattr(signal, "setitimer"):
         # A KeyboardInterrupt raised while an extension module initialises (torch's pybind11
@@ -110,6 +127,7 @@ def install() -> tuple[dict[int, Any], bool]:
     signal was recorded by :func:`record_early` before this call)."""
     if not _main_thread():
         return {}, False
+    _stopping.clear()  # (a new command: in-process callers run several)
     previous = {sig: signal.signal(sig, _raise) for sig in SIGNALS}
     early = bool(_early)  # read after the swap: a signal cannot slip between the two
     _early.clear()

@@ -39,7 +39,7 @@ from clrctl.config import CYCLIC_POLICIES, Config, Stage, resolve_steps
 from clrctl.errors import DataError, InputError, Interrupted, RunFailed
 from clrctl.groups import build_groups, set_frozen, torch_param_groups
 from clrctl.optim import build_optimizer, current_momentum
-from clrctl.rundir import RunDir, holds_no_results, run_info
+from clrctl.rundir import RunDir, WriteFailed, failure_line, holds_no_results, release, run_info
 from clrctl.setup import Setup, build_setup
 from clrctl.text import count
 from clrctl.trainer import FastPath, Reporter, evaluate, train_step
@@ -219,9 +219,15 @@ class _StopRule:
 
 
 def _sigterm_as_interrupt():
-    """SIGTERM ends the sweep like Ctrl-C does (SPEC: both are exit 130, files flushed)."""
+    """SIGTERM ends the sweep like Ctrl-C does (SPEC: both are exit 130, files flushed). Only
+    the first signal raises: the sweep's results are being written after it."""
+    raised = []
 
     def handler(signum, frame):
+        if raised:
+            return
+        raised.append(signum)
+        interrupts.stopping()  # (and after the sweep, until the CLI reports the interrupt)
         raise KeyboardInterrupt
 
     return interrupts.handled_by(handler)
@@ -320,14 +326,24 @@ def start_range_test(config: Config, *, seeds: Optional[list[int]] = None, runs_
         return _distributed_range_test(config, seed_list, first, runs_root, run_dir, info, reporter_factory)
     try:
         with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
-            run = RunDir.create(runs_root, config.name, run_dir, resumable=False)
-            run.begin(info, config.model_copy(update={"seed": seed_list[0]}).to_dict())
+            run = RunDir.create(runs_root, config.name, run_dir, resumable=False)  # claimed by this process
+            try:
+                run.begin(info, config.model_copy(update={"seed": seed_list[0]}).to_dict())
+            except BaseException:
+                run.release()
+                run = None
+                raise
         return _range_test(config, seed_list, first, run, reporter_factory)
-    except KeyboardInterrupt:  # outside a sweep: before the first, or while writing the results
+    except KeyboardInterrupt:  # outside a sweep: before the first
         if run is None:
             raise
-        run.set_status("interrupted")
+        interrupts.stopping()  # handled: more signals must not cut the status short
+        if run.status() == "running":
+            run.set_status("interrupted")
         raise _interrupted(run) from None
+    finally:
+        if run is not None:
+            run.release()
 
 
 def _distributed_range_test(config, seed_list, first, runs_root, run_dir, info, reporter_factory):
@@ -341,7 +357,10 @@ def _distributed_range_test(config, seed_list, first, runs_root, run_dir, info, 
             distributed.tell_path(run)
     else:
         run = distributed.NullRunDir(distributed.main_path())
-    return _range_test(config, seed_list, first, run, reporter_factory)
+    try:
+        return _range_test(config, seed_list, first, run, reporter_factory)
+    finally:
+        release(run.path)
 
 
 def _range_test(config: Config, seed_list: list[int], first: SweepSetup, run: RunDir,
@@ -352,37 +371,54 @@ def _range_test(config: Config, seed_list: list[int], first: SweepSetup, run: Ru
         if not per_seed:  # Ctrl-C before the first sweep started
             run.set_status("interrupted")
             raise _interrupted(run)
-        summary = run_summary(per_seed, first.steps_per_epoch, interrupted=stopped)
-        if config.has_stages:
-            summary["stage"] = first.stage.name
-        run.write_summary(summary)
-        suggestion = summary["suggestion"]
-        if summary["status"] == "completed" and suggestion["base_lr"] is not None:
-            filled = first.stage.name if config.has_stages else None
-            run.write_config(suggested_config(config, suggestion["base_lr"], suggestion["max_lr"], filled),
-                             "suggested.yaml")
-        if distributed.is_main():
-            render_plot(run, config, per_seed, summary)
-            if config.train.tensorboard:
-                from clrctl.tensorboard import range_test_events
-
-                range_test_events(run.path, summary)
+        with interrupts.deferred():  # the results whole (a signal now is raised after them)
+            summary = _write_results(config, first, run, per_seed, stopped)
     except (Interrupted, KeyboardInterrupt):
         raise
-    except DataError as err:  # unreadable data met mid-sweep: the run ended badly (exit 1)
-        run.set_status("failed")
-        raise RunFailed(f"{err} (the run is kept as 'failed' in {run.path})") from err
+    except (DataError, OSError, WriteFailed) as err:  # unreadable data, a full disk: exit 1
+        _mark_failed(run)
+        raise RunFailed(f"{failure_line(err)} (the run is kept as 'failed' in {run.path})") from err
     except BaseException:
-        run.set_status("failed")
+        _mark_failed(run)
         raise
-    run.set_status(summary["status"])
     if summary["status"] == "interrupted":
         raise Interrupted(f"range test interrupted after {count(summary['steps'], 'step')}; "
                           f"partial results in {run.path}")
     return run.path, summary
 
 
+def _write_results(config: Config, first: SweepSetup, run: RunDir, per_seed, stopped: bool) -> dict[str, Any]:
+    """summary.json, suggested.yaml, the plot, then the final status: a run marked finished
+    has all its files."""
+    summary = run_summary(per_seed, first.steps_per_epoch, interrupted=stopped)
+    if config.has_stages:
+        summary["stage"] = first.stage.name
+    run.write_summary(summary)
+    suggestion = summary["suggestion"]
+    if summary["status"] == "completed" and suggestion["base_lr"] is not None:
+        filled = first.stage.name if config.has_stages else None
+        run.write_config(suggested_config(config, suggestion["base_lr"], suggestion["max_lr"], filled),
+                         "suggested.yaml")
+    if distributed.is_main():
+        render_plot(run, config, per_seed, summary)
+        if config.train.tensorboard:
+            from clrctl.tensorboard import range_test_events
+
+            range_test_events(run.path, summary)
+    run.set_status(summary["status"])
+    return summary
+
+
+def _mark_failed(run: RunDir) -> None:
+    try:
+        run.set_status("failed")
+    except Exception:  # noqa: BLE001 - the disk may refuse even that; the free lock says it is dead
+        pass
+
+
 def _interrupted(run: RunDir) -> Interrupted:
+    if isinstance(run, RunDir) and run.status() == "completed":  # a signal while its last files were written
+        return Interrupted(f"interrupted after the range test completed (its files are complete): {run.path}")
     if holds_no_results(run.path):
         return Interrupted(f"range test interrupted before it started; {run.path} holds no results "
                            f"(a rerun with --run-dir {run.path} reuses it)")
@@ -396,6 +432,8 @@ def _sweep_seeds(config, seed_list, first, run, per_seed, reporter_factory) -> b
             setup = first if seed == seed_list[0] else prepare(config, seed, first.stage.name)
             many = len(seed_list) > 1
             target = RunDir.create(run.path, "", run.path / "seeds" / f"seed-{seed}") if many else run
+            if many:
+                target.release()  # (claimed with the run's own directory already)
             result = _sweep_to_csv(setup, target, reporter_factory(seed) if reporter_factory else None)
             if not result.rows and result.stop_reason == "interrupted":
                 return True  # before this seed's first step: nothing to summarise

@@ -5,12 +5,18 @@ A run directory holds ``config.yaml``, ``run.json`` (provenance and status), ``m
 (temporary file, then ``os.replace``) so a reader never sees half a file; CSVs are appended
 and flushed so a killed run keeps what it logged. ``status`` stays ``running`` until the run
 ends, which is how ``compare`` tells a finished run from a half-written one.
+
+One process writes a run directory at a time: it holds an exclusive ``flock`` on ``.lock``
+inside it (see :func:`claim`) for as long as it writes, and the kernel releases it when the
+process ends, however it ends. So ``running`` with the lock free means a writer that died
+(``kill -9``): :func:`is_live` tells the two apart.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+import errno
 import io
 import json
 import math
@@ -22,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Optional
@@ -29,12 +36,38 @@ from typing import IO, Any, Iterable, Iterator, Optional
 import yaml
 
 from clrctl import __version__
-from clrctl.errors import InputError
+from clrctl.errors import InputError, RunFailed
 
 TERMINAL_STATUSES = ("completed", "diverged", "interrupted", "failed")
 TEMP_SUFFIX = ".tmp"  # temporary files of atomic writes: ".<name>.<random>.tmp"
+LOCK_NAME = ".lock"  # held (flock) by the process that writes the directory; never removed
 # What a run directory holds before its first result (see holds_no_results)
-BOOKKEEPING = ("run.json", "config.yaml", "group.json")
+BOOKKEEPING = ("run.json", "config.yaml", "group.json", LOCK_NAME)
+_CLAIM_RETRY_S = 0.25  # a claim retries this long: is_live() holds the lock for an instant
+
+
+class WriteFailed(RunFailed):
+    """A file of a run directory could not be written (disk full, read-only, file too large):
+    one line naming the file. Exit 1 once the run started; before it starts, callers refuse
+    with an :class:`InputError` instead (exit 2)."""
+
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(f"{path}: cannot write ({os_reason(err)})")
+        self.path, self.reason = Path(path), os_reason(err)
+
+
+def failure_line(err: BaseException) -> str:
+    """One line for an error that ended a run: an OSError as ``FILE: reason`` (never a bare
+    ``[Errno 28] …``), anything else as its own message."""
+    if isinstance(err, OSError):
+        return f"{err.filename}: {os_reason(err)}" if err.filename else os_reason(err)
+    return str(err)
+
+
+def os_reason(err: OSError) -> str:
+    """``No space left on device`` -> ``no space left on device`` (for a message's parenthesis)."""
+    text = err.strerror or str(err) or err.__class__.__name__
+    return text[:1].lower() + text[1:]
 
 
 def utc_now() -> str:
@@ -85,7 +118,8 @@ def atomic_file(path: Path, mode: str = "w", *, fsync: bool = True, **open_args:
 
     The temporary file is created like ``open()`` creates files, mode 0o666 less the umask
     (``tempfile.mkstemp``'s 0600 would survive the rename and lock teammates out)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
         try:
@@ -93,6 +127,8 @@ def atomic_file(path: Path, mode: str = "w", *, fsync: bool = True, **open_args:
             break
         except FileExistsError:
             continue
+        except OSError as err:
+            raise WriteFailed(path, err) from err
     try:
         with os.fdopen(fd, mode, **open_args) as handle:
             yield handle
@@ -100,9 +136,29 @@ def atomic_file(path: Path, mode: str = "w", *, fsync: bool = True, **open_args:
             if fsync:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # disk full, file too large: one line naming the file, not a bare errno
+        _remove_quietly(tmp)
+        raise WriteFailed(path, err) from err
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """OSErrors of the block become a :class:`WriteFailed` naming ``path`` (a failed
+    ``write()`` names no file of its own)."""
+    try:
+        yield
+    except OSError as err:
+        raise WriteFailed(path, err) from err
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # (a read-only file system: nothing was written there either)
+        pass
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -120,37 +176,50 @@ class CsvLog:
     def __init__(self, path: Path, columns: list[str]):
         self.path = path
         self.columns = columns
-        new = not path.exists() or path.stat().st_size == 0
-        self._handle = open(path, "a", newline="", encoding="utf-8")
-        self._rows = csv.writer(self._handle, lineterminator="\n")
-        if new:
-            self._rows.writerow(columns)
-            self.flush()
+        with writing(path):
+            new = not path.exists() or path.stat().st_size == 0
+            self._handle = open(path, "a", newline="", encoding="utf-8")
+            self._rows = csv.writer(self._handle, lineterminator="\n")
+            if new:
+                self._rows.writerow(columns)
+                self._handle.flush()
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         # A plain writer over the columns (DictWriter's per-row checks cost the trainer ~2%);
         # csv writes None as "" and a float as repr(): its shortest exact round-trip.
         columns = self.columns
-        self._rows.writerows([row.get(c) for c in columns] for row in rows)
+        with writing(self.path):
+            self._rows.writerows([row.get(c) for c in columns] for row in rows)
 
     def write_lists(self, rows: Iterable[list[Any]]) -> None:
         """Rows already in column order (the trainer's per-step rows): no per-row reordering."""
-        self._rows.writerows(rows)
+        with writing(self.path):
+            self._rows.writerows(rows)
 
     def flush(self) -> None:
         """To the OS: a killed process keeps every flushed row (the trainer's hot path)."""
-        self._handle.flush()
+        with writing(self.path):
+            self._handle.flush()
 
     def sync(self) -> None:
         """To the disk (fsync): when closed (checkpoints, too, survive a killed process, not a
         power cut: see clrctl.checkpoint.save_atomic)."""
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        with writing(self.path):
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
 
     def close(self) -> None:
-        if not self._handle.closed:
+        """Sync and close; the file is closed even when the sync fails (a full disk), and
+        that failure is raised."""
+        if self._handle.closed:
+            return
+        try:
             self.sync()
-            self._handle.close()
+        finally:
+            try:
+                self._handle.close()
+            except OSError:  # the same buffered rows failing again: already raised by sync()
+                pass
 
 
 def truncate_csv(path: Path, keep: callable) -> None:
@@ -180,15 +249,25 @@ class RunDir:
     @classmethod
     def create(cls, runs_root: str | Path, name: str, run_dir: Optional[str | Path] = None,
                resumable: bool = True) -> "RunDir":
-        """``resumable``: the command has ``--resume`` (train), which the refusal may suggest."""
+        """A new (or empty, or result-free) directory, claimed for this process (see
+        :func:`claim`; release it with :meth:`release`). The checks are made again once the
+        directory is ours: of two processes creating one directory, the second is refused.
+        ``resumable``: the command has ``--resume`` (train), which the refusal may suggest."""
         path = Path(run_dir) if run_dir is not None else default_run_path(runs_root, name)
-        if path.exists() and not path.is_dir():
-            raise InputError(f"{path}: exists and is a file, not a directory; choose another --run-dir")
-        if path.exists() and any(path.iterdir()):
-            if not holds_no_results(path):
-                raise InputError(f"{path}: run directory exists and is not empty ({_instead(path, resumable)})")
-            _clear(path)  # a run interrupted before its first result: reused, not overwritten
-        path.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            _check_reusable(path, resumable)  # before anything is written: a foreign directory gets no .lock
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"{path}: cannot create the run directory ({os_reason(err)})") from None
+        claim(path)
+        try:
+            _check_reusable(path, resumable)
+            if any(p.name != LOCK_NAME for p in path.iterdir()):
+                _clear(path)  # a run interrupted before its first result: reused, not overwritten
+        except BaseException:
+            release(path)
+            raise
         return cls(path)
 
     @classmethod
@@ -197,6 +276,10 @@ class RunDir:
         if not (path / "run.json").is_file():
             raise InputError(f"{path}: not a clrctl run directory (no run.json)")
         return cls(path)
+
+    def release(self) -> None:
+        """Give up this process's claim on the directory (see :func:`claim`)."""
+        release(self.path)
 
     # -- files ---------------------------------------------------------------------------
     @property
@@ -265,17 +348,151 @@ class RunDir:
     def begin(self, info: dict[str, Any], config: dict[str, Any]) -> None:
         """A new run's first files: run.json (from :func:`run_info`, status ``running``), then
         config.yaml. Call it inside ``interrupts.deferred()`` right after :meth:`create`, so
-        that the directory is never left holding a config without a run.json."""
-        write_json_atomic(self.path / "run.json", {**info, "start_time": utc_now()})
-        self.write_config(config)
+        that the directory is never left holding a config without a run.json. A file that
+        cannot be written (disk full, read-only) refuses the run: InputError, nothing left."""
+        try:
+            write_json_atomic(self.path / "run.json", {**info, "start_time": utc_now()})
+            self.write_config(config)
+        except WriteFailed as err:
+            for name in ("run.json", "config.yaml"):
+                _remove_quietly(self.path / name)
+            raise InputError(f"{err}; nothing was started") from None
 
     def set_status(self, status: str, **extra: Any) -> None:
-        self.wait()
-        info = self.read_run()
-        info["status"] = status
-        info["end_time"] = utc_now() if status in TERMINAL_STATUSES else None
-        info.update(extra)
-        write_json_atomic(self.path / "run.json", info)
+        """Record ``status`` in run.json, even when the last checkpoint failed (its error is
+        raised after) or the disk is full (see :func:`_write_status`)."""
+        try:
+            self.wait()
+        finally:
+            info = self.read_run()
+            info["status"] = status
+            info["end_time"] = utc_now() if status in TERMINAL_STATUSES else None
+            info.update(extra)
+            _write_status(self.path / "run.json", info)
+
+    def status(self) -> Optional[str]:
+        """run.json's status; None when it cannot be read."""
+        try:
+            return self.read_run().get("status")
+        except (InputError, AttributeError):
+            return None
+
+
+def _write_status(path: Path, info: dict[str, Any]) -> None:
+    """run.json, atomically; on a full disk (no room for the temporary file) rewritten in
+    place instead: a run.json of a few hundred bytes fits in the block it already has, and a
+    status that says how the run ended is worth more than the atomic rename."""
+    try:
+        write_json_atomic(path, info)
+    except WriteFailed as err:
+        cause = err.__cause__
+        if not isinstance(cause, OSError) or cause.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        text = (json.dumps(info, indent=2, sort_keys=False, default=str) + "\n").encode("utf-8")
+        with writing(path):
+            with open(path, "r+b") as handle:
+                handle.write(text)
+                handle.truncate()
+                handle.flush()
+                os.fsync(handle.fileno())
+
+
+# ---------------------------------------------------------------------------------------
+# One writer per directory: an exclusive flock on DIR/.lock, held by the writing process
+
+_held: dict[str, list] = {}  # resolved path -> [lock file descriptor, claims by this process]
+
+
+def claim(path: str | Path) -> None:
+    """Claim ``path`` (an existing directory) for this process, or refuse with one line naming
+    the holder. The claim lasts until :func:`release` (as often as claimed) or the process
+    ends, however it ends: the kernel drops the lock of a killed process."""
+    key = os.path.realpath(path)
+    if key in _held:  # (this process again: a seed of its own group, a nested call)
+        _held[key][1] += 1
+        return
+    lock = Path(path) / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise InputError(f"{path}: cannot claim the run directory ({os_reason(err)})") from None
+    if not _lock(fd):
+        holder = _holder(fd)
+        os.close(fd)
+        raise InputError(f"{path}: in use by {holder} (one process writes a run directory at a time)")
+    try:  # who holds it, for the message of the next claimant (best effort: it may not fit)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode(), 0)
+    except OSError:
+        pass
+    _held[key] = [fd, 1]
+
+
+def _lock(fd: int) -> bool:
+    import fcntl
+
+    deadline = time.monotonic() + _CLAIM_RETRY_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {int(info['pid'])} on {info['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def release(path: str | Path) -> None:
+    """Undo one :func:`claim` of ``path`` by this process (a no-op when it holds none)."""
+    key = os.path.realpath(path)
+    entry = _held.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] == 0:
+        del _held[key]
+        os.close(entry[0])  # (closing the descriptor drops the flock; the file stays)
+
+
+def is_live(path: str | Path) -> bool:
+    """Whether a process (this one included) holds ``path``'s lock, i.e. still writes it.
+    A run whose run.json says ``running`` while this is False was left by a process that is
+    gone (killed with SIGKILL, or its machine died)."""
+    import fcntl
+
+    if os.path.realpath(path) in _held:
+        return True
+    try:
+        fd = os.open(Path(path) / LOCK_NAME, os.O_RDONLY)
+    except OSError:  # no lock file: no clrctl process ever wrote it with this version
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def holder(path: str | Path) -> str:
+    """``pid N on HOST`` of the process that last claimed ``path`` (for messages)."""
+    try:
+        fd = os.open(Path(path) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return "another process"
+    try:
+        return _holder(fd)
+    finally:
+        os.close(fd)
 
 
 def run_info(kind: str, seed: int, device: str, argv: Optional[list[str]] = None) -> dict[str, Any]:
@@ -345,8 +562,20 @@ def _not_a_result(path: Path) -> bool:
     return False
 
 
+def _check_reusable(path: Path, resumable: bool) -> None:
+    """Refuse a path that is not a directory, or one that holds results or is not clrctl's."""
+    if not path.is_dir():
+        raise InputError(f"{path}: exists and is a file, not a directory; choose another --run-dir")
+    if any(p.name != LOCK_NAME for p in path.iterdir()) and not holds_no_results(path):
+        if is_live(path) and os.path.realpath(path) not in _held:
+            raise InputError(f"{path}: in use by {holder(path)} (one process writes a run directory at a time)")
+        raise InputError(f"{path}: run directory exists and is not empty ({_instead(path, resumable)})")
+
+
 def _clear(path: Path) -> None:
     for child in path.iterdir():
+        if child.name == LOCK_NAME:  # ours now; removing it would let a second process lock a new one
+            continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:

@@ -16,7 +16,8 @@ import numpy as np
 from clrctl import checkpoint, distributed, interrupts
 from clrctl.config import Config, load_config, resolve_bounds_from
 from clrctl.errors import InputError, Interrupted, RunFailed
-from clrctl.rundir import RunDir, create_group, read_csv, read_json, run_info, truncate_csv, utc_now
+from clrctl.rundir import (RunDir, WriteFailed, claim, create_group, failure_line, holder, is_live, read_csv,
+                           read_json, release, run_info, truncate_csv, utc_now)
 from clrctl.series import batch_sizes, group_lr_traces, moving_average, policy_names, stage_starts
 from clrctl.setup import build_setup
 from clrctl.trainer import LoopState, Reporter, TrainingLoop
@@ -27,7 +28,8 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
     """Train ``config`` in a new run directory; returns (run path, summary)."""
     config = resolve_bounds_from(config)
     setup = build_setup(config)
-    info = {**run_info("train", config.seed, str(setup.device), argv), **model_record(setup), **distributed.record()}
+    info = {**run_info("train", config.seed, str(setup.device), argv), **model_record(setup), **distributed.record(),
+            "train_samples": setup.data.train.num_samples}  # (for plots redrawn from the CSVs)
     run = None
     try:
         if not distributed.is_main():  # only rank 0 writes; the others learn where
@@ -35,8 +37,13 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
             return run.path, _run(TrainingLoop(setup, run, reporter))
         try:
             with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
-                run = RunDir.create(runs_root, config.name, run_dir)
-                run.begin(info, config.to_dict())
+                run = RunDir.create(runs_root, config.name, run_dir)  # claimed by this process
+                try:
+                    run.begin(info, config.to_dict())
+                except BaseException:
+                    run.release()
+                    run = None
+                    raise
         finally:
             distributed.tell_path(run)
         return run.path, _run(TrainingLoop(setup, run, reporter))
@@ -44,6 +51,14 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
         if run is None:
             raise
         raise _interrupted(run) from None
+    except BaseException as err:
+        failure = err if run is None or isinstance(run, distributed.NullRunDir) else _failed_outside_loop(run, err)
+        if failure is err:
+            raise
+        raise failure from err
+    finally:
+        if run is not None:
+            release(run.path)
 
 
 def model_record(setup) -> dict[str, Any]:
@@ -57,12 +72,86 @@ def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
     rows logged after that checkpoint are dropped and recomputed."""
     if not distributed.is_main():
         return _resume_worker(Path(path), reporter)
-    run, info = open_resumable(path)
+    if _lacks_plots(path):
+        return Path(path), _redraw(path)
+    run, _ = open_resumable(path)  # (a run, not some other directory, before it gets a .lock)
+    claim(run.path)  # refused while another process writes it
     distributed.announce(run.path)  # (the launcher of --nproc marks it failed if a rank dies)
     try:
+        run, info = open_resumable(path)  # again, now that it is ours: it may have ended meanwhile
         return run.path, _resume(run, info, argv, reporter)
     except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
         raise _interrupted(run) from None
+    except BaseException as err:
+        failure = _failed_outside_loop(run, err)
+        if failure is err:
+            raise
+        raise failure from err
+    finally:
+        release(run.path)
+
+
+def _lacks_plots(path: str | Path) -> bool:
+    """A completed training run whose plots are missing or empty (a crash while drawing them)."""
+    path = Path(path)
+    try:
+        info = read_json(path / "run.json")
+    except InputError:
+        return False
+    if not isinstance(info, dict) or info.get("kind") != "train" or info.get("status") != "completed":
+        return False
+    return any(not p.is_file() or p.stat().st_size == 0 for p in (path / "plots" / n for n in TRAIN_PLOTS))
+
+
+def _redraw(path: str | Path) -> dict[str, Any]:
+    """--resume of a completed run without plots: draw them from its CSVs."""
+    redraw_plots(path)
+    return read_json(Path(path) / "summary.json")
+
+
+def redraw_plots(path: str | Path) -> list[Path]:
+    """A training run's plots drawn again from its CSVs and run.json (``clrctl export plots``);
+    claims the directory while it draws. Returns the files written."""
+    path = Path(path)
+    run = RunDir.open(path)
+    info = run.read_run()
+    if not isinstance(info, dict) or info.get("kind") != "train":
+        raise InputError(f"{path}: not a training run (kind {info.get('kind') if isinstance(info, dict) else None!r})")
+    if info.get("status") == "running" and is_live(path):
+        raise InputError(f"{path}: still running ({holder(path)}); its plots are drawn when it ends")
+    config = load_config(path / "config.yaml")
+    claim(path)
+    try:
+        render_plots(path, config, train_samples=_train_samples(config, info))
+    finally:
+        release(path)
+    return [path / "plots" / name for name in TRAIN_PLOTS if (path / "plots" / name).is_file()]
+
+
+def _train_samples(config: Config, info: dict[str, Any]) -> Optional[int]:
+    """The training split's size (the loss plot weights each step by its batch): from run.json
+    when recorded, else by building the data set as the run did."""
+    if isinstance(info.get("train_samples"), int):
+        return info["train_samples"]
+    from clrctl.data import build_data
+
+    import torch
+
+    return build_data(config.dataset, config.seed, torch.device("cpu")).train.num_samples
+
+
+def _failed_outside_loop(run: RunDir, err: BaseException) -> BaseException:
+    """An error after the run directory was claimed but outside the loop's own handling (its
+    CSVs could not be opened, the checkpoint did not fit the model): a run left ``running``
+    is marked ``failed``; a file that could not be written is one line naming it."""
+    if run.status() == "running":
+        try:
+            run.set_status("failed")
+        except Exception:  # noqa: BLE001 - the disk may refuse even that; the lock says it is dead
+            pass
+    if isinstance(err, (OSError, WriteFailed)):
+        return RunFailed(f"{failure_line(err)} (the run is kept as 'failed' in {run.path})")
+    return err
 
 
 def open_resumable(path: str | Path) -> tuple[RunDir, dict[str, Any]]:
@@ -88,11 +177,12 @@ def _resume(run: RunDir, info: dict[str, Any], argv: Optional[list[str]], report
     # keeps the finished epochs and the steps done so far.
     truncate_csv(run.path / "metrics.csv", lambda row: int(row["step"]) < state.step)
     truncate_csv(run.path / "epochs.csv", lambda row: int(row["epoch"]) <= state.epoch)
-    run.set_status("running", resumed=[*info.get("resumed", []), {"time": utc_now(), "step": state.step}],
-                   resume_argv=argv)
     loop = TrainingLoop(setup, run, reporter, state)  # opens the CSVs: after they are truncated
     if saved:
         loop.restore(saved)
+    # 'running' once the checkpoint is restored: a resume that fails before leaves the status as it was
+    run.set_status("running", resumed=[*info.get("resumed", []), {"time": utc_now(), "step": state.step}],
+                   resume_argv=argv)
     return _run(loop)
 
 
@@ -117,13 +207,16 @@ def train_seeds(config: Config, seeds: list[int], *, runs_root: str | Path = "ru
     group = None
     try:
         with interrupts.deferred():
-            group = create_group(runs_root, config.name, seeds, run_dir, config.to_dict())
+            group = create_group(runs_root, config.name, seeds, run_dir, config.to_dict())  # claimed
+        return group, _train_group(group, config, seeds, argv, reporter_factory)
     except KeyboardInterrupt:
         if group is None:
             raise
         raise Interrupted(f"seed group interrupted before its first seed; resume with: "
                           f"clrctl train --resume {group}") from None
-    return group, _train_group(group, config, seeds, argv, reporter_factory)
+    finally:
+        if group is not None:
+            release(group)
 
 
 def is_group(path: str | Path) -> bool:
@@ -135,6 +228,15 @@ def resume_group(path: str | Path, *, argv: Optional[list[str]] = None,
     """Finish an interrupted seed group: resume the seeds that started, start those that never
     did; seeds that completed or diverged are kept as they are."""
     group = Path(path)
+    read_json(group / "group.json")  # (a group, not some other directory, before it gets a .lock)
+    claim(group)  # refused while another process runs it
+    try:
+        return group, _resume_group(group, argv, reporter_factory)
+    finally:
+        release(group)
+
+
+def _resume_group(group: Path, argv, reporter_factory) -> list[dict]:
     info = read_json(group / "group.json")
     seeds = info.get("seeds")
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
@@ -146,7 +248,7 @@ def resume_group(path: str | Path, *, argv: Optional[list[str]] = None,
     source = next((p for p in sources if p.is_file()), None)
     if source is None:
         raise InputError(f"{group}: no config.yaml in the group nor in any seed; start it again")
-    return group, _train_group(group, load_config(source), seeds, argv, reporter_factory)
+    return _train_group(group, load_config(source), seeds, argv, reporter_factory)
 
 
 def _finished(path: Path) -> bool:
@@ -183,6 +285,7 @@ def _train_seed(path: Path, config: Config, argv, reporter) -> dict:
 def _interrupted(run: RunDir) -> Interrupted:
     """The error for a KeyboardInterrupt outside the loop's handler; marks the run ``interrupted``
     unless it already recorded how it ended."""
+    interrupts.stopping()  # handled: more signals must not cut the status short
     status = None
     try:
         status = run.read_run().get("status")
@@ -190,22 +293,20 @@ def _interrupted(run: RunDir) -> Interrupted:
             run.set_status("interrupted")
     except (InputError, KeyboardInterrupt):  # unreadable, or one more Ctrl-C: 'running' resumes too
         pass
-    if status == "completed":  # while drawing the plots of a finished run
-        return Interrupted(f"interrupted after the run completed (plots may be missing): {run.path}")
+    if status == "completed":  # after its last file was written
+        return Interrupted(f"interrupted after the run completed (its files are complete): {run.path}")
     return Interrupted(f"interrupted; resume with: clrctl train --resume {run.path}")
 
 
 def _run(loop: TrainingLoop) -> dict[str, Any]:
-    try:
-        return loop.run_all()
-    finally:
-        if distributed.is_main():
-            render_plots(loop.run.path, loop.s.config,  # diverged and interrupted runs get plots too
-                         train_samples=loop.s.data.train.num_samples)
+    return loop.run_all()  # (which draws the plots, before the final status)
 
 
 # ---------------------------------------------------------------------------------------
 # Plots from the CSVs (raw data kept; everything drawn is derived from it)
+
+
+TRAIN_PLOTS = ("lr.png", "loss.png", "accuracy.png")
 
 
 def _floats(rows: list[dict[str, str]], key: str) -> np.ndarray:

@@ -13,7 +13,7 @@ import math
 import signal
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from clrctl import checkpoint, distributed, interrupts, tensorboard
 from clrctl.data import BatchSource
 from clrctl.errors import DataError, Interrupted, RunFailed
 from clrctl.groups import load_optimizer_state, torch_param_groups
-from clrctl.rundir import RunDir
+from clrctl.rundir import RunDir, WriteFailed, failure_line
 from clrctl.setup import Setup, StageRun, build_stage
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "val_loss", "val_acc"]
@@ -203,6 +203,7 @@ class TrainingLoop:
         self._hits = _Hits(per_row=self._skip_nonfinite)
         self._stage_column = setup.config.has_stages
         self._signal: Optional[str] = None
+        self._finishing = False  # the loop is over: signals are recorded, never raised
         self._t0 = time.perf_counter()
         self.tb = tensorboard.logger(setup, run)  # does nothing unless train.tensorboard (and on rank 0)
         # DDP: the model that trains (checkpoints hold setup.model, unwrapped), the global
@@ -219,40 +220,44 @@ class TrainingLoop:
 
     # -- public ----------------------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
-        """Train to the end. Raises RunFailed (diverged) or Interrupted; both leave a summary."""
+        """Train to the end. Raises RunFailed (diverged, failed) or Interrupted; each leaves a
+        summary, plots and a final status. The loop's signal handler stays in place until
+        then: signals after the first that stops the run do not cut the finishing short."""
         s, state = self.s, self.state
         self.reporter.start(s.total_steps, state.step)
         s.model.train()
-        try:
-            with self._signals():
+        with self._signals():
+            try:
                 # batch > 0: resumed inside an epoch (possibly its last step) that must be closed
                 while state.step < s.total_steps or state.batch > 0:
                     self._run_epoch(state.epoch)
-        except _Diverged as div:
-            # The steps after the diverged one (up to the sync that saw it) trained on NaN
-            # weights and are not in metrics.csv: the summary counts the steps logged.
-            state.step = div.step + 1
-            self._finish("diverged", diverged_at={"step": div.step, "lr": div.lr, "loss": div.loss})
-            raise RunFailed(
-                f"loss became {div.loss} at step {div.step} (lr {div.lr:.4g}); the run is kept as 'diverged' "
-                "in " + str(self.run.path) + " — the LR is too high for this model: `clrctl range-test` finds bounds"
-            ) from None
-        except _Stop:
-            self._flush()
-            self._checkpoint()
-            self._finish("interrupted")
-            raise self._interrupted()
-        except KeyboardInterrupt:  # a second signal ("stop now"), or one raised mid-step: no
-            # checkpoint of a step that may be half done; the last one resumes, rows after it redone
-            self._finish("interrupted")
-            raise self._interrupted()
-        except DataError as err:  # unreadable data met mid-run: the run ended badly (exit 1)
-            self._finish("failed")
-            raise RunFailed(f"{err} (the run is kept as 'failed' in {self.run.path})") from err
-        except BaseException:
-            self._finish("failed")
-            raise
-        return self._finish("completed")
+            except _Diverged as div:
+                # The steps after the diverged one (up to the sync that saw it) trained on NaN
+                # weights and are not in metrics.csv: the summary counts the steps logged.
+                state.step = div.step + 1
+                self._finish("diverged", diverged_at={"step": div.step, "lr": div.lr, "loss": div.loss})
+                raise RunFailed(
+                    f"loss became {div.loss} at step {div.step} (lr {div.lr:.4g}); the run is kept as 'diverged' "
+                    "in " + str(self.run.path) + " — the LR is too high for this model: `clrctl range-test` finds bounds"
+                ) from None
+            except _Stop:
+                self._finishing = True
+                self._finish("interrupted", self._flush, self._checkpoint)
+                raise self._interrupted()
+            except KeyboardInterrupt:  # a second signal ("stop now"), or one raised mid-step: no
+                # checkpoint of a step that may be half done; the last one resumes, rows after it redone
+                self._finish("interrupted")
+                raise self._interrupted()
+            except (DataError, OSError, WriteFailed) as err:  # unreadable data, a full disk: exit 1
+                self._finish_failed()
+                raise self._failed(err) from err
+            except BaseException:
+                self._finish_failed()
+                raise
+            summary = self._finish("completed")
+        if self._signal:  # a signal while the run was finishing: it is complete, and stops here
+            raise Interrupted(f"interrupted as the run completed (its files are complete): {self.run.path}")
+        return summary
 
     def _interrupted(self) -> Interrupted:
         return Interrupted(f"interrupted at step {self.state.step}; resume with: clrctl train --resume {self.run.path}")
@@ -276,6 +281,7 @@ class TrainingLoop:
             if epoch_end or len(self._rows) >= log_every:  # (log_every steps since the last sync)
                 self._flush()
             if self._stop_agreed if self._ddp else self._signal:
+                self._finishing = True  # (set before the raise: no "stop now" in the last checkpoint)
                 raise _Stop()
             if epoch_end:
                 break
@@ -435,16 +441,46 @@ class TrainingLoop:
             self.run.save_checkpoint(self._best, "best.pt", copy=False)
             self._best = None
 
-    def _finish(self, status: str, **extra: Any) -> dict[str, Any]:
-        self._save_best()  # (diverged or failed too: the best model so far is worth keeping)
-        for log in (self.metrics_log, self.epochs_log):
-            log.close()
+    def _finish(self, status: str, *first: Callable[[], None], **extra: Any) -> dict[str, Any]:
+        """The run's last files, then its status: ``first`` (the interrupted run's last rows
+        and checkpoint), best.pt, the CSVs closed, summary.json, TensorBoard, the plots —
+        each tried even when one before failed (a full disk) — and then run.json's status:
+        ``status``, or ``failed`` when a file could not be written (that error is raised)."""
+        self._finishing = True  # (the loop's handler only records signals from now on)
+        problems: list[Exception] = []
+        steps = [*first, self._save_best, *(log.close for log in (self.metrics_log, self.epochs_log))]
+        for step in steps:
+            _attempt(step, problems)
         summary = self.summary(status, **extra)
-        self.run.write_summary(summary)
-        self.tb.close(summary)
-        self.run.set_status(status)
+        _attempt(lambda: self.run.write_summary(summary), problems)
+        _attempt(lambda: self.tb.close(summary), problems)
+        if self._writes:  # diverged and interrupted runs get plots too
+            _attempt(self._plots, problems)
+        self.run.set_status("failed" if problems else status)
         self.reporter.close()
+        if problems:
+            raise self._failed(problems[0]) from problems[0]
         return summary
+
+    def _finish_failed(self) -> None:
+        """Finish a run that failed: the status is ``failed`` whatever else cannot be written,
+        and the error that failed it is the one to report."""
+        try:
+            self._finish("failed")
+        except Exception:  # noqa: BLE001 - (run.json says 'failed' all the same)
+            pass
+
+    def _failed(self, err: BaseException) -> BaseException:
+        """The one-line error of a run that failed on ``err`` (a file it could not write, data
+        it could not read); other errors as they are."""
+        if isinstance(err, (DataError, OSError, RunFailed)):
+            return RunFailed(f"{failure_line(err)} (the run is kept as 'failed' in {self.run.path})")
+        return err
+
+    def _plots(self) -> None:
+        from clrctl.runs import render_plots  # (runs imports this module)
+
+        render_plots(self.run.path, self.s.config, train_samples=self.s.data.train.num_samples)
 
     def summary(self, status: str, **extra: Any) -> dict[str, Any]:
         state, s = self.state, self.s
@@ -460,12 +496,16 @@ class TrainingLoop:
 
     # -- signals ---------------------------------------------------------------------
     def _signals(self):
-        """SIGINT/SIGTERM: finish the current step, then stop cleanly. A second one aborts."""
+        """SIGINT/SIGTERM: finish the current step, then stop cleanly. A second one aborts the
+        step — once: any signal after that, or once the run is finishing, is only recorded, so
+        the summary, plots and status are always written (any number of signals: exit 130)."""
 
         def handler(signum, _frame):
-            if self._signal:  # second signal: stop now
+            interrupts.stopping()  # and so after the loop, until the interrupt is reported
+            if self._signal and not self._finishing:  # second signal: stop now
+                self._finishing = True
                 raise KeyboardInterrupt
-            self._signal = signal.Signals(signum).name
+            self._signal = self._signal or signal.Signals(signum).name
 
         return interrupts.handled_by(handler)
 
@@ -509,6 +549,14 @@ class _Hits:
             labels = torch.cat([y for _, y in self._held])
             self._counts.append(torch.eq(logits.argmax(1), labels).sum(dtype=torch.float32))
         self._held, self._held_numel = [], 0
+
+
+def _attempt(step: Callable[[], None], problems: list[Exception]) -> None:
+    """Run one step of a run's finishing; an error is noted and the next steps still run."""
+    try:
+        step()
+    except Exception as err:  # noqa: BLE001 - raised by _finish once every step was tried
+        problems.append(err)
 
 
 class _Stop(Exception):

@@ -173,7 +173,9 @@ def test_a_directory_with_results_or_not_ours_is_never_reused(tmp_path):
     (ours / "metrics.csv").write_text("step,loss\n")
     (ours / ".run.json.1a2b3c4d.tmp").write_text("")
     assert holds_no_results(ours)
-    assert RunDir.create(tmp_path, "x", ours).path == ours and not any(ours.iterdir())
+    run = RunDir.create(tmp_path, "x", ours)
+    assert run.path == ours and [p.name for p in ours.iterdir()] == [".lock"]  # (held by this process)
+    run.release()
 
     (ours / "run.json").write_text("{}")
     (ours / "metrics.csv").write_text("step,loss\n0,2.3\n")

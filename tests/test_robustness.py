@@ -134,7 +134,7 @@ def test_json_files_are_written_atomically(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(rundir.os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(rundir.WriteFailed, match="summary.json: cannot write \\(disk full\\)"):
         rundir.write_json_atomic(target, {"status": "half-written"})
     assert json.loads(target.read_text()) == {"status": "completed"}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary left behind

@@ -1,4 +1,5 @@
-"""``clrctl export tensorboard RUN…``: TensorBoard events from the CSVs of existing runs."""
+"""``clrctl export tensorboard RUN…``: TensorBoard events from the CSVs of existing runs;
+``clrctl export plots RUN…``: a training run's plots drawn again from its CSVs."""
 
 from __future__ import annotations
 
@@ -26,3 +27,19 @@ def tensorboard(
     for run in runs:
         for written in tb.export(run):
             say(f"wrote {written}", err=True)
+
+
+@export_app.command("plots")
+def plots(
+    runs: list[Path] = typer.Argument(..., help="Training run directories or seed groups.", show_default=False),
+) -> None:
+    """Draw RUN/plots/ again from each run's CSVs (lr.png, loss.png, accuracy.png): for a run
+    whose plots were lost, e.g. to a full disk."""
+    from clrctl.runs import is_group, redraw_plots
+    from clrctl.rundir import read_json
+
+    for run in runs:
+        members = [run / name for name in read_json(run / "group.json").get("runs", [])] if is_group(run) else [run]
+        for member in members:
+            for written in redraw_plots(member):
+                say(f"wrote {written}", err=True)

@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from clrctl.errors import InputError
-from clrctl.rundir import TERMINAL_STATUSES
+from clrctl.rundir import TERMINAL_STATUSES, holder, is_live
 
 KINDS = ("train", "range-test")
 _GLOB_CHARS = set("*?[")
@@ -184,8 +184,11 @@ def _seed_of(path: Path) -> int:
 
 def _check_info(path: Path, info: dict[str, Any]) -> None:
     status, kind = info.get("status"), info.get("kind", "train")
-    if status == "running":
-        raise InputError(f"{path}: run is unfinished (status 'running'); compare finished runs only")
+    if status == "running" and is_live(path):
+        raise InputError(f"{path}: run is unfinished (still running: {holder(path)}); compare finished runs only")
+    if status == "running":  # its writer was killed (kill -9, a machine that died)
+        again = f"resume with: clrctl train --resume {path}" if kind == "train" else "run it again"
+        raise InputError(f"{path}: left 'running' by a process that is gone; {again}")
     if status not in TERMINAL_STATUSES:
         raise InputError(f"{path}: unreadable run.json (unknown status {status!r})")
     if kind not in KINDS:

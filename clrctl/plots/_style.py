@@ -29,9 +29,17 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, pyplot: bool = False, **kwargs
 
 
 def save(fig, path) -> None:
+    """Written atomically (temporary file, then rename): a full disk or a crash leaves the
+    previous file or none, never a truncated PNG."""
+    from pathlib import Path
+
+    from clrctl.rundir import atomic_file
+
     for ax in fig.axes:
         ax.grid(True, alpha=0.3)
-    fig.savefig(path, dpi=DPI)
+    path = Path(path)
+    with atomic_file(path, "wb", fsync=False) as handle:
+        fig.savefig(handle, dpi=DPI, format=path.suffix.lstrip(".") or None)
     if fig.canvas.manager is not None:  # a pyplot figure: let pyplot forget it
         import matplotlib.pyplot as plt
 

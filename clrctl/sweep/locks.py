@@ -6,9 +6,15 @@ nonce, and its holder refreshes the file's mtime (a heartbeat) while the run goe
 
 **Stale locks** (the holder was killed with ``kill -9``, or its machine died) are taken over when
 
-- the lock's host is this host and neither its sweep pid nor its worker pid is alive, or
-- its mtime is older than :data:`LEASE_S` (no heartbeat for that long: the holder is gone,
-  on whatever host), or it is empty and older than a minute (killed while being written).
+- the lock's host is this host and neither its sweep pid nor its worker pid is alive — a live
+  pid holds the lock whatever its age (a sweep stopped with Ctrl-Z beats no heartbeat, while
+  its worker, in a session of its own, trains on), or
+- the lock's host is another host and its mtime is older than :data:`LEASE_S` (no heartbeat for
+  that long: the holder is gone), or it is empty and older than a minute (killed while being
+  written).
+
+Even a wrong takeover cannot make two processes train one run: each holds its run
+directory's own lock (:func:`clrctl.rundir.claim`), and the second is refused.
 
 A takeover is itself exclusive: the taker first creates ``<lock>.stale-<nonce>`` (O_EXCL) for
 the nonce it judged stale, so of two processes that judge the same lock stale only one removes
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-LEASE_S = 600.0  # a lock whose mtime is this old is stale, whatever its host
+LEASE_S = 600.0  # a lock of another host whose mtime is this old is stale
 HEARTBEAT_S = 60.0  # how often a holder refreshes its locks' mtime
 _EMPTY_GRACE_S = 60.0
 
@@ -87,12 +93,10 @@ def read(path: Path) -> tuple[dict[str, Any], Optional[float]]:
 
 def is_stale(holder: dict[str, Any], mtime: float, now: float, host: str) -> bool:
     """The takeover rule of the module docstring."""
-    if now - mtime > LEASE_S:
-        return True
     if not holder:
         return now - mtime > _EMPTY_GRACE_S
-    if holder.get("host") != host:
-        return False
+    if holder.get("host") != host:  # the lease: for holders this host cannot ask
+        return now - mtime > LEASE_S
     pids = [p for p in (holder.get("pid"), holder.get("worker")) if isinstance(p, int)]
     return not any(pid_alive(p) for p in pids)
 

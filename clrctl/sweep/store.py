@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import yaml
 
 from clrctl.errors import InputError
-from clrctl.rundir import read_json, utc_now, write_json_atomic, write_text_atomic
+from clrctl.rundir import is_live, read_json, utc_now, write_json_atomic, write_text_atomic
 from clrctl.sweep.plan import Plan, Point, RunRef
 
 SCHEMA_VERSION = 1
@@ -109,14 +109,16 @@ class SweepDir:
     def run_status(self, ref: RunRef) -> str:
         """completed | diverged | failed | interrupted | running | pending, from the run's own files.
 
-        ``running`` is what run.json says while a worker trains (or after it was killed);
-        whether someone still holds it is the lock's business."""
+        ``running`` while a process writes the run; a run.json left ``running`` by a process
+        that is gone (the run directory's lock is free: see :func:`clrctl.rundir.is_live`)
+        counts as ``interrupted``: it resumes from its checkpoint."""
         run_json = self.run_path(ref) / "run.json"
         if run_json.is_file():
             try:
-                return str(read_json(run_json).get("status", "failed"))
+                status = str(read_json(run_json).get("status", "failed"))
             except InputError:
                 return "failed"
+            return "interrupted" if status == "running" and not is_live(self.run_path(ref)) else status
         exit_file = self.exit_path(ref)
         if exit_file.is_file():
             try:
@@ -128,7 +130,7 @@ class SweepDir:
     def clear_unstarted(self, ref: RunRef) -> None:
         """A run directory without run.json holds nothing worth keeping (killed before it started)."""
         path = self.run_path(ref)
-        if path.is_dir() and not (path / "run.json").is_file():
+        if path.is_dir() and not (path / "run.json").is_file() and not is_live(path):
             shutil.rmtree(path)
 
     def record_exit(self, ref: RunRef, status: str, code: int, message: str) -> None:
