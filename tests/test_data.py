@@ -368,6 +368,13 @@ def test_cli_without_data_exits_2_with_one_line_and_no_run_dir(no_root):
     assert not (work / "runs").exists()
 
 
+def test_preview_of_the_bundled_config_needs_no_data(no_root, capsys):
+    from conftest import CONFIGS, run_cli
+
+    assert run_cli("preview", CONFIGS / "fashion-lenet-one_cycle.yaml", "--rows", "2") == 0
+    assert capsys.readouterr().out.startswith("one_cycle: 938 steps (469 per epoch)")  # 60,000 / 128
+
+
 def test_broken_gzip_is_a_one_line_config_error_naming_the_file(tmp_path):
     write_mnist(tmp_path, "FashionMNIST", gz=True)
     broken = tmp_path / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
