@@ -26,8 +26,11 @@ from clrctl.errors import ClrctlWarning, ConfigError
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 BUILTIN_MODELS = ("mlp", "lenet", "resnet20", "resnet56")
-POLICIES = ("fixed", "triangular", "triangular2", "exp_range", "one_cycle", "cosine", "sgdr", "step")
+POLICIES = ("fixed", "triangular", "triangular2", "exp_range", "one_cycle", "cosine", "sgdr", "step", "linear", "wsd")
 CYCLIC_POLICIES = ("triangular", "triangular2", "exp_range")
+# Policies that may decay to an LR of 0: bounds [0, max_lr] (SPEC "Baselines beside CLR").
+ZERO_BASE_POLICIES = ("linear", "wsd", "cosine")
+WSD_SHAPES = ("linear", "sqrt", "cosine")
 TARGET_METRICS = ("val_acc", "val_loss")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(steps?|epochs?)\s*$")
@@ -198,6 +201,10 @@ class BoundsFrom(_Section):
 
 # Per-policy defaults of ``gamma``: the paper's exp_range value, torch MultiStepLR's usual 0.1.
 GAMMA_DEFAULTS = {"exp_range": 0.99994, "step": 0.1}
+# wsd's defaults: decay over the last 20% of the run (Hägele et al. 2024, arXiv 2405.18392), in
+# the 1 - sqrt shape they found best.
+WSD_DECAY = 0.2
+WSD_DECAY_SHAPE = "sqrt"
 # 1cycle's default momentum range (1803.09820; torch OneCycleLR base/max momentum).
 ONE_CYCLE_MOMENTUM = (0.85, 0.95)
 
@@ -215,6 +222,8 @@ class PolicyConfig(_Section):
     final_div: float = Field(1e4, gt=0.0)  # one_cycle: final LR = base_lr / final_div
     anneal: Literal["cos", "linear"] = "cos"  # one_cycle
     three_phase: bool = False  # one_cycle: the paper's 3-phase form
+    decay: Optional[float] = Field(None, gt=0.0, le=1.0)  # wsd: share of the run decaying (WSD_DECAY)
+    decay_shape: Optional[Literal[WSD_SHAPES]] = None  # type: ignore[valid-type]  # wsd (WSD_DECAY_SHAPE)
 
     @field_validator("stepsize")
     @classmethod
@@ -231,8 +240,8 @@ class PolicyConfig(_Section):
     def _ordered_bounds(cls, bounds):
         if isinstance(bounds, tuple):
             base, high = bounds
-            if not (math.isfinite(base) and math.isfinite(high)) or base <= 0:
-                raise ValueError(f"learning rates must be positive and finite (got {list(bounds)})")
+            if not (math.isfinite(base) and math.isfinite(high)) or base < 0:
+                raise ValueError(f"learning rates must be finite and not negative (got {list(bounds)})")
             if base >= high:
                 raise ValueError(f"base_lr must be < max_lr (got [{base}, {high}])")
         return bounds
@@ -257,11 +266,25 @@ class PolicyConfig(_Section):
             raise ValueError(f"momentum: cycling needs a policy whose LR moves between bounds, not {self.name!r}")
         if self.name == "step" and not self.milestones:
             raise ValueError("milestones: policy 'step' needs milestones (steps or 'N epochs')")
+        if isinstance(self.bounds, tuple) and self.bounds[0] == 0 and self.name not in ZERO_BASE_POLICIES:
+            raise ValueError(f"bounds: base_lr 0 is allowed for {', '.join(ZERO_BASE_POLICIES)} only, "
+                             f"not {self.name!r} (got {list(self.bounds)})")
+        for key in ("decay", "decay_shape"):
+            if getattr(self, key) is not None and self.name != "wsd":
+                raise ValueError(f"{key}: applies to policy 'wsd' only, not {self.name!r}")
         return self
 
     @property
     def effective_gamma(self) -> float:
         return self.gamma if self.gamma is not None else GAMMA_DEFAULTS.get(self.name, 1.0)
+
+    @property
+    def wsd_decay(self) -> float:
+        return self.decay if self.decay is not None else WSD_DECAY
+
+    @property
+    def wsd_decay_shape(self) -> str:
+        return self.decay_shape if self.decay_shape is not None else WSD_DECAY_SHAPE
 
     @property
     def base_lr(self) -> float:

@@ -5,7 +5,10 @@ This module owns everything between a :class:`~clrctl.config.DatasetConfig` and 
 
 - :class:`TensorSource` keeps a whole data set as tensors on the device and batches there
   (the KellerJordan/cifar10-airbench style): digits, MNIST, Fashion-MNIST, CIFAR-10/100 and
-  synthetic data. Image data stay uint8 on the device and are normalised per batch.
+  synthetic data. Image data stay uint8 on the device and are normalised per batch. MNIST
+  and Fashion-MNIST are read from their IDX files by :mod:`clrctl.idx` (gzip'd or not,
+  under ``dataset.root`` or where Debian's package installs them); torchvision only fetches
+  them (``dataset.download``).
 - :class:`LoaderSource` wraps a ``torch.utils.data.DataLoader`` with worker processes for
   ``imagefolder`` data that do not fit that mould.
 
@@ -436,6 +439,8 @@ def build_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundl
         arrays = _digits(cfg, seed)
     elif cfg.name == "synthetic":
         arrays = _synthetic(cfg, seed)
+    elif cfg.name in _IDX_SETS:
+        arrays = _idx_arrays(cfg)
     else:
         arrays = _torchvision(cfg)
     if cfg.classes is not None:
@@ -564,6 +569,62 @@ def _torchvision(cfg: DatasetConfig):
         images(train.data), labels(train.targets), images(test.data), labels(test.targets),
         num_classes=len(train.classes), mean=mean, std=std,
     )  # fmt: skip
+
+
+# The MNIST family: read from IDX files by clrctl.idx, 10 classes each.
+_IDX_SETS = ("mnist", "fashion-mnist")
+
+
+def _idx_arrays(cfg: DatasetConfig) -> _Arrays:
+    """MNIST / Fashion-MNIST's official train / test splits as uint8 (N, 1, 28, 28)."""
+    from clrctl.idx import read_split
+
+    _, label, mean, std = _TORCHVISION_SETS[cfg.name]
+    directory, files = _idx_location(cfg)
+    try:
+        (x, y), (val_x, val_y) = read_split(files, "train"), read_split(files, "test")
+    except ValueError as err:
+        raise ConfigError(f"dataset.root: cannot read the {label} files under '{directory}': {err}") from None
+    return _Arrays(x, y, val_x, val_y, num_classes=10, mean=mean, std=std)
+
+
+def _idx_location(cfg: DatasetConfig):
+    """(directory, {file name: path}) of the first place that holds all four IDX files;
+    with ``dataset.download``, torchvision fetches them into ``ROOT/<folder>/raw`` when none does."""
+    from clrctl.idx import candidate_directories, find_files
+
+    folder, label, _, _ = _TORCHVISION_SETS[cfg.name]
+    root_is_default = cfg.root == DatasetConfig.model_fields["root"].default
+    candidates = candidate_directories(cfg.name, folder, cfg.root, root_is_default)
+    for directory in candidates:
+        files = find_files(directory)
+        if files is not None:
+            return directory, files
+    if cfg.download:
+        cls = getattr(import_torchvision().datasets, folder)
+        before = _entries(Path(cfg.root))
+        try:
+            cls(cfg.root, train=True, download=True)  # fetches and unpacks all four files
+        except Exception as err:  # noqa: BLE001 - torchvision raises many kinds; each is one line
+            _remove_new(Path(cfg.root), before)  # e.g. offline: no empty MNIST/raw left behind
+            raise _torchvision_error(cfg, label, err) from None
+        files = find_files(candidates[0])
+        if files is not None:
+            return candidates[0], files
+    raise ConfigError(_idx_missing_message(cfg, label, candidates, root_is_default))
+
+
+def _idx_missing_message(cfg: DatasetConfig, label: str, candidates: list[Path], root_is_default: bool) -> str:
+    from clrctl.idx import SYSTEM_DATA
+
+    system = SYSTEM_DATA.get(cfg.name)
+    if root_is_default and system is not None:
+        places = " or ".join(f"'{c}'" for c in (candidates[0], candidates[-1]))
+        return (f"dataset.root: no {label} data in {places}: apt-get install {system.package} (offline, "
+                f"~31 MB), or point dataset.root at the IDX files (dataset.download: true fetches them)")
+    return (f"dataset.root: no {label} data under '{cfg.root}' (expected {candidates[0].relative_to(cfg.root)}/"
+            f"train-images-idx3-ubyte[.gz] and the other IDX files; set dataset.download: true to fetch it, "
+            f"or point dataset.root at it)")
 
 
 def _entries(root: Path) -> set[Path]:

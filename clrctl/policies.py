@@ -12,6 +12,9 @@ is ``log lr; optimizer.step(); schedule.step()``, so optimizer step t trains at 
 | cosine       | CosineAnnealingLR(T_max=run length, eta_min=base), starting at max          |
 | sgdr         | CosineAnnealingWarmRestarts(T_0=stepsize, T_mult, eta_min=base) — 1608.03983 |
 | step         | MultiStepLR(milestones, gamma), starting at lr (or max)                      |
+| linear       | LinearLR(1 -> base/max over the run), starting at max — Budgeted Training    |
+| wsd          | LambdaLR(:func:`wsd_lr`): max, then decay to base — MiniCPM 2404.06395,      |
+|              | Hägele et al. 2405.18392 (decay_shape linear | sqrt | cosine)              |
 
 Momentum is cycled inversely to the LR only when asked for (``policy.momentum``), and by
 default for one_cycle when the optimizer has a momentum term — never switched on silently
@@ -20,6 +23,7 @@ default for one_cycle when the optimizer has a momentum term — never switched 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
@@ -35,7 +39,7 @@ def initial_lr(policy: PolicyConfig) -> float:
         return policy.lr if policy.lr is not None else policy.base_lr
     if policy.name == "step":
         return policy.lr if policy.lr is not None else policy.max_lr
-    if policy.name in ("cosine", "sgdr", "one_cycle"):
+    if policy.name in ("cosine", "sgdr", "one_cycle", "linear", "wsd"):
         return policy.max_lr
     return policy.base_lr
 
@@ -47,6 +51,21 @@ def momentum_range(policy: PolicyConfig, optimizer_cfg: OptimizerConfig) -> Opti
     if policy.name == "one_cycle" and has_momentum(optimizer_cfg):
         return ONE_CYCLE_MOMENTUM
     return None
+
+
+def wsd_lr(step: int, total_steps: int, base: float, top: float, decay: float, shape: str) -> float:
+    """Warmup-stable-decay without the warmup: ``top`` until the last ``decay`` share of the run
+    (rounded to whole steps, at least one), then down to ``base`` along ``shape`` of the
+    decay's progress p in [0, 1): linear 1 - p, sqrt 1 - sqrt(p) (Hägele et al.'s 1-sqrt
+    cooldown), cosine (1 + cos(pi p)) / 2. Like cosine, the run ends one step short of base."""
+    decay_steps = max(1, round(decay * total_steps))
+    start = total_steps - decay_steps
+    if step < start:
+        return top
+    progress = min(1.0, (step - start) / decay_steps)
+    remaining = {"linear": 1.0 - progress, "sqrt": 1.0 - math.sqrt(progress),
+                 "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}[shape]
+    return base + (top - base) * remaining
 
 
 class Schedule:
@@ -154,6 +173,12 @@ def build_schedule(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, target:
     elif name == "sgdr":
         sched = lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=stepsize, T_mult=policy.t_mult,
                                                          eta_min=policy.base_lr)
+    elif name == "linear":  # from max_lr at step 0 to base_lr after the last step
+        sched = lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=policy.base_lr / policy.max_lr,
+                                      total_iters=total_steps)
+    elif name == "wsd":  # a pure function of the step (LambdaLR multiplies the initial LR, max_lr)
+        base, top, decay, shape = policy.base_lr, policy.max_lr, policy.wsd_decay, policy.wsd_decay_shape
+        sched = lr_scheduler.LambdaLR(optimizer, lambda t: wsd_lr(t, total_steps, base, top, decay, shape) / top)
     elif name == "step":
         milestones = sorted(resolve_steps(m, steps_per_epoch) for m in policy.milestones)
         sched = lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=policy.effective_gamma)

@@ -46,7 +46,7 @@ from clrctl.trainer import FastPath, Reporter, evaluate, train_step
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "smoothed_loss", "val_loss", "val_acc"]
 FLUSH_EVERY = 25  # rows between fsyncs of metrics.csv
-BOUNDED_POLICIES = CYCLIC_POLICIES + ("one_cycle", "cosine", "sgdr")
+BOUNDED_POLICIES = CYCLIC_POLICIES + ("one_cycle", "cosine", "sgdr", "linear", "wsd")
 
 
 def lr_at(step: int, steps: int, start: float, end: float, mode: str) -> float:

@@ -3,6 +3,8 @@ real torchvision / ImageFolder loaders driven on tiny files written here."""
 
 from __future__ import annotations
 
+import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -185,20 +187,24 @@ def test_synthetic_is_learnable_by_a_small_mlp():
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
-    """The raw MNIST format: magic (0, 0, 0x08 = uint8, ndim), big-endian dims, data."""
+    """The raw MNIST format: magic (0, 0, 0x08 = uint8, ndim), big-endian dims, data; gzip'd
+    when the name ends in .gz (as Debian's dataset-fashion-mnist ships it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
 
 
-def write_mnist(root: Path, folder: str, n_train: int = 20, n_test: int = 10) -> np.ndarray:
-    # torchvision 0.28 reads the uncompressed files in <root>/<class name>/raw (no md5 check).
-    rng = np.random.default_rng(0)
-    raw = root / folder / "raw"
+def write_mnist(root: Path, folder: str, n_train: int = 20, n_test: int = 10, gz: bool = False,
+                seed: int = 0) -> np.ndarray:
+    """Tiny IDX files in ``root/folder`` (``folder`` "" : side by side in ``root``, Debian's layout)."""
+    rng = np.random.default_rng(seed)
+    raw = root / folder / "raw" if folder else root
+    suffix = ".gz" if gz else ""
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = rng.integers(0, 256, (n, 28, 28))
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte{suffix}", np.arange(n) % 10)
     return images  # the test images
 
 
@@ -279,6 +285,134 @@ def test_missing_torchvision_data_is_a_one_line_config_error(tmp_path, name, lab
     message = str(info.value)
     assert message.startswith(f"dataset.root: no {label} data under '{tmp_path / 'nowhere'}'")
     assert "dataset.download: true" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------------------------------
+# Fashion-MNIST offline: data/, then Debian's dataset-fashion-mnist (SPEC "Real data offline")
+
+SYSTEM_ENV = "CLRCTL_FASHION_MNIST_DIR"  # clrctl.idx.SYSTEM_DATA: overrides /usr/share/datasets/fashion-mnist
+
+
+@pytest.fixture
+def no_root(tmp_path, monkeypatch):
+    """A working directory with no data/, and an empty stand-in for the system location."""
+    work, system = tmp_path / "work", tmp_path / "system"
+    work.mkdir()
+    system.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv(SYSTEM_ENV, str(system))
+    return work, system
+
+
+def val_images(bundle) -> torch.Tensor:
+    return bundle.val.x.squeeze(1)
+
+
+def test_gzipped_files_in_torchvision_layout(tmp_path):
+    test_images = write_mnist(tmp_path, "FashionMNIST", gz=True)
+    bundle = build_data(DatasetConfig(name="fashion-mnist", root=str(tmp_path), batch_size=8), 0, CPU)
+    assert (bundle.train.num_samples, bundle.val.num_samples, bundle.num_classes) == (20, 10, 10)
+    assert torch.equal(val_images(bundle), torch.tensor(test_images, dtype=torch.uint8))
+    assert torch.equal(bundle.val.y, torch.arange(10))
+
+
+def test_no_root_reads_the_system_package_in_place(no_root):
+    _, system = no_root
+    test_images = write_mnist(system, "", gz=True)  # Debian's layout: four .gz files side by side
+    before = sorted(os.listdir(system))
+    bundle = build_data(DatasetConfig(name="fashion-mnist", batch_size=8), 0, CPU)
+    assert (bundle.train.num_samples, bundle.val.num_samples, bundle.input_shape) == (20, 10, (1, 28, 28))
+    assert torch.equal(val_images(bundle), torch.tensor(test_images, dtype=torch.uint8))
+    assert sorted(os.listdir(system)) == before and not Path("data").exists()  # no copy, no unpack
+
+
+def test_no_root_prefers_data_dir_over_the_system_package(no_root):
+    work, system = no_root
+    write_mnist(system, "", gz=True, seed=1)
+    local = write_mnist(work / "data", "FashionMNIST", n_test=6)  # unpacked, torchvision's layout
+    bundle = build_data(DatasetConfig(name="fashion-mnist"), 0, CPU)
+    assert torch.equal(val_images(bundle), torch.tensor(local, dtype=torch.uint8))
+
+
+def test_an_explicit_root_never_falls_back_to_the_system_package(no_root, tmp_path):
+    _, system = no_root
+    write_mnist(system, "", gz=True)
+    with pytest.raises(ConfigError, match=r"^dataset\.root: no Fashion-MNIST data under "):
+        build_data(DatasetConfig(name="fashion-mnist", root=str(tmp_path / "elsewhere")), 0, CPU)
+
+
+def test_root_may_point_at_the_files_themselves(tmp_path):
+    write_mnist(tmp_path, "", gz=True)  # e.g. dataset.root: /usr/share/datasets/fashion-mnist
+    assert build_data(DatasetConfig(name="fashion-mnist", root=str(tmp_path)), 0, CPU).val.num_samples == 10
+
+
+def test_no_data_anywhere_names_the_package_and_dataset_root(no_root):
+    with pytest.raises(ConfigError) as info:
+        build_data(DatasetConfig(name="fashion-mnist"), 0, CPU)
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message and "dataset.root" in message
+    assert "\n" not in message
+
+
+def test_cli_without_data_exits_2_with_one_line_and_no_run_dir(no_root):
+    import subprocess
+    import sys
+
+    work, _ = no_root
+    config = Path(__file__).resolve().parents[1] / "configs" / "fashion-lenet-one_cycle.yaml"
+    done = subprocess.run([sys.executable, "-m", "clrctl", "train", str(config), "device=cpu"],
+                          cwd=work, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "apt-get install dataset-fashion-mnist" in lines[0] and "dataset.root" in lines[0]
+    assert not (work / "runs").exists()
+
+
+def test_preview_of_the_bundled_config_needs_no_data(no_root, capsys):
+    from conftest import CONFIGS, run_cli
+
+    assert run_cli("preview", CONFIGS / "fashion-lenet-one_cycle.yaml", "--rows", "2") == 0
+    assert capsys.readouterr().out.startswith("one_cycle: 938 steps (469 per epoch)")  # 60,000 / 128
+
+
+def test_broken_gzip_is_a_one_line_config_error_naming_the_file(tmp_path):
+    write_mnist(tmp_path, "FashionMNIST", gz=True)
+    broken = tmp_path / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    broken.write_bytes(broken.read_bytes()[:40])  # a download cut short
+    with pytest.raises(ConfigError, match=r"^dataset\.root: cannot read the Fashion-MNIST files under .*"
+                                          r"t10k-images-idx3-ubyte\.gz: [^\n]+$"):
+        build_data(DatasetConfig(name="fashion-mnist", root=str(tmp_path)), 0, CPU)
+
+
+def test_idx_reader_equals_torchvisions_on_unpacked_and_gzipped_files(tmp_path):
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    from clrctl.idx import read_idx
+
+    write_mnist(tmp_path / "plain", "MNIST")
+    write_mnist(tmp_path / "gz", "MNIST", gz=True)
+    for name, reference in (("t10k-images-idx3-ubyte", read_image_file), ("train-labels-idx1-ubyte", read_label_file)):
+        expected = reference(str(tmp_path / "plain" / "MNIST" / "raw" / name))
+        assert torch.equal(read_idx(tmp_path / "plain" / "MNIST" / "raw" / name), expected)
+        assert torch.equal(read_idx(tmp_path / "gz" / "MNIST" / "raw" / f"{name}.gz"), expected)
+
+
+REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not (REAL_FASHION / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+def test_reads_the_real_debian_package(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/ here: the system location it is
+    monkeypatch.delenv(SYSTEM_ENV, raising=False)
+    bundle = build_data(DatasetConfig(name="fashion-mnist", batch_size=128), 0, CPU)
+    assert (bundle.train.num_samples, bundle.val.num_samples) == (60_000, 10_000)
+    assert bundle.train.x.shape == (60_000, 1, 28, 28) and bundle.train.x.dtype == torch.uint8
+    assert bundle.input_shape == (1, 28, 28) and bundle.num_classes == 10
+    for y in (bundle.train.y, bundle.val.y):
+        assert torch.equal(torch.unique(y), torch.arange(10))
+    assert torch.bincount(bundle.val.y).tolist() == [1000] * 10  # the test split is balanced
+    assert len(bundle.train) == 469  # as known_steps_per_epoch says, without the data
 
 
 # ---------------------------------------------------------------------------------------

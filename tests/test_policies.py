@@ -148,3 +148,148 @@ def test_one_cycle_raises_past_its_length_like_torch():
         sched.step()  # step N extrapolates silently
     with pytest.raises(ValueError):
         sched.step()  # N + 1 raises: the trainer never steps past the run's length
+
+
+# -- Baselines beside CLR: linear (to zero) and warmup-stable-decay ------------------------
+
+def test_linear_equals_torch_linearlr_from_max_to_base():
+    lrs, _ = trace({"name": "linear", "bounds": [0.001, 0.1]}, 50)
+    expected = torch_trace(lambda o: lr_scheduler.LinearLR(o, start_factor=1.0, end_factor=0.01, total_iters=50),
+                           50, lr=0.1)
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    assert lrs == pytest.approx([0.1 + (0.001 - 0.1) * t / 50 for t in range(50)])
+
+
+def test_linear_to_zero_is_budgeted_trainings_schedule():
+    # Li et al., Budgeted Training (ICLR 2020): lr_t = lr_0 (1 - t / T).
+    lrs, _ = trace({"name": "linear", "bounds": [0, 0.1]}, 40)
+    assert lrs == pytest.approx([0.1 * (1 - t / 40) for t in range(40)], abs=1e-15)
+
+
+def test_cosine_may_decay_to_zero():
+    lrs, _ = trace({"name": "cosine", "bounds": [0, 0.1]}, 30)
+    expected = torch_trace(lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=30, eta_min=0.0), 30, lr=0.1)
+    assert lrs == pytest.approx(expected, rel=1e-12)
+
+
+# WSD (MiniCPM, arXiv 2404.06395, eq. 1; Hägele et al. 2024, arXiv 2405.18392, §3): the LR stays
+# at its maximum, then over the last D steps falls to the minimum along the cooldown shape f of
+# the progress p = (t - (T - D)) / D: linear 1 - p, "1-sqrt" 1 - sqrt(p), cosine (1 + cos(pi p)) / 2.
+# Here T = 20 steps, decay 0.25 -> D = 5, cooldown from step 15; base 0.01, max 0.11.
+P = [0.0, 0.2, 0.4, 0.6, 0.8]
+WSD_COOLDOWNS = {
+    "linear": [0.11, 0.09, 0.07, 0.05, 0.03],
+    "sqrt": [0.01 + 0.1 * (1 - math.sqrt(p)) for p in P],  # 0.11, 0.0553, 0.0468, 0.0325, 0.0206
+    "cosine": [0.01 + 0.05 * (1 + math.cos(math.pi * p)) for p in P],
+}
+
+
+@pytest.mark.parametrize("shape", sorted(WSD_COOLDOWNS))
+def test_wsd_trace_follows_the_papers_definition(shape):
+    lrs, _ = trace({"name": "wsd", "bounds": [0.01, 0.11], "decay": 0.25, "decay_shape": shape}, 20)
+    assert lrs == pytest.approx([0.11] * 15 + WSD_COOLDOWNS[shape], rel=1e-12)
+
+
+def test_wsd_defaults_are_a_20_percent_sqrt_cooldown_and_may_reach_zero():
+    lrs, _ = trace({"name": "wsd", "bounds": [0, 0.1]}, 50)
+    assert lrs[:40] == [pytest.approx(0.1)] * 40
+    assert lrs[40:] == pytest.approx([0.1 * (1 - math.sqrt(k / 10)) for k in range(10)], abs=1e-15)
+
+
+def test_wsd_and_linear_scale_each_group_by_its_lr_mult():
+    from clrctl.policies import build_schedule
+
+    for policy in ({"name": "wsd", "bounds": [0, 0.1], "decay": 0.5}, {"name": "linear", "bounds": [0.01, 0.1]}):
+        params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+        target = torch.optim.SGD([{"params": [params[0]], "lr_mult": 1.0}, {"params": [params[1]], "lr_mult": 0.1}],
+                                 lr=1.0)
+        schedule = build_schedule(PolicyConfig(**policy), OptimizerConfig(), target, 10, 20)
+        expected, _ = trace(policy, 20)
+        for step in range(20):
+            assert [g["lr"] for g in target.param_groups] == pytest.approx([expected[step], 0.1 * expected[step]])
+            schedule.step()
+
+
+@pytest.mark.parametrize("policy", [{"name": "linear", "bounds": [0, 0.1]},
+                                    {"name": "wsd", "bounds": [0.001, 0.1], "decay": 0.4, "decay_shape": "cosine"},
+                                    {"name": "wsd", "bounds": [0, 0.1], "momentum": [0.85, 0.95]}])
+def test_a_schedule_resumed_mid_run_from_its_checkpoint_gives_the_same_trace(policy, tmp_path):
+    from clrctl.policies import build_schedule
+
+    def schedule_for():
+        target = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0, momentum=0.9)
+        return target, build_schedule(PolicyConfig(**policy), OptimizerConfig(momentum=0.9), target, 10, 30)
+
+    def record(target, schedule, steps):
+        out = []
+        for _ in range(steps):
+            out.append((target.param_groups[0]["lr"], target.param_groups[0]["momentum"]))
+            schedule.step()
+        return out
+
+    target, schedule = schedule_for()
+    uninterrupted = record(target, schedule, 30)
+    target, schedule = schedule_for()
+    first = record(target, schedule, 17)  # mid-decay for both wsd configs
+    torch.save({"scheduler": schedule.state_dict()}, tmp_path / "last.pt")
+    target, schedule = schedule_for()  # a new process: built afresh, then loaded
+    schedule.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=False)["scheduler"])
+    assert first + record(target, schedule, 13) == uninterrupted
+
+
+def test_wsd_run_interrupted_mid_decay_resumes_on_the_same_trace(cli, tiny_config, tmp_path):
+    """The real thing: a training subprocess stopped by SIGINT in its cooldown, then --resume;
+    metrics.csv's LR column is preview's trace, float for float (the generic exactness of
+    resume, batches and weights, is test_robustness's)."""
+    import csv
+    import json
+    import signal
+    import sys
+
+    from test_robustness import TESTS, slow_config, spawn, wait_for_rows
+
+    policy = {"name": "wsd", "bounds": [0, 0.1], "decay": 0.5}
+    cfg = slow_config(tiny_config, policy=policy)
+    run = tmp_path / "stopped"
+    proc = spawn("train", cfg, "--run-dir", run, "-q")
+    wait_for_rows(run / "metrics.csv", 40, proc)  # 66 steps, the decay starts at step 33
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    sys.path.insert(0, str(TESTS))  # slow_model:build, in-process
+    try:
+        assert cli("train", "--resume", run, "-q") == 0
+    finally:
+        sys.path.remove(str(TESTS))
+    with open(run / "metrics.csv", newline="") as handle:
+        lrs = [float(row["lr"]) for row in csv.DictReader(handle)]
+    assert json.loads((run / "run.json").read_text())["resumed"][0]["step"] > 33  # resumed mid-decay
+    assert lrs == trace(policy, 66, spe=22)[0]
+    assert lrs[:33] == [0.1] * 33 and lrs[33:] == pytest.approx([0.1 * (1 - math.sqrt(k / 33)) for k in range(33)])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["policy.name=wsd", "policy.decay=0"], "policy.decay: Input should be greater than 0"),
+    (["policy.name=wsd", "policy.decay=1.5"], "policy.decay: Input should be less than or equal to 1"),
+    (["policy.name=wsd", "policy.decay_shape=exp"], "policy.decay_shape: Input should be 'linear', 'sqrt' or 'cosine'"),
+    (["policy.decay=0.3"], "policy.decay: applies to policy 'wsd' only, not 'triangular2'"),
+    (["policy.name=linear", "policy.decay_shape=sqrt"], "policy.decay_shape: applies to policy 'wsd' only, not 'linear'"),
+    (["policy.bounds=[0, 0.1]"], "policy.bounds: base_lr 0 is allowed for linear, wsd, cosine only, not 'triangular2'"),
+    (["policy.name=one_cycle", "policy.bounds=[0, 0.1]"], "policy.bounds: base_lr 0 is allowed for linear"),
+    (["policy.name=linear", "policy.bounds=[-0.1, 0.1]"], "policy.bounds: learning rates must be finite and not negative"),
+])  # fmt: skip
+def test_bad_linear_and_wsd_input_is_one_line_exit_2_and_no_run_dir(cli, tiny_config, tmp_path, capsys, overrides,
+                                                                    message):
+    run = tmp_path / "run"
+    assert cli("train", tiny_config(), *overrides, "--run-dir", run, "-q") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err, err
+    assert not run.exists()
+
+
+def test_preview_and_validate_show_linear_and_wsd(cli, tiny_config, capsys):
+    assert cli("preview", tiny_config(), "policy.name=wsd", "policy.bounds=[0, 0.1]", "--rows", "2") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("wsd: 44 steps (22 per epoch)") and "0.1" in out
+    assert cli("validate", tiny_config(), "policy.name=linear", "policy.bounds=[0, 0.1]") == 0
+    assert "linear 0–0.1, 44 steps" in capsys.readouterr().out
