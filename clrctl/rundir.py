@@ -88,12 +88,16 @@ def atomic_file(path: Path, mode: str = "w", *, fsync: bool = True, **open_args:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object (every JSON file of a run is one); anything else is one InputError line."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        found = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: not found") from None
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: unreadable ({err.__class__.__name__})") from None
+    if not isinstance(found, dict):
+        raise InputError(f"{path}: unreadable (a JSON {type(found).__name__}, not an object)")
+    return found
 
 
 class CsvLog:
@@ -135,17 +139,73 @@ class CsvLog:
             self._handle.close()
 
 
-def truncate_csv(path: Path, keep: callable) -> None:
-    """Drop rows for which ``keep(row)`` is false (resume: rows written after the checkpoint)."""
-    if not path.exists():
-        return
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        rows = [row for row in reader if keep(row)]
+def truncate_csv(path: Path, columns: list[str], key: str, first: int, last: int) -> list[str]:
+    """Cut a run CSV back to a checkpoint (resume): keep the rows whose ``key`` is at most
+    ``last`` — they must be exactly ``first``…``last``, in order — and drop the rest (rows
+    logged after the checkpoint are computed again). Repaired on the way: a last line cut
+    short (a killed process, a full disk) is dropped, and a file with no header yet (none,
+    empty, cut inside its header) gets one when it should hold no rows. Returns what was
+    repaired (one phrase each); anything else that is wrong is one InputError line."""
+    expected = max(last - first + 1, 0)
+    try:
+        text = path.read_text(encoding="utf-8") if path.exists() else None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: unreadable ({err.__class__.__name__}); cannot resume") from None
+    lines = [] if text is None else text.splitlines(keepends=True)
+    repaired = []
+    if lines and not lines[-1].endswith("\n"):  # (each row is written with its newline)
+        lines.pop()
+        repaired.append(f"{path.name}: dropped a last line cut short")
+    if not lines:
+        if expected:
+            state = "missing" if text is None else "without a header"
+            raise InputError(f"{path}: {state}, but the checkpoint has {expected} row(s) of it; cannot resume")
+        if text is not None:  # (a missing file: the trainer creates it)
+            repaired.append(f"{path.name}: header written")
+        _write_csv(path, columns, [])
+        return repaired
+    try:
+        header, *rows = list(csv.reader(lines))
+    except csv.Error as err:
+        raise InputError(f"{path}: unreadable ({err}); cannot resume") from None
+    if header != columns:
+        raise InputError(f"{path}: columns {','.join(header)[:200]} are not those of this run ({','.join(columns)}); "
+                         "cannot resume")
+    index = columns.index(key)
+    kept = []
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(columns):
+            raise InputError(f"{path}: line {number} has {len(row)} values, not {len(columns)}; cannot resume")
+        try:
+            value = int(row[index])
+        except ValueError:
+            raise InputError(f"{path}: line {number}: {key} {row[index][:40]!r} is not a whole number; "
+                             "cannot resume") from None
+        if value <= last:
+            kept.append((value, row))
+    values = [value for value, _ in kept]
+    if values != list(range(first, last + 1)):
+        raise InputError(f"{path}: {_gap(values, first, last, key)}; the checkpoint is at {key} {last}; "
+                         "cannot resume")
+    if repaired or len(kept) != len(rows):
+        _write_csv(path, columns, [row for _, row in kept])
+    return repaired
+
+
+def _gap(values: list[int], first: int, last: int, key: str) -> str:
+    """What is wrong with ``values`` where ``first``…``last`` should be."""
+    for want, got in zip(range(first, last + 1), values):
+        if got != want:
+            return f"rows of {key} {want} missing or out of order (found {got})"
+    if len(values) > last - first + 1:
+        return f"rows of {key} up to {last} repeated"
+    return f"rows end at {key} {values[-1]}" if values else "no rows"
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[list[str]]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(buf, lineterminator="\n")  # (as CsvLog writes: the kept rows keep their bytes)
+    writer.writerow(columns)
     writer.writerows(rows)
     write_text_atomic(path, buf.getvalue())
 
