@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import pickle
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,10 @@ def load(path: Path, device: torch.device | str = "cpu") -> Any:
         raise InputError(f"cannot read {path} ({err.strerror or err})") from None
     with handle:
         try:
-            with torch.serialization.safe_globals(_NUMPY_ARRAY):
+            # (torch warns, in several lines, of pickle protocols it reads with care: the load
+            # succeeds, or fails with the one line below)
+            with torch.serialization.safe_globals(_NUMPY_ARRAY), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
                 return torch.load(handle, map_location=device, weights_only=True)
         except Exception as err:  # noqa: BLE001 - pickle, zip, EOF and torch errors alike: unreadable
             raise InputError(_why_unreadable(path, err)) from None

@@ -146,43 +146,20 @@ def truncate_csv(path: Path, columns: list[str], key: str, first: int, last: int
     short (a killed process, a full disk) is dropped, and a file with no header yet (none,
     empty, cut inside its header) gets one when it should hold no rows. Returns what was
     repaired (one phrase each); anything else that is wrong is one InputError line."""
-    expected = max(last - first + 1, 0)
-    try:
-        text = path.read_text(encoding="utf-8") if path.exists() else None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: unreadable ({err.__class__.__name__}); cannot resume") from None
-    lines = [] if text is None else text.splitlines(keepends=True)
-    repaired = []
-    if lines and not lines[-1].endswith("\n"):  # (each row is written with its newline)
-        lines.pop()
-        repaired.append(f"{path.name}: dropped a last line cut short")
+    lines, repaired, exists = _complete_lines(path)
     if not lines:
-        if expected:
-            state = "missing" if text is None else "without a header"
-            raise InputError(f"{path}: {state}, but the checkpoint has {expected} row(s) of it; cannot resume")
-        if text is not None:  # (a missing file: the trainer creates it)
+        if last >= first:
+            state = "without a header" if exists else "missing"
+            raise InputError(f"{path}: {state}, but the checkpoint has {last - first + 1} row(s) of it; "
+                             "cannot resume")
+        if exists:  # (a missing file: the trainer creates it)
             repaired.append(f"{path.name}: header written")
         _write_csv(path, columns, [])
         return repaired
-    try:
-        header, *rows = list(csv.reader(lines))
-    except csv.Error as err:
-        raise InputError(f"{path}: unreadable ({err}); cannot resume") from None
-    if header != columns:
-        raise InputError(f"{path}: columns {','.join(header)[:200]} are not those of this run ({','.join(columns)}); "
-                         "cannot resume")
+    rows = _rows(path, lines, columns)
     index = columns.index(key)
-    kept = []
-    for number, row in enumerate(rows, start=2):
-        if len(row) != len(columns):
-            raise InputError(f"{path}: line {number} has {len(row)} values, not {len(columns)}; cannot resume")
-        try:
-            value = int(row[index])
-        except ValueError:
-            raise InputError(f"{path}: line {number}: {key} {row[index][:40]!r} is not a whole number; "
-                             "cannot resume") from None
-        if value <= last:
-            kept.append((value, row))
+    kept = [(_whole(path, number, key, row[index]), row) for number, row in enumerate(rows, start=2)]
+    kept = [(value, row) for value, row in kept if value <= last]
     values = [value for value, _ in kept]
     if values != list(range(first, last + 1)):
         raise InputError(f"{path}: {_gap(values, first, last, key)}; the checkpoint is at {key} {last}; "
@@ -190,6 +167,43 @@ def truncate_csv(path: Path, columns: list[str], key: str, first: int, last: int
     if repaired or len(kept) != len(rows):
         _write_csv(path, columns, [row for _, row in kept])
     return repaired
+
+
+def _complete_lines(path: Path) -> tuple[list[str], list[str], bool]:
+    """The file's lines but a last one cut short (each row is written with its newline), what
+    was dropped, and whether the file exists."""
+    try:
+        text = path.read_text(encoding="utf-8") if path.exists() else None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: unreadable ({err.__class__.__name__}); cannot resume") from None
+    lines = [] if text is None else text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+        return lines, [f"{path.name}: dropped a last line cut short"], True
+    return lines, [], text is not None
+
+
+def _rows(path: Path, lines: list[str], columns: list[str]) -> list[list[str]]:
+    """The rows under a header that must be ``columns``, each with as many values."""
+    try:
+        header, *rows = list(csv.reader(lines))
+    except csv.Error as err:
+        raise InputError(f"{path}: unreadable ({err}); cannot resume") from None
+    if header != columns:
+        raise InputError(f"{path}: columns {','.join(header)[:200]} are not those of this run "
+                         f"({','.join(columns)}); cannot resume")
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(columns):
+            raise InputError(f"{path}: line {number} has {len(row)} values, not {len(columns)}; cannot resume")
+    return rows
+
+
+def _whole(path: Path, number: int, key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"{path}: line {number}: {key} {value[:40]!r} is not a whole number; "
+                         "cannot resume") from None
 
 
 def _gap(values: list[int], first: int, last: int, key: str) -> str:

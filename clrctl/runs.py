@@ -111,9 +111,10 @@ def read_checkpoint(path: Path, setup, where) -> dict[str, Any]:
         raise InputError(f"{path}: not a clrctl checkpoint (no {', '.join(missing)})")
     unknown = sorted(set(saved["state"]) - {f.name for f in fields(LoopState)})
     counters = [saved["state"].get(k) for k in ("step", "epoch", "batch")]
-    if unknown or not all(type(c) is int and c >= 0 for c in counters):
-        what = f"unknown counters {', '.join(map(str, unknown))[:200]}" if unknown else "step, epoch or batch not a count"
-        raise InputError(f"{path}: not a clrctl checkpoint ({what})")
+    if unknown:
+        raise InputError(f"{path}: not a clrctl checkpoint (unknown counters {', '.join(map(str, unknown))[:200]})")
+    if not all(type(c) is int and c >= 0 for c in counters):
+        raise InputError(f"{path}: not a clrctl checkpoint (step, epoch or batch is not a count)")
     misfit = model_misfit(setup.model.state_dict(), saved["model"])
     if misfit:
         raise InputError(f"{path}: does not fit the model of {path.parents[1] / 'config.yaml'} ({misfit})")

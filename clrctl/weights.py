@@ -78,7 +78,8 @@ def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        parts = [f"missing {few_keys(missing)}" if missing else "", f"unexpected {few_keys(unexpected)}" if unexpected else ""]
+        parts = [f"missing {few_keys(missing)}" if missing else "",
+                 f"unexpected {few_keys(unexpected)}" if unexpected else ""]
         raise ConfigError(f"model.weights: {source} does not fit this model "
                           f"({'; '.join(p for p in parts if p)}) — weights of another architecture?")
     mismatched = [k for k in own if own[k].shape != state[k].shape]
