@@ -139,13 +139,15 @@ class CsvLog:
             self._handle.close()
 
 
-def truncate_csv(path: Path, columns: list[str], key: str, first: int, last: int) -> list[str]:
+def truncate_csv(path: Path, columns: list[str], key: str, first: int, last: int, *,
+                 check_only: bool = False) -> list[str]:
     """Cut a run CSV back to a checkpoint (resume): keep the rows whose ``key`` is at most
     ``last`` — they must be exactly ``first``…``last``, in order — and drop the rest (rows
     logged after the checkpoint are computed again). Repaired on the way: a last line cut
     short (a killed process, a full disk) is dropped, and a file with no header yet (none,
     empty, cut inside its header) gets one when it should hold no rows. Returns what was
-    repaired (one phrase each); anything else that is wrong is one InputError line."""
+    repaired (one phrase each); anything else that is wrong is one InputError line.
+    ``check_only``: the same checks and answer, the file left as it is."""
     lines, repaired, exists = _complete_lines(path)
     if not lines:
         if last >= first:
@@ -154,7 +156,8 @@ def truncate_csv(path: Path, columns: list[str], key: str, first: int, last: int
                              "cannot resume")
         if exists:  # (a missing file: the trainer creates it)
             repaired.append(f"{path.name}: header written")
-        _write_csv(path, columns, [])
+        if not check_only:
+            _write_csv(path, columns, [])
         return repaired
     rows = _rows(path, lines, columns)
     index = columns.index(key)
@@ -164,7 +167,7 @@ def truncate_csv(path: Path, columns: list[str], key: str, first: int, last: int
     if values != list(range(first, last + 1)):
         raise InputError(f"{path}: {_gap(values, first, last, key)}; the checkpoint is at {key} {last}; "
                          "cannot resume")
-    if repaired or len(kept) != len(rows):
+    if (repaired or len(kept) != len(rows)) and not check_only:
         _write_csv(path, columns, [row for _, row in kept])
     return repaired
 

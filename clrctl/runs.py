@@ -136,8 +136,12 @@ def repair_logs(path: Path, config: Config, state: LoopState) -> None:
     repaired where a killed process or a full disk left them unfinished, refused (InputError)
     where rows the checkpoint counts are lost; a repair is one warning line."""
     metric_columns, epoch_columns = log_columns(config)
-    repaired = truncate_csv(path / "metrics.csv", metric_columns, "step", 0, state.step - 1)
-    repaired += truncate_csv(path / "epochs.csv", epoch_columns, "epoch", 1, state.epoch)
+    # An epoch counts only once its row is in epochs.csv; a mid-epoch checkpoint (interrupt)
+    # keeps the finished epochs and the steps done so far.
+    for check_only in (True, False):  # both files checked before either changes
+        repaired = [*truncate_csv(path / "metrics.csv", metric_columns, "step", 0, state.step - 1,
+                                  check_only=check_only),
+                    *truncate_csv(path / "epochs.csv", epoch_columns, "epoch", 1, state.epoch, check_only=check_only)]
     if repaired:
         warnings.warn(ClrctlWarning(f"repaired before resuming {path}: {'; '.join(repaired)}"), stacklevel=2)
 

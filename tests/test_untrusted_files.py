@@ -204,12 +204,14 @@ def _unknown_counter(path: Path) -> None:
     ("epochs.csv", lambda p: p.write_text(p.read_text().splitlines()[0] + "\n"),
      "no rows; the checkpoint is at epoch 1"),
     ("metrics.csv", lambda p: p.write_text("\n".join(p.read_text().splitlines()[:-6]) + "\n"),
-     "rows end at step 15; the checkpoint is at step 21"),
+     "rows end at step 16; the checkpoint is at step 21"),
     ("metrics.csv", lambda p: p.write_text(p.read_text().replace("\n3,1,", "\n3,")),
      "line 5 has 6 values, not 7"),
 ])
 def test_a_corrupt_run_file_is_one_line_naming_it_and_changes_nothing(cli, resumable, capsys, file, damage, says):
     run = resumable()
+    with open(run / "metrics.csv", "a") as handle:  # a row logged after the checkpoint: kept too
+        handle.write("22,2,0.05,0.9,0.3,,\n")
     damage(run / file)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert cli("train", "--resume", run, "-q") == 2
