@@ -162,12 +162,16 @@ def _remove_quietly(path: Path) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object (every JSON file of a run is one); anything else is one InputError line."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        found = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: not found") from None
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: unreadable ({err.__class__.__name__})") from None
+    if not isinstance(found, dict):
+        raise InputError(f"{path}: unreadable (a JSON {type(found).__name__}, not an object)")
+    return found
 
 
 class CsvLog:
@@ -222,17 +226,90 @@ class CsvLog:
                 pass
 
 
-def truncate_csv(path: Path, keep: callable) -> None:
-    """Drop rows for which ``keep(row)`` is false (resume: rows written after the checkpoint)."""
-    if not path.exists():
-        return
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        rows = [row for row in reader if keep(row)]
+def truncate_csv(path: Path, columns: list[str], key: str, first: int, last: int, *,
+                 check_only: bool = False) -> list[str]:
+    """Cut a run CSV back to a checkpoint (resume): keep the rows whose ``key`` is at most
+    ``last`` — they must be exactly ``first``…``last``, in order — and drop the rest (rows
+    logged after the checkpoint are computed again). Repaired on the way: a last line cut
+    short (a killed process, a full disk) is dropped, and a file with no header yet (none,
+    empty, cut inside its header) gets one when it should hold no rows. Returns what was
+    repaired (one phrase each); anything else that is wrong is one InputError line.
+    ``check_only``: the same checks and answer, the file left as it is."""
+    lines, repaired, exists = _complete_lines(path)
+    if not lines:
+        if last >= first:
+            state = "without a header" if exists else "missing"
+            raise InputError(f"{path}: {state}, but the checkpoint has {last - first + 1} row(s) of it; "
+                             "cannot resume")
+        if exists:  # (a missing file: the trainer creates it)
+            repaired.append(f"{path.name}: header written")
+        if not check_only:
+            _write_csv(path, columns, [])
+        return repaired
+    rows = _rows(path, lines, columns)
+    index = columns.index(key)
+    kept = [(_whole(path, number, key, row[index]), row) for number, row in enumerate(rows, start=2)]
+    kept = [(value, row) for value, row in kept if value <= last]
+    values = [value for value, _ in kept]
+    if values != list(range(first, last + 1)):
+        raise InputError(f"{path}: {_gap(values, first, last, key)}; the checkpoint is at {key} {last}; "
+                         "cannot resume")
+    if (repaired or len(kept) != len(rows)) and not check_only:
+        _write_csv(path, columns, [row for _, row in kept])
+    return repaired
+
+
+def _complete_lines(path: Path) -> tuple[list[str], list[str], bool]:
+    """The file's lines but a last one cut short (each row is written with its newline), what
+    was dropped, and whether the file exists."""
+    try:
+        text = path.read_text(encoding="utf-8") if path.exists() else None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: unreadable ({err.__class__.__name__}); cannot resume") from None
+    lines = [] if text is None else text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+        return lines, [f"{path.name}: dropped a last line cut short"], True
+    return lines, [], text is not None
+
+
+def _rows(path: Path, lines: list[str], columns: list[str]) -> list[list[str]]:
+    """The rows under a header that must be ``columns``, each with as many values."""
+    try:
+        header, *rows = list(csv.reader(lines))
+    except csv.Error as err:
+        raise InputError(f"{path}: unreadable ({err}); cannot resume") from None
+    if header != columns:
+        raise InputError(f"{path}: columns {','.join(header)[:200]} are not those of this run "
+                         f"({','.join(columns)}); cannot resume")
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(columns):
+            raise InputError(f"{path}: line {number} has {len(row)} values, not {len(columns)}; cannot resume")
+    return rows
+
+
+def _whole(path: Path, number: int, key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"{path}: line {number}: {key} {value[:40]!r} is not a whole number; "
+                         "cannot resume") from None
+
+
+def _gap(values: list[int], first: int, last: int, key: str) -> str:
+    """What is wrong with ``values`` where ``first``…``last`` should be."""
+    for want, got in zip(range(first, last + 1), values):
+        if got != want:
+            return f"rows of {key} {want} missing or out of order (found {got})"
+    if len(values) > last - first + 1:
+        return f"rows of {key} up to {last} repeated"
+    return f"rows end at {key} {values[-1]}" if values else "no rows"
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[list[str]]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(buf, lineterminator="\n")  # (as CsvLog writes: the kept rows keep their bytes)
+    writer.writerow(columns)
     writer.writerows(rows)
     write_text_atomic(path, buf.getvalue())
 

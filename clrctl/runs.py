@@ -8,6 +8,8 @@ root or a broken model path leaves nothing behind.
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,12 +17,13 @@ import numpy as np
 
 from clrctl import checkpoint, distributed, interrupts
 from clrctl.config import Config, load_config, resolve_bounds_from
-from clrctl.errors import InputError, Interrupted, RunFailed
+from clrctl.errors import ClrctlWarning, InputError, Interrupted, RunFailed
 from clrctl.rundir import (RunDir, WriteFailed, claim, create_group, failure_line, holder, is_live, read_csv,
                            read_json, release, run_info, truncate_csv, utc_now)
 from clrctl.series import batch_sizes, group_lr_traces, moving_average, policy_names, stage_starts
 from clrctl.setup import build_setup
-from clrctl.trainer import LoopState, Reporter, TrainingLoop
+from clrctl.trainer import LoopState, Reporter, TrainingLoop, log_columns
+from clrctl.weights import few_keys
 
 
 def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: Optional[str | Path] = None,
@@ -170,20 +173,68 @@ def _resume(run: RunDir, info: dict[str, Any], argv: Optional[list[str]], report
     setup = build_setup(config)
     last = run.path / "checkpoints" / "last.pt"
     where = "cpu" if distributed.initialised() else setup.device  # (sent to the others from the CPU)
-    saved = checkpoint.load(last, where) if last.is_file() else None
+    saved = read_checkpoint(last, setup, where) if last.exists() else None
     saved = distributed.broadcast(saved)  # every rank continues from rank 0's checkpoint
     state = LoopState(**saved["state"]) if saved else LoopState()
-    # An epoch counts only once its row is in epochs.csv; a mid-epoch checkpoint (interrupt)
-    # keeps the finished epochs and the steps done so far.
-    truncate_csv(run.path / "metrics.csv", lambda row: int(row["step"]) < state.step)
-    truncate_csv(run.path / "epochs.csv", lambda row: int(row["epoch"]) <= state.epoch)
+    repair_logs(run.path, config, state)
     loop = TrainingLoop(setup, run, reporter, state)  # opens the CSVs: after they are truncated
     if saved:
-        loop.restore(saved)
+        try:
+            loop.restore(saved)
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:  # torch's load_state_dict
+            raise InputError(f"{last}: does not fit the optimizer or schedule of {run.path / 'config.yaml'} "
+                             f"({type(err).__name__}: {checkpoint.first_line(err)[:200]})") from None
     # 'running' once the checkpoint is restored: a resume that fails before leaves the status as it was
     run.set_status("running", resumed=[*info.get("resumed", []), {"time": utc_now(), "step": state.step}],
                    resume_argv=argv)
     return _run(loop)
+
+
+CHECKPOINT_PARTS = ("model", "optimizer", "schedule", "scaler", "state", "rng")
+
+
+def read_checkpoint(path: Path, setup, where) -> dict[str, Any]:
+    """A run's ``last.pt``, read as data only and checked against the run: the parts a
+    checkpoint holds, counters the trainer knows, and a model of the config's shapes."""
+    saved = checkpoint.load(path, where)
+    missing = [k for k in CHECKPOINT_PARTS if not isinstance(saved, dict) or not isinstance(saved.get(k), dict)]
+    if missing:
+        raise InputError(f"{path}: not a clrctl checkpoint (no {', '.join(missing)})")
+    unknown = sorted(set(saved["state"]) - {f.name for f in fields(LoopState)})
+    counters = [saved["state"].get(k) for k in ("step", "epoch", "batch")]
+    if unknown:
+        raise InputError(f"{path}: not a clrctl checkpoint (unknown counters {', '.join(map(str, unknown))[:200]})")
+    if not all(type(c) is int and c >= 0 for c in counters):
+        raise InputError(f"{path}: not a clrctl checkpoint (step, epoch or batch is not a count)")
+    misfit = model_misfit(setup.model.state_dict(), saved["model"])
+    if misfit:
+        raise InputError(f"{path}: does not fit the model of {path.parents[1] / 'config.yaml'} ({misfit})")
+    return saved
+
+
+def model_misfit(own: dict[str, Any], saved: dict[str, Any]) -> str:
+    """How a saved state_dict differs from a model's (missing, unexpected, reshaped keys); "" when it fits."""
+    missing = [k for k in own if k not in saved]
+    unexpected = [str(k) for k in saved if k not in own]
+    reshaped = [k for k in own if k in saved and getattr(saved[k], "shape", None) != own[k].shape]
+    parts = [f"{label} {few_keys(keys)}" for label, keys in
+             (("missing", missing), ("unexpected", unexpected), ("other shapes for", reshaped)) if keys]
+    return "; ".join(parts)
+
+
+def repair_logs(path: Path, config: Config, state: LoopState) -> None:
+    """metrics.csv and epochs.csv cut back to the checkpoint (rows after it are computed again),
+    repaired where a killed process or a full disk left them unfinished, refused (InputError)
+    where rows the checkpoint counts are lost; a repair is one warning line."""
+    metric_columns, epoch_columns = log_columns(config)
+    # An epoch counts only once its row is in epochs.csv; a mid-epoch checkpoint (interrupt)
+    # keeps the finished epochs and the steps done so far.
+    for check_only in (True, False):  # both files checked before either changes
+        repaired = [*truncate_csv(path / "metrics.csv", metric_columns, "step", 0, state.step - 1,
+                                  check_only=check_only),
+                    *truncate_csv(path / "epochs.csv", epoch_columns, "epoch", 1, state.epoch, check_only=check_only)]
+    if repaired:
+        warnings.warn(ClrctlWarning(f"repaired before resuming {path}: {'; '.join(repaired)}"), stacklevel=2)
 
 
 def _resume_worker(path: Path, reporter: Optional[Reporter]) -> tuple[Path, dict]:

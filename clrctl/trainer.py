@@ -31,6 +31,12 @@ STEP, LR, LOSS, VAL_LOSS, VAL_ACC = (METRIC_COLUMNS.index(c) for c in ("step", "
 EPOCH_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "elapsed_s"]
 
 
+def log_columns(config) -> tuple[list[str], list[str]]:
+    """The columns of metrics.csv and of epochs.csv (with a stage column when there are stages)."""
+    extra = ["stage"] if config.has_stages else []
+    return METRIC_COLUMNS + extra, EPOCH_COLUMNS + extra
+
+
 class Reporter:
     """What the trainer tells its caller (the CLI renders it with rich). Silent by default."""
 
@@ -191,9 +197,9 @@ class TrainingLoop:
         device = setup.device
         self.fast = FastPath(setup.config.train, device)
         self.scaler = self.fast.scaler()  # (train.amp: float16 on CUDA, as train.precision: fp16)
-        extra = ["stage"] if setup.config.has_stages else []
-        self.metrics_log = run.csv("metrics.csv", METRIC_COLUMNS + extra)
-        self.epochs_log = run.csv("epochs.csv", EPOCH_COLUMNS + extra)
+        metric_columns, epoch_columns = log_columns(setup.config)
+        self.metrics_log = run.csv("metrics.csv", metric_columns)
+        self.epochs_log = run.csv("epochs.csv", epoch_columns)
         # Rows whose loss is still a device tensor, with each step's loss (a sum under DDP),
         # correct predictions (classification) and global batch size: read at the next flush.
         self._rows: list[list[Any]] = []

@@ -15,8 +15,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from clrctl import checkpoint
 from clrctl.config import ModelConfig
-from clrctl.errors import ConfigError
+from clrctl.errors import ConfigError, InputError
 
 # Prefixes that wrappers add to every key: DistributedDataParallel, torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -51,10 +52,9 @@ def weights_file(spec: str) -> Path:
 
 def read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
     try:
-        # Tensors only for foreign files; a clrctl last.pt also holds RNG states (our own file).
-        obj = torch.load(path, map_location="cpu", weights_only=path.name != "last.pt")
-    except Exception as err:  # noqa: BLE001 - pickle, zip and torch errors alike: unreadable
-        raise ConfigError(f"{key}: cannot read {path} as a torch state_dict ({_first_line(err)})") from None
+        obj = checkpoint.load(path, "cpu")  # as data only: a shared file runs no code
+    except InputError as err:
+        raise ConfigError(f"{key}: {err}") from None
     if isinstance(obj, dict):
         for wrapper in ("model", "state_dict"):  # clrctl checkpoints; Lightning checkpoints
             if isinstance(obj.get(wrapper), dict):
@@ -78,7 +78,8 @@ def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        parts = [f"missing {_few(missing)}" if missing else "", f"unexpected {_few(unexpected)}" if unexpected else ""]
+        parts = [f"missing {few_keys(missing)}" if missing else "",
+                 f"unexpected {few_keys(unexpected)}" if unexpected else ""]
         raise ConfigError(f"model.weights: {source} does not fit this model "
                           f"({'; '.join(p for p in parts if p)}) — weights of another architecture?")
     mismatched = [k for k in own if own[k].shape != state[k].shape]
@@ -108,10 +109,6 @@ def torchvision_state_dict(name: str, weights: str) -> tuple[str, dict[str, torc
     return f"torchvision:{chosen}", read_state_dict(cached, "model.args.weights")
 
 
-def _few(keys: list[str], n: int = 4) -> str:
+def few_keys(keys: list[str], n: int = 4) -> str:
+    """The first ``n`` keys, and how many more."""
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
