@@ -2,6 +2,16 @@
 (SPEC.md): 2 for bad input, 1 for a run that ended badly, 130 for an interruption."""
 
 
+ECHO_LIMIT = 200  # characters of a user's value that an error message quotes
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` as an error message quotes it: cut to ``limit`` characters with an
+    ellipsis, so that a huge value (a million-item list) still makes one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
 class ClrctlError(Exception):
     """Base class: ``str(err)`` is the one line shown to the user."""
 

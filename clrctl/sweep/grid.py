@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from clrctl import yamlsafe
 from clrctl.errors import ConfigError, InputError
 
 _OPEN, _CLOSE = "[{(", "]})"
@@ -55,7 +56,7 @@ def parse_grid_option(text: str) -> tuple[str, list[Any]]:
         raise InputError(f"--grid {text!r}: expected KEY=V1,V2,… (e.g. policy.stepsize='1 epochs,2 epochs')")
     try:
         pieces = split_values(raw)
-        values = [yaml.safe_load(p) if p else None for p in pieces]
+        values = [yamlsafe.load(p) if p else None for p in pieces]
     except (ValueError, yaml.YAMLError) as err:
         raise InputError(f"--grid {text!r}: cannot parse the values ({err})") from None
     if any(p == "" for p in pieces):
