@@ -222,7 +222,7 @@ def user_model(spec: str, input_shape: tuple[int, ...], num_classes: int, args: 
     kwargs.update(args)
     try:
         model = factory(**kwargs)
-    except Exception as err:  # noqa: BLE001 - user code: report, do not crash
+    except USER_ERRORS as err:  # noqa: BLE001 - user code: report, do not crash
         # Chained (not `from None`): --debug then shows the user's own traceback.
         raise ConfigError(f"model.name: {spec!r} raised {_describe(err)}") from err
     if not isinstance(model, nn.Module):
@@ -239,7 +239,7 @@ def _resolve_callable(spec: str, key: str = "model.name"):
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001 - ImportError, SyntaxError, or the module's own failure
+    except USER_ERRORS as err:  # noqa: BLE001 - ImportError, SyntaxError, or the module's own failure
         raise ConfigError(f"{key}: cannot import module {module_name!r}: {_describe(err)}") from err
     target = module
     for part in attr_path.split("."):
@@ -263,6 +263,11 @@ def _accepts(factory, name: str) -> bool:
     )
 
 
+# What user code may raise that clrctl reports as a config error naming the callable: an
+# exit() there (SystemExit) must not end clrctl quietly with the user code's exit status.
+USER_ERRORS = (Exception, SystemExit)
+
+
 def _one_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
@@ -270,6 +275,8 @@ def _one_line(err: BaseException) -> str:
 
 def _describe(err: BaseException) -> str:
     """``Type: first line (at FILE:LINE)`` of an exception raised by the user's code."""
+    if isinstance(err, SystemExit):
+        return f"SystemExit (it called exit({'' if err.code is None else repr(err.code)})){_where(err)}"
     text = err.msg if isinstance(err, SyntaxError) else _one_line(err)  # msg: without "(file, line)"
     kind = "" if isinstance(err, ImportError) else f"{type(err).__name__}: "  # "No module named …" says it
     return f"{kind}{text}{_where(err)}"
