@@ -23,7 +23,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from clrctl import yamlsafe
-from clrctl.errors import ClrctlWarning, ConfigError, echo
+from clrctl.errors import ClrctlWarning, ConfigError, echo, warn
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 BUILTIN_MODELS = ("mlp", "lenet", "resnet20", "resnet56")
@@ -540,9 +540,104 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data = read_yaml(path)
     for override in overrides:
         apply_override(data, override)
+    locate_paths(data, Path(path).parent)
     config = validate(data, source=str(path))
     config._written = copy.deepcopy(data)
+    warn_ignored_keys(data)
     return config
+
+
+# The policies that read each of these keys; any other policy ignores it.
+_KEY_USERS = {"stepsize": ("triangular", "triangular2", "exp_range", "sgdr"), "gamma": ("exp_range", "step")}
+# What each key is for, in a warning that it is ignored.
+_KEY_ROLE = {"stepsize": "the half cycle of a cyclic policy or sgdr's first period",
+             "gamma": "exp_range's decay or step's factor"}
+
+
+def warn_ignored_keys(data: dict[str, Any]) -> None:
+    """Warn about policy keys the chosen policy ignores (``stepsize`` with one_cycle): keys as
+    written, so that defaults never warn. With stages, each stage's own policy block counts."""
+    blocks = [("policy", data.get("policy"))] if not data.get("stages") else []
+    top = data.get("policy") if isinstance(data.get("policy"), dict) else {}
+    for stage in data.get("stages") or []:
+        if isinstance(stage, dict) and isinstance(stage.get("policy"), dict):
+            blocks.append((f"stages.{stage.get('name')}.policy", {"name": top.get("name"), **stage["policy"]}))
+    for where, block in blocks:
+        if not isinstance(block, dict):
+            continue
+        name = block.get("name") or "fixed"
+        for key, users in _KEY_USERS.items():
+            if key in block and name not in users:
+                warn(f"{where}.{key}: ignored by policy {name!r} ({key} is {_KEY_ROLE[key]})")
+
+
+def warn_stepsize_fit(stages: list["Stage"], steps_per_epoch: int, has_stages: bool) -> None:
+    """Warn when a stepsize is as long as the run (or stage) it shapes: a cyclic LR then only
+    rises (it never comes back down), sgdr never restarts."""
+    for stage in stages:
+        policy = stage.policy
+        if policy.name not in _KEY_USERS["stepsize"]:
+            continue
+        stepsize, length = resolve_steps(policy.stepsize, steps_per_epoch), stage.length(steps_per_epoch)
+        if stepsize >= length:
+            key = f"stages.{stage.name}.policy.stepsize" if has_stages else "policy.stepsize"
+            effect = "sgdr never restarts" if policy.name == "sgdr" else "the LR only rises, never comes back down"
+            warn(f"{key}: {stepsize} steps is not shorter than the {'stage' if has_stages else 'run'} "
+                 f"({length} steps): {effect}")
+
+
+# Directories that ``module:callable`` names are imported from after the working directory:
+# those of the config files loaded (see locate_paths).
+IMPORT_FALLBACKS: list[str] = []
+
+
+def locate_paths(data: dict[str, Any], config_dir: Path) -> None:
+    """Relative paths in a config are looked up in the working directory first, then in the
+    config file's directory: ``model.weights``, ``bounds.from`` (of the policy and of each
+    stage) and ``dataset.root`` become that directory's path where only it has them (so the run's
+    config.yaml works from anywhere); ``module:callable`` modules are imported from the working
+    directory, then from the config's. A weights file or range-test run in neither place is an
+    error naming both; a ``dataset.root`` in neither is left as written (torchvision may fetch
+    data into it)."""
+    model, dataset = data.get("model"), data.get("dataset")
+    if isinstance(model, dict) and isinstance(model.get("weights"), str):
+        model["weights"] = _locate(model["weights"], config_dir, "model.weights", required=True)
+    if isinstance(dataset, dict) and isinstance(dataset.get("root"), str):
+        dataset["root"] = _locate(dataset["root"], config_dir, "dataset.root", required=False)
+    policies = [("policy", data.get("policy"))] + [
+        (f"stages.{s.get('name')}.policy", s.get("policy")) for s in data.get("stages") or [] if isinstance(s, dict)]
+    for where, policy in policies:
+        bounds = policy.get("bounds") if isinstance(policy, dict) else None
+        if isinstance(bounds, dict) and isinstance(bounds.get("from"), str):
+            bounds["from"] = _locate(bounds["from"], config_dir, f"{where}.bounds.from", required=True)
+    for section in (model, dataset):
+        name = section.get("name") if isinstance(section, dict) else None
+        if isinstance(name, str) and ":" in name and not name.startswith("torchvision:"):
+            _add_import_fallback(config_dir)
+
+
+def _locate(value: str, config_dir: Path, key: str, *, required: bool) -> str:
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists():
+        return value
+    beside = config_dir / path
+    if beside.exists():
+        return str(beside.resolve())
+    if required:
+        what = "file or run directory" if key == "model.weights" else "run directory"
+        raise ConfigError(f"{key}: no such {what}: {value} (looked in the working directory {Path.cwd()} "
+                          f"and the config's directory {config_dir.resolve()})")
+    return value
+
+
+def _add_import_fallback(config_dir: Path) -> None:
+    import sys
+
+    where = str(config_dir.resolve())
+    if where not in IMPORT_FALLBACKS:
+        IMPORT_FALLBACKS.append(where)
+    if where not in sys.path:
+        sys.path.append(where)  # after the working directory, which models.py puts first
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

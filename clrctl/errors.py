@@ -1,4 +1,4 @@
-"""The one error family of clrctl. The CLI turns each into a one-line message and an exit code
+"""The one error family of clrctl (and :func:`warn`, its one way to warn). The CLI turns each into a one-line message and an exit code
 (SPEC.md): 2 for bad input, 1 for a run that ended badly, 130 for an interruption."""
 
 
@@ -53,3 +53,16 @@ class Regression(ClrctlError):
 class ClrctlWarning(UserWarning):
     """Something the user should know that does not stop the command (e.g. an empty config
     file); the CLI prints each as one ``warning:`` line on stderr."""
+
+
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """Tell the user about a setting that is ignored or odd, once per process however often
+    it is met (a config is validated more than once); the CLI prints it as one ``warning:`` line."""
+    import warnings
+
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, ClrctlWarning, stacklevel=2)

@@ -35,6 +35,9 @@ from clrctl.compat import import_torchvision
 from clrctl.errors import ConfigError
 
 
+MAX_MLP_PARAMETERS = 2**30  # memory for the weights alone; more would fail later, allocating them
+
+
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The model ``cfg.name`` for samples of ``input_shape`` and ``num_classes`` outputs."""
     input_shape = tuple(int(d) for d in input_shape)
@@ -65,6 +68,11 @@ def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int
 
 def mlp(input_shape: tuple[int, ...], hidden: list[int], num_classes: int) -> nn.Sequential:
     """Flatten -> [Linear -> ReLU] for each hidden size -> Linear(num_classes)."""
+    widths = [math.prod(input_shape), *hidden, num_classes]
+    parameters = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+    if parameters > MAX_MLP_PARAMETERS:
+        raise ConfigError(f"model.hidden: {hidden} makes an mlp of {parameters:,} parameters for input "
+                          f"{input_shape}; at most {MAX_MLP_PARAMETERS:,} (4 GiB of float32)")
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
     for size in hidden:
@@ -240,7 +248,7 @@ def _resolve_callable(spec: str, key: str = "model.name"):
     try:
         module = importlib.import_module(module_name)
     except USER_ERRORS as err:  # noqa: BLE001 - ImportError, SyntaxError, or the module's own failure
-        raise ConfigError(f"{key}: cannot import module {module_name!r}: {_describe(err)}") from err
+        raise ConfigError(f"{key}: cannot import module {module_name!r}: {_describe(err)}{_looked_in(err)}") from err
     target = module
     for part in attr_path.split("."):
         if not hasattr(target, part):
@@ -249,6 +257,16 @@ def _resolve_callable(spec: str, key: str = "model.name"):
     if not callable(target):
         raise ConfigError(f"{key}: {spec!r} is a {type(target).__name__}, not a callable")
     return target
+
+
+def _looked_in(err: BaseException) -> str:
+    """Where a module that is not found was looked for (beyond installed packages)."""
+    if not isinstance(err, ModuleNotFoundError):
+        return ""
+    from clrctl.config import IMPORT_FALLBACKS
+
+    places = [f"the working directory {os.getcwd()}", *(f"the config's directory {d}" for d in IMPORT_FALLBACKS)]
+    return f" (looked in {' and '.join(places)})"
 
 
 def _accepts(factory, name: str) -> bool:
