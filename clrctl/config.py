@@ -14,6 +14,7 @@ import difflib
 import json
 import math
 import re
+import sys
 import warnings
 from pathlib import Path
 from dataclasses import dataclass
@@ -555,8 +556,8 @@ _KEY_ROLE = {"stepsize": "the half cycle of a cyclic policy or sgdr's first peri
 
 
 def warn_ignored_keys(data: dict[str, Any]) -> None:
-    """Warn about policy keys the chosen policy ignores (``stepsize`` with one_cycle): keys as
-    written, so that defaults never warn. With stages, each stage's own policy block counts."""
+    """Warn about policy keys the chosen policy ignores (``stepsize`` with one_cycle) where they
+    are set to other than their default. With stages, each stage's own policy block counts."""
     blocks = [("policy", data.get("policy"))] if not data.get("stages") else []
     top = data.get("policy") if isinstance(data.get("policy"), dict) else {}
     for stage in data.get("stages") or []:
@@ -567,7 +568,8 @@ def warn_ignored_keys(data: dict[str, Any]) -> None:
             continue
         name = block.get("name") or "fixed"
         for key, users in _KEY_USERS.items():
-            if key in block and name not in users:
+            # A run's config.yaml spells out every default: only a value that differs is a choice.
+            if block.get(key) not in (None, PolicyConfig.model_fields[key].default) and name not in users:
                 warn(f"{where}.{key}: ignored by policy {name!r} ({key} is {_KEY_ROLE[key]})")
 
 
@@ -586,9 +588,9 @@ def warn_stepsize_fit(stages: list["Stage"], steps_per_epoch: int, has_stages: b
                  f"({length} steps): {effect}")
 
 
-# Directories that ``module:callable`` names are imported from after the working directory:
-# those of the config files loaded (see locate_paths).
-IMPORT_FALLBACKS: list[str] = []
+# The directories of the config files loaded in this process: searched after the working
+# directory for relative paths and ``module:callable`` modules (see locate_paths).
+CONFIG_DIRS: list[str] = []
 
 
 def locate_paths(data: dict[str, Any], config_dir: Path) -> None:
@@ -596,48 +598,43 @@ def locate_paths(data: dict[str, Any], config_dir: Path) -> None:
     config file's directory: ``model.weights``, ``bounds.from`` (of the policy and of each
     stage) and ``dataset.root`` become that directory's path where only it has them (so the run's
     config.yaml works from anywhere); ``module:callable`` modules are imported from the working
-    directory, then from the config's. A weights file or range-test run in neither place is an
-    error naming both; a ``dataset.root`` in neither is left as written (torchvision may fetch
-    data into it)."""
+    directory, then from the config's. A path in neither place is left as written: the error of
+    whatever reads it says where it was looked for (:func:`looked_in`)."""
+    where = str(config_dir.resolve())
+    if where in CONFIG_DIRS:
+        CONFIG_DIRS.remove(where)
+    CONFIG_DIRS.append(where)  # the latest last
     model, dataset = data.get("model"), data.get("dataset")
     if isinstance(model, dict) and isinstance(model.get("weights"), str):
-        model["weights"] = _locate(model["weights"], config_dir, "model.weights", required=True)
+        model["weights"] = _locate(model["weights"], config_dir)
     if isinstance(dataset, dict) and isinstance(dataset.get("root"), str):
-        dataset["root"] = _locate(dataset["root"], config_dir, "dataset.root", required=False)
-    policies = [("policy", data.get("policy"))] + [
-        (f"stages.{s.get('name')}.policy", s.get("policy")) for s in data.get("stages") or [] if isinstance(s, dict)]
-    for where, policy in policies:
+        dataset["root"] = _locate(dataset["root"], config_dir)
+    policies = [data.get("policy")] + [s.get("policy") for s in data.get("stages") or [] if isinstance(s, dict)]
+    for policy in policies:
         bounds = policy.get("bounds") if isinstance(policy, dict) else None
         if isinstance(bounds, dict) and isinstance(bounds.get("from"), str):
-            bounds["from"] = _locate(bounds["from"], config_dir, f"{where}.bounds.from", required=True)
+            bounds["from"] = _locate(bounds["from"], config_dir)
     for section in (model, dataset):
         name = section.get("name") if isinstance(section, dict) else None
-        if isinstance(name, str) and ":" in name and not name.startswith("torchvision:"):
-            _add_import_fallback(config_dir)
+        if isinstance(name, str) and ":" in name and not name.startswith("torchvision:") and where not in sys.path:
+            sys.path.append(where)  # after the working directory, which models.py puts first
 
 
-def _locate(value: str, config_dir: Path, key: str, *, required: bool) -> str:
+def _locate(value: str, config_dir: Path) -> str:
     path = Path(value).expanduser()
     if path.is_absolute() or path.exists():
         return value
     beside = config_dir / path
-    if beside.exists():
-        return str(beside.resolve())
-    if required:
-        what = "file or run directory" if key == "model.weights" else "run directory"
-        raise ConfigError(f"{key}: no such {what}: {value} (looked in the working directory {Path.cwd()} "
-                          f"and the config's directory {config_dir.resolve()})")
-    return value
+    return str(beside.resolve()) if beside.exists() else value
 
 
-def _add_import_fallback(config_dir: Path) -> None:
-    import sys
-
-    where = str(config_dir.resolve())
-    if where not in IMPORT_FALLBACKS:
-        IMPORT_FALLBACKS.append(where)
-    if where not in sys.path:
-        sys.path.append(where)  # after the working directory, which models.py puts first
+def looked_in(value: Optional[str] = None) -> str:
+    """`` (looked in the working directory … and the config's directory …)`` for an error about
+    a relative ``value`` that is nowhere (empty for an absolute one)."""
+    if value is not None and Path(value).expanduser().is_absolute():
+        return ""
+    places = [f"the working directory {Path.cwd()}"] + [f"the config's directory {d}" for d in CONFIG_DIRS[-1:]]
+    return f" (looked in {' and '.join(places)})"
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -673,7 +670,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         value = yamlsafe.load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
         why = f" ({err.problem})" if isinstance(err, yamlsafe.BoundedYAMLError) else ""
-        raise ConfigError(f"override {_echo(override)}: cannot parse the value as YAML{why}") from None
+        raise ConfigError(f"override {echo(override)}: cannot parse the value as YAML{why}") from None
     node: Any = data
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
@@ -849,6 +846,8 @@ def resolve_bounds_from(config: Config) -> Config:
 def _suggested_bounds(source: str, key: str) -> list[float]:
     run = Path(source)
     summary_path = run / "summary.json"
+    if not run.exists():
+        raise ConfigError(f"{key}: {run} is not a finished run (no such directory){looked_in(source)}")
     if not summary_path.is_file():
         raise ConfigError(f"{key}: {run} is not a finished run (no summary.json)")
     try:

@@ -263,10 +263,9 @@ def _looked_in(err: BaseException) -> str:
     """Where a module that is not found was looked for (beyond installed packages)."""
     if not isinstance(err, ModuleNotFoundError):
         return ""
-    from clrctl.config import IMPORT_FALLBACKS
+    from clrctl.config import looked_in
 
-    places = [f"the working directory {os.getcwd()}", *(f"the config's directory {d}" for d in IMPORT_FALLBACKS)]
-    return f" (looked in {' and '.join(places)})"
+    return looked_in()
 
 
 def _accepts(factory, name: str) -> bool:

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from clrctl.config import ModelConfig
+from clrctl.config import ModelConfig, looked_in
 from clrctl.errors import ConfigError
 
 # Prefixes that wrappers add to every key: DistributedDataParallel, torch.compile.
@@ -45,7 +45,7 @@ def weights_file(spec: str) -> Path:
                 return path / "checkpoints" / name
         raise ConfigError(f"model.weights: {spec} has no checkpoints/best.pt or last.pt (not a clrctl run?)")
     if not path.is_file():
-        raise ConfigError(f"model.weights: no such file or run directory: {spec}")
+        raise ConfigError(f"model.weights: no such file or run directory: {spec}{looked_in(spec)}")
     return path
 
 
