@@ -42,7 +42,10 @@ MAX_EPOCHS = 10**6
 MAX_BATCH = 2**20  # dataset.batch_size, eval_batch_size
 MAX_WIDTH = 2**16  # one hidden layer of the mlp
 MAX_LAYERS = 256
-MIN_LR, MAX_LR = 1e-12, 1e4  # any learning rate; below MIN_LR float32 rounds updates to nothing
+# Any learning rate: below MIN_LR float32 rounds every update to nothing; MAX_LR is far past any
+# training LR (and lets a divergence be forced on purpose, as the tests do with 1e8) yet far from
+# float32's overflow.
+MIN_LR, MAX_LR = 1e-12, 1e10
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 MAX_NAME = 100  # a run or stage name, part of a directory name (255 bytes at most)
 

