@@ -170,6 +170,8 @@ def _print_library_warnings() -> None:
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, ClrctlWarning):
+            if not _is_main():  # under DDP every rank meets the same setting: rank 0 says it
+                return
             err_console.print(_line("warning:", "yellow", str(message)), highlight=False, soft_wrap=True)
         else:
             previous(message, category, filename, lineno, file, line)
