@@ -19,7 +19,7 @@ from rich.text import Text
 
 from clrctl import interrupts
 from clrctl.app import app, debug_enabled, err_console  # noqa: F401 (debug_enabled: public)
-from clrctl.errors import ClrctlError, ClrctlWarning, InputError
+from clrctl.errors import ClrctlError, ClrctlWarning, InputError, forget_warnings
 
 # click's ClickException, found through typer (which vendors click from 0.29 on).
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -42,6 +42,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     """
     previous, early = interrupts.install()
     _print_library_warnings()
+    forget_warnings()
     try:
         if early:  # arrived while the CLI was importing (clrctl.__main__)
             raise KeyboardInterrupt

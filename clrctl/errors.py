@@ -59,10 +59,16 @@ _warned: set[str] = set()
 
 
 def warn(message: str) -> None:
-    """Tell the user about a setting that is ignored or odd, once per process however often
-    it is met (a config is validated more than once); the CLI prints it as one ``warning:`` line."""
+    """Tell the user about a setting that is ignored or odd, once per command however often it
+    is met (a config is validated more than once); the CLI prints it as one ``warning:`` line
+    and starts each command with :func:`forget_warnings`."""
     import warnings
 
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, ClrctlWarning, stacklevel=2)
+
+
+def forget_warnings() -> None:
+    """A new command: each of its warnings is shown again once."""
+    _warned.clear()
