@@ -309,7 +309,8 @@ def test_corrupt_image_met_in_training_fails_the_run(cli, tiny_config, tmp_path,
     monkeypatch.setattr(clrctl.setup, "probe_batch", lambda setup: None)  # as if the probe missed the file
     write_folder(tmp_path / "images", "a/2.png")
     config = tiny_config(dataset={"name": "imagefolder", "root": str(tmp_path / "images"), "image_size": 8,
-                                  "batch_size": 4, "num_workers": 0, "val_fraction": 0.5})
+                                  "batch_size": 4, "num_workers": 0, "val_fraction": 0.5},
+                         policy={"name": "triangular2", "bounds": [0.02, 0.1], "stepsize": 1})  # < the run: no warning
     assert cli("train", config, "--run-dir", tmp_path / "run", "-q") == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot read image" in err and "2.png" in err
