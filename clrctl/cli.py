@@ -9,7 +9,9 @@ Commands live in :mod:`clrctl.commands` and import torch only inside their bodie
 from __future__ import annotations
 
 import sys
+import typing
 import warnings
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -17,7 +19,7 @@ from rich.text import Text
 
 from clrctl import interrupts
 from clrctl.app import app, debug_enabled, err_console  # noqa: F401 (debug_enabled: public)
-from clrctl.errors import ClrctlError, ClrctlWarning
+from clrctl.errors import ClrctlError, ClrctlWarning, InputError, forget_warnings
 
 # click's ClickException, found through typer (which vendors click from 0.29 on).
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -40,6 +42,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     """
     previous, early = interrupts.install()
     _print_library_warnings()
+    forget_warnings()
     try:
         if early:  # arrived while the CLI was importing (clrctl.__main__)
             raise KeyboardInterrupt
@@ -56,6 +59,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 def _main(args: list[str]) -> None:
     try:
+        _check_run_dir_option(args)
         # typer turns a KeyboardInterrupt inside a command into exit code 130, returned here
         if app(args=args, prog_name="clrctl", standalone_mode=False) == 130:
             raise KeyboardInterrupt
@@ -66,6 +70,7 @@ def _main(args: list[str]) -> None:
     except (typer.Exit, typer.Abort) as err:
         sys.exit(130 if isinstance(err, typer.Abort) else err.exit_code)
     except _CLICK_ERROR as err:  # usage errors: bad option, missing argument
+        _hint_config_key(err, args)
         err.show()
         sys.exit(2)
     except Exception as err:  # the unexpected: still one line unless --debug
@@ -83,6 +88,60 @@ def _fail(err: Exception, message: str, code: int) -> None:
     if line is not None:
         err_console.print(_line("error:", "red", line), highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+def _check_run_dir_option(args: list[str]) -> None:
+    """``--run-dir PATH`` where PATH, or a folder above it, is a file: refused before any work
+    (else training would fail only when it creates the directory, or call the file "not empty")."""
+    end = args.index("--") if "--" in args else len(args)
+    for i, arg in enumerate(args[:end]):
+        value = args[i + 1] if arg == "--run-dir" and i + 1 < end else arg.partition("=")[2] \
+            if arg.startswith("--run-dir=") else None
+        if not value:
+            continue
+        path = Path(value)
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            where = "is a file" if blocker == path else f"is inside {blocker}, which is a file"
+            raise InputError(f"--run-dir {value}: {where}, not a directory")
+
+
+def _hint_config_key(err: Exception, args: list[str]) -> None:
+    """``--epochs 3``: an unknown option named like a config key gets a hint to the override
+    (``train.epochs=3``) in click's own message."""
+    name = getattr(err, "option_name", None)
+    if not name or not name.startswith("--") or not hasattr(err, "message"):
+        return
+    keys = config_keys().get(name[2:].replace("-", "_"), [])
+    if not keys:
+        return
+    inline = next((a.partition("=")[2] for a in args if a.startswith(name + "=")), "")
+    position = args.index(name) if name in args else -1
+    value = inline or (args[position + 1] if 0 <= position < len(args) - 1 else "VALUE")
+    spelled = " or ".join(f"{key}={value}" for key in keys)
+    err.message = f"{err.message}; to set the config key, write the override {spelled}"
+
+
+def config_keys() -> dict[str, list[str]]:
+    """Every dotted key of a config's sections by its last part: ``epochs`` -> ``[train.epochs]``."""
+    from clrctl.config import Config
+
+    found: dict[str, list[str]] = {}
+
+    def walk(model, prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            inner = [a for a in (getattr(field.annotation, "__args__", None) or (field.annotation,))
+                     if isinstance(a, type) and hasattr(a, "model_fields")]
+            if typing.get_origin(field.annotation) is list or name == "sweep":
+                continue  # stages.N.epochs, optimizer.groups.N...: not one key to suggest
+            if inner and not prefix:  # a section: its keys
+                walk(inner[0], f"{key}.")
+            else:
+                found.setdefault(key, []).append(prefix + key)
+
+    walk(Config, "")
+    return found
 
 
 def _is_main() -> bool:
@@ -117,6 +176,8 @@ def _print_library_warnings() -> None:
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, ClrctlWarning):
+            if not _is_main():  # under DDP every rank meets the same setting: rank 0 says it
+                return
             err_console.print(_line("warning:", "yellow", str(message)), highlight=False, soft_wrap=True)
         else:
             previous(message, category, filename, lineno, file, line)

@@ -14,15 +14,17 @@ import difflib
 import json
 import math
 import re
+import sys
 import warnings
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from clrctl.errors import ClrctlWarning, ConfigError
+from clrctl import yamlsafe
+from clrctl.errors import ClrctlWarning, ConfigError, echo, warn
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 BUILTIN_MODELS = ("mlp", "lenet", "resnet20", "resnet56")
@@ -36,6 +38,33 @@ TARGET_METRICS = ("val_acc", "val_loss")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(steps?|epochs?)\s*$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
+# Bounds that keep every value runnable (issue 17: values validate accepted and train then
+# failed on). Generous: far beyond what a run needs, far below what overflows or exhausts memory.
+MAX_STEPS = 10**9  # a duration or train.steps, in optimizer steps
+MAX_EPOCHS = 10**6
+MAX_BATCH = 2**20  # dataset.batch_size, eval_batch_size
+MAX_WIDTH = 2**16  # one hidden layer of the mlp
+MAX_LAYERS = 256
+# Any learning rate: below MIN_LR float32 rounds every update to nothing; MAX_LR is far past any
+# training LR (and lets a divergence be forced on purpose, as the tests do with 1e8) yet far from
+# float32's overflow.
+MIN_LR, MAX_LR = 1e-12, 1e10
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_NAME = 100  # a run or stage name, part of a directory name (255 bytes at most)
+
+
+def _no_bool(value: Any) -> Any:
+    # YAML's true/false are ints to pydantic (and Python): never a count or a rate here.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number (got {str(value).lower()})")
+    return value
+
+
+# Numbers that refuse true/false; floats are finite (.inf and .nan are YAML floats too).
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
+LR = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False, ge=MIN_LR, le=MAX_LR)]
+
 # A duration: optimizer steps (int) or "N epochs" / "N steps".
 Duration = Union[int, str]
 
@@ -46,14 +75,20 @@ def _check_duration(value: Duration) -> Duration:
     if isinstance(value, int):
         if value <= 0:
             raise ValueError(f"must be positive (got {value})")
+        if value > MAX_STEPS:
+            raise ValueError(f"at most {MAX_STEPS:.0e} steps (got {echo(value)})")
         return value
     if isinstance(value, float):
         raise ValueError(f"expected an integer number of steps or 'N epochs' (got {value})")
     match = _DURATION_RE.match(str(value))
     if not match:
         raise ValueError(f"expected an integer number of steps or 'N epochs' (got {value!r})")
-    if float(match.group(1)) <= 0:
+    amount, unit = float(match.group(1)), match.group(2)
+    if amount <= 0:
         raise ValueError(f"must be positive (got {value!r})")
+    limit = MAX_EPOCHS if unit.startswith("epoch") else MAX_STEPS
+    if amount > limit:
+        raise ValueError(f"at most {limit:.0e} {unit} (got {echo(value)})")
     return value
 
 
@@ -74,22 +109,22 @@ class _Section(BaseModel):
 
 class DatasetConfig(_Section):
     name: str = "digits"  # one of DATASETS, or module:callable returning (train, val) (clrctl.userdata)
-    batch_size: int = Field(32, gt=0)
-    val_fraction: float = Field(0.25, gt=0.0, lt=1.0)  # for data sets without an official split
+    batch_size: Int = Field(32, gt=0, le=MAX_BATCH)
+    val_fraction: Float = Field(0.25, gt=0.0, lt=1.0)  # for data sets without an official split
     root: str = "data"  # where torchvision / imagefolder data live
     download: bool = False  # let torchvision fetch the data when a network is there
     augment: bool = False  # random crop (pad 4) + horizontal flip, done on the device
-    eval_batch_size: int = Field(1024, gt=0)
+    eval_batch_size: Int = Field(1024, gt=0, le=MAX_BATCH)
     drop_last: bool = False  # training only: drop each epoch's last, partial batch (validation keeps it)
     # synthetic: a seeded, learnable task of any size
-    num_samples: int = Field(2048, gt=1)
-    num_features: int = Field(32, gt=0)
-    num_classes: int = Field(10, gt=1)  # module:callable data: inferred from the labels unless set
+    num_samples: Int = Field(2048, gt=1, le=10**8)
+    num_features: Int = Field(32, gt=0, le=MAX_WIDTH)
+    num_classes: Int = Field(10, gt=1, le=10**6)  # module:callable data: inferred from the labels unless set
     # imagefolder: images are resized to image_size x image_size; loaded by worker processes
-    image_size: int = Field(32, gt=0)
-    num_workers: int = Field(2, ge=0)
+    image_size: Int = Field(32, gt=0, le=4096)
+    num_workers: Int = Field(2, ge=0, le=256)
     # a subset of the labels, renumbered 0..k-1 in this order (e.g. pretrain on digits 0-5)
-    classes: Optional[list[int]] = None
+    classes: Optional[list[Int]] = None
 
     @field_validator("name")
     @classmethod
@@ -112,7 +147,7 @@ class DatasetConfig(_Section):
 
 class ModelConfig(_Section):
     name: str = "mlp"  # mlp | lenet | resnet20 | resnet56 | torchvision:<name> | module:callable
-    hidden: list[int] = [64, 64]  # mlp hidden sizes
+    hidden: list[Int] = Field([64, 64], max_length=MAX_LAYERS)  # mlp hidden sizes, each <= MAX_WIDTH
     args: dict[str, Any] = {}  # extra keyword arguments for torchvision or user models
     # start from these weights: a state_dict file (.pt) or a run directory (its best.pt, else last.pt)
     weights: Optional[str] = None
@@ -135,7 +170,9 @@ class ModelConfig(_Section):
     @classmethod
     def _positive_sizes(cls, hidden: list[int]) -> list[int]:
         if any(h <= 0 for h in hidden):
-            raise ValueError(f"hidden sizes must be positive (got {hidden})")
+            raise ValueError(f"hidden sizes must be positive (got {echo(hidden)})")
+        if any(h > MAX_WIDTH for h in hidden):
+            raise ValueError(f"hidden sizes must be at most {MAX_WIDTH} (got {echo(hidden)})")
         return hidden
 
 
@@ -151,8 +188,8 @@ class GroupConfig(_Section):
     name: str
     # fnmatch patterns; body / head may leave them out to mean the built-in split
     params: Optional[list[str]] = Field(None, min_length=1)
-    lr_mult: float = Field(1.0, gt=0.0)  # this group's LR = the policy's LR x lr_mult
-    weight_decay: Optional[float] = Field(None, ge=0.0)  # default: optimizer.weight_decay
+    lr_mult: Float = Field(1.0, gt=0.0, le=MAX_LR)  # this group's LR = the policy's LR x lr_mult
+    weight_decay: Optional[Float] = Field(None, ge=0.0, le=10.0)  # default: optimizer.weight_decay
 
     @model_validator(mode="after")
     def _params_or_builtin(self) -> "GroupConfig":
@@ -164,11 +201,11 @@ class GroupConfig(_Section):
 
 class OptimizerConfig(_Section):
     name: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)  # sgd / rmsprop; torch's default is 0
+    momentum: Float = Field(0.0, ge=0.0, lt=1.0)  # sgd / rmsprop; torch's default is 0
     nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
-    eps: float = Field(1e-8, gt=0.0)
+    weight_decay: Float = Field(0.0, ge=0.0, le=10.0)
+    betas: tuple[Annotated[Float, Field(ge=0.0, lt=1.0)], Annotated[Float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
+    eps: Float = Field(1e-8, gt=0.0, le=1.0)
     groups: list[GroupConfig] = []  # none: built-in models have body / head
     # exempt biases and/or normalisation weights from weight decay (nanoGPT's and timm's habit)
     no_decay: list[Literal[NO_DECAY_KINDS]] = []  # type: ignore[valid-type]
@@ -211,15 +248,15 @@ ONE_CYCLE_MOMENTUM = (0.85, 0.95)
 
 class PolicyConfig(_Section):
     name: Literal[POLICIES] = "fixed"  # type: ignore[valid-type]
-    bounds: Optional[Union[tuple[float, float], BoundsFrom]] = None  # [base_lr, max_lr]
-    lr: Optional[float] = Field(None, gt=0.0)  # fixed / step: the starting LR
+    bounds: Optional[Union[tuple[Float, Float], BoundsFrom]] = None  # [base_lr, max_lr]
+    lr: Optional[LR] = None  # fixed / step: the starting LR
     stepsize: Duration = "2 epochs"  # half a cycle (CLR); T_0 for sgdr
-    gamma: Optional[float] = Field(None, gt=0.0)  # exp_range: per step; step: factor per milestone
+    gamma: Optional[Float] = Field(None, gt=0.0, le=10.0)  # exp_range: per step; step: factor per milestone
     momentum: Optional[tuple[float, float]] = None  # [low, high], cycled inversely to the LR
     milestones: list[Duration] = []  # step: when to multiply by gamma
-    t_mult: int = Field(1, ge=1)  # sgdr: cycle length multiplier
-    pct_start: float = Field(0.3, gt=0.0, lt=1.0)  # one_cycle: share of the run spent rising
-    final_div: float = Field(1e4, gt=0.0)  # one_cycle: final LR = base_lr / final_div
+    t_mult: Int = Field(1, ge=1, le=100)  # sgdr: cycle length multiplier
+    pct_start: Float = Field(0.3, gt=0.0, lt=1.0)  # one_cycle: share of the run spent rising
+    final_div: Float = Field(1e4, gt=0.0, le=1e12)  # one_cycle: final LR = base_lr / final_div
     anneal: Literal["cos", "linear"] = "cos"  # one_cycle
     three_phase: bool = False  # one_cycle: the paper's 3-phase form
     decay: Optional[float] = Field(None, gt=0.0, le=1.0)  # wsd: share of the run decaying (WSD_DECAY)
@@ -242,6 +279,8 @@ class PolicyConfig(_Section):
             base, high = bounds
             if not (math.isfinite(base) and math.isfinite(high)) or base < 0:
                 raise ValueError(f"learning rates must be finite and not negative (got {list(bounds)})")
+            if (base and base < MIN_LR) or high < MIN_LR or high > MAX_LR:
+                raise ValueError(f"learning rates must lie in [{MIN_LR:g}, {MAX_LR:g}] (got {list(bounds)})")
             if base >= high:
                 raise ValueError(f"base_lr must be < max_lr (got [{base}, {high}])")
         return bounds
@@ -264,6 +303,9 @@ class PolicyConfig(_Section):
             )
         if self.momentum is not None and self.name in ("fixed", "step"):
             raise ValueError(f"momentum: cycling needs a policy whose LR moves between bounds, not {self.name!r}")
+        if self.name == "exp_range" and self.gamma is not None and self.gamma > 1.0:
+            raise ValueError(f"gamma: exp_range shrinks the cycles by gamma per step: expected gamma <= 1 "
+                             f"(got {self.gamma})")
         if self.name == "step" and not self.milestones:
             raise ValueError("milestones: policy 'step' needs milestones (steps or 'N epochs')")
         if isinstance(self.bounds, tuple) and self.bounds[0] == 0 and self.name not in ZERO_BASE_POLICIES:
@@ -296,14 +338,14 @@ class PolicyConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: Optional[int] = Field(None, gt=0)  # default 8 when neither epochs nor steps is set
-    steps: Optional[int] = Field(None, gt=0)
-    target: Optional[dict[str, float]] = None  # e.g. {val_acc: 0.97}: record steps_to_target
-    eval_every: Optional[int] = Field(None, gt=0)  # steps between evaluations; default: per epoch
-    log_every: int = Field(25, gt=0)  # steps between host syncs for loss logging / progress
+    epochs: Optional[Int] = Field(None, gt=0, le=MAX_EPOCHS)  # default 8 when neither epochs nor steps is set
+    steps: Optional[Int] = Field(None, gt=0, le=MAX_STEPS)
+    target: Optional[dict[str, Float]] = None  # e.g. {val_acc: 0.97}: record steps_to_target
+    eval_every: Optional[Int] = Field(None, gt=0, le=MAX_STEPS)  # steps between evaluations; default: per epoch
+    log_every: Int = Field(25, gt=0, le=MAX_STEPS)  # steps between host syncs for loss logging / progress
     # seconds between checkpoints/last.pt writes at epoch ends (0: every epoch); always at the
     # end of a run and when interrupted
-    checkpoint_every: float = Field(10.0, ge=0)
+    checkpoint_every: Float = Field(10.0, ge=0)
     skip_nonfinite: bool = False  # skip batches with NaN/Inf loss instead of stopping
     amp: bool = False  # mixed precision on CUDA (ignored elsewhere): the same as precision: fp16 there
     # The GPU fast path (each also runs on the CPU): autocast to bf16 or fp16 (a GradScaler for
@@ -312,7 +354,7 @@ class TrainConfig(_Section):
     channels_last: bool = False
     compile: bool = False
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # mse: float regression targets, no accuracy
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # torch CrossEntropyLoss(label_smoothing); val_loss too
+    label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)  # torch CrossEntropyLoss(label_smoothing); val_loss too
     tensorboard: bool = False  # also write TensorBoard events to RUN/tensorboard/ (extra clrctl[tensorboard])
 
     def autocast_dtype(self, device_type: str) -> Optional[str]:
@@ -346,18 +388,23 @@ class TrainConfig(_Section):
         for metric in target or {}:
             if metric not in TARGET_METRICS:
                 raise ValueError(f"unknown target metric {metric!r}; expected one of {', '.join(TARGET_METRICS)}")
+        for metric, threshold in (target or {}).items():
+            if metric == "val_acc" and not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"val_acc is a fraction: expected a threshold in [0, 1] (got {threshold})")
+            if metric == "val_loss" and threshold < 0.0:
+                raise ValueError(f"val_loss is never negative: expected a threshold >= 0 (got {threshold})")
         return target
 
 
 class RangeTestConfig(_Section):
-    start_lr: float = Field(1e-4, gt=0.0)
-    end_lr: float = Field(1.0, gt=0.0)
+    start_lr: LR = 1e-4
+    end_lr: LR = 1.0
     mode: Literal["linear", "exp"] = "linear"  # linear: the paper; exp: fastai / torch-lr-finder
     steps: Duration = "8 epochs"
-    eval_every: int = Field(10, gt=0)  # accuracy on a fixed held-out slice every N steps
-    eval_size: int = Field(512, gt=0)  # size of that fixed slice
-    smoothing: float = Field(0.98, ge=0.0, lt=1.0)  # EMA factor of the (debiased) smoothed loss
-    diverge_factor: float = Field(4.0, gt=1.0)  # stop when smoothed loss passes this x its best
+    eval_every: Int = Field(10, gt=0, le=MAX_STEPS)  # accuracy on a fixed held-out slice every N steps
+    eval_size: Int = Field(512, gt=0, le=10**8)  # size of that fixed slice
+    smoothing: Float = Field(0.98, ge=0.0, lt=1.0)  # EMA factor of the (debiased) smoothed loss
+    diverge_factor: Float = Field(4.0, gt=1.0)  # stop when smoothed loss passes this x its best
 
     @field_validator("steps")
     @classmethod
@@ -373,7 +420,9 @@ class RangeTestConfig(_Section):
 
 def _safe_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-        raise ValueError(f"use letters, digits, '-', '_' or '.' only (got {name!r})")
+        raise ValueError(f"use letters, digits, '-', '_' or '.' only (got {echo(name)})")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"at most {MAX_NAME} characters, as it names directories (got {len(name)})")
     return name
 
 
@@ -386,8 +435,8 @@ class StageConfig(_Section):
     the top level; ``policy`` and ``optimizer`` are merged key by key over the top-level blocks."""
 
     name: SafeName
-    epochs: Optional[int] = Field(None, gt=0)
-    steps: Optional[int] = Field(None, gt=0)
+    epochs: Optional[Int] = Field(None, gt=0, le=MAX_EPOCHS)
+    steps: Optional[Int] = Field(None, gt=0, le=MAX_STEPS)
     freeze: list[str] = []  # groups that get no updates in this stage
     policy: Optional[dict[str, Any]] = None
     optimizer: Optional[dict[str, Any]] = None
@@ -434,7 +483,7 @@ class SweepConfig(_Section):
 
 class Config(_Section):
     name: SafeName = "run"
-    seed: int = 0
+    seed: Int = Field(0, ge=0, le=MAX_SEED)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps   (auto: cuda > mps > cpu)
     dataset: DatasetConfig = DatasetConfig()
     model: ModelConfig = ModelConfig()
@@ -524,9 +573,100 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data = read_yaml(path)
     for override in overrides:
         apply_override(data, override)
+    locate_paths(data, Path(path).parent)
     config = validate(data, source=str(path))
     config._written = copy.deepcopy(data)
+    warn_ignored_keys(data)
     return config
+
+
+# The policies that read each of these keys; any other policy ignores it.
+_KEY_USERS = {"stepsize": ("triangular", "triangular2", "exp_range", "sgdr"), "gamma": ("exp_range", "step")}
+# What each key is for, in a warning that it is ignored.
+_KEY_ROLE = {"stepsize": "the half cycle of a cyclic policy or sgdr's first period",
+             "gamma": "exp_range's decay or step's factor"}
+
+
+def warn_ignored_keys(data: dict[str, Any]) -> None:
+    """Warn about policy keys the chosen policy ignores (``stepsize`` with one_cycle) where they
+    are set to other than their default. With stages, each stage's own policy block counts."""
+    blocks = [("policy", data.get("policy"))] if not data.get("stages") else []
+    top = data.get("policy") if isinstance(data.get("policy"), dict) else {}
+    for stage in data.get("stages") or []:
+        if isinstance(stage, dict) and isinstance(stage.get("policy"), dict):
+            blocks.append((f"stages.{stage.get('name')}.policy", {"name": top.get("name"), **stage["policy"]}))
+    for where, block in blocks:
+        if not isinstance(block, dict):
+            continue
+        name = block.get("name") or "fixed"
+        for key, users in _KEY_USERS.items():
+            # A run's config.yaml spells out every default: only a value that differs is a choice.
+            if block.get(key) not in (None, PolicyConfig.model_fields[key].default) and name not in users:
+                warn(f"{where}.{key}: ignored by policy {name!r} ({key} is {_KEY_ROLE[key]})")
+
+
+def warn_stepsize_fit(stages: list["Stage"], steps_per_epoch: int, has_stages: bool) -> None:
+    """Warn when a stepsize is as long as the run (or stage) it shapes: a cyclic LR then only
+    rises (it never comes back down), sgdr never restarts."""
+    for stage in stages:
+        policy = stage.policy
+        if policy.name not in _KEY_USERS["stepsize"]:
+            continue
+        stepsize, length = resolve_steps(policy.stepsize, steps_per_epoch), stage.length(steps_per_epoch)
+        if stepsize >= length:
+            key = f"stages.{stage.name}.policy.stepsize" if has_stages else "policy.stepsize"
+            effect = "sgdr never restarts" if policy.name == "sgdr" else "the LR only rises, never comes back down"
+            warn(f"{key}: {stepsize} steps is not shorter than the {'stage' if has_stages else 'run'} "
+                 f"({length} steps): {effect}")
+
+
+# The directories of the config files loaded in this process: searched after the working
+# directory for relative paths and ``module:callable`` modules (see locate_paths).
+CONFIG_DIRS: list[str] = []
+
+
+def locate_paths(data: dict[str, Any], config_dir: Path) -> None:
+    """Relative paths in a config are looked up in the working directory first, then in the
+    config file's directory: ``model.weights``, ``bounds.from`` (of the policy and of each
+    stage) and ``dataset.root`` become that directory's path where only it has them (so the run's
+    config.yaml works from anywhere); ``module:callable`` modules are imported from the working
+    directory, then from the config's. A path in neither place is left as written: the error of
+    whatever reads it says where it was looked for (:func:`looked_in`)."""
+    where = str(config_dir.resolve())
+    if where in CONFIG_DIRS:
+        CONFIG_DIRS.remove(where)
+    CONFIG_DIRS.append(where)  # the latest last
+    model, dataset = data.get("model"), data.get("dataset")
+    if isinstance(model, dict) and isinstance(model.get("weights"), str):
+        model["weights"] = _locate(model["weights"], config_dir)
+    if isinstance(dataset, dict) and isinstance(dataset.get("root"), str):
+        dataset["root"] = _locate(dataset["root"], config_dir)
+    policies = [data.get("policy")] + [s.get("policy") for s in data.get("stages") or [] if isinstance(s, dict)]
+    for policy in policies:
+        bounds = policy.get("bounds") if isinstance(policy, dict) else None
+        if isinstance(bounds, dict) and isinstance(bounds.get("from"), str):
+            bounds["from"] = _locate(bounds["from"], config_dir)
+    for section in (model, dataset):
+        name = section.get("name") if isinstance(section, dict) else None
+        if isinstance(name, str) and ":" in name and not name.startswith("torchvision:") and where not in sys.path:
+            sys.path.append(where)  # after the working directory, which models.py puts first
+
+
+def _locate(value: str, config_dir: Path) -> str:
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists():
+        return value
+    beside = config_dir / path
+    return str(beside.resolve()) if beside.exists() else value
+
+
+def looked_in(value: Optional[str] = None) -> str:
+    """`` (looked in the working directory … and the config's directory …)`` for an error about
+    a relative ``value`` that is nowhere (empty for an absolute one)."""
+    if value is not None and Path(value).expanduser().is_absolute():
+        return ""
+    places = [f"the working directory {Path.cwd()}"] + [f"the config's directory {d}" for d in CONFIG_DIRS[-1:]]
+    return f" (looked in {' and '.join(places)})"
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -534,7 +674,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yamlsafe.load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -559,9 +699,10 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {override!r}: expected key.path=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"override {override!r}: cannot parse the value as YAML") from None
+        value = yamlsafe.load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        why = f" ({err.problem})" if isinstance(err, yamlsafe.BoundedYAMLError) else ""
+        raise ConfigError(f"override {echo(override)}: cannot parse the value as YAML{why}") from None
     node: Any = data
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
@@ -654,12 +795,24 @@ def describe_validation_error(err: ValidationError, data: dict[str, Any]) -> str
         msg = field_msg.group(2)
     if kind in ("missing",):
         msg = "required key is missing"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        msg = "expected a section of keys (a mapping such as {name: ...})"
+    msg = _INTERNAL_NAME.sub("a section", msg)  # never name a schema class such as PolicyConfig
     if key == "policy.bounds" and kind in ("tuple_type", "too_short", "too_long", "float_parsing", "float_type"):
         msg = "expected [base_lr, max_lr] or {from: <range-test run>}"
     given = first.get("input")
     if "got" not in msg and kind != "missing" and not isinstance(given, dict):
-        msg = f"{msg} (got {given!r})"
-    return f"{key}: {msg}"
+        msg = f"{msg} (got {echo(given)})"
+    return f"{key}: {_shorten(msg)}"
+
+
+# A schema class as pydantic names it in messages ("instance of PolicyConfig").
+_INTERNAL_NAME = re.compile(r"\binstance of \w+|\b\w+Config\b|\bBoundsFrom\b")
+
+
+def _shorten(message: str, limit: int = 400) -> str:
+    """A validator's message cut to ``limit`` characters: it may quote a huge value."""
+    return message if len(message) <= limit else f"{message[: limit - 1]}…"
 
 
 def _lookup(data: Any, loc: list[str]) -> Any:
@@ -725,6 +878,8 @@ def resolve_bounds_from(config: Config) -> Config:
 def _suggested_bounds(source: str, key: str) -> list[float]:
     run = Path(source)
     summary_path = run / "summary.json"
+    if not run.exists():
+        raise ConfigError(f"{key}: {run} is not a finished run (no such directory){looked_in(source)}")
     if not summary_path.is_file():
         raise ConfigError(f"{key}: {run} is not a finished run (no summary.json)")
     try:

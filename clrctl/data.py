@@ -486,9 +486,14 @@ def _stratified_split(y, val_fraction: float, seed: int):
     from clrctl.splits import train_val_split
 
     try:
-        return train_val_split(y, val_fraction, seed)
+        train, val = train_val_split(y, val_fraction, seed)
     except ValueError as err:
         raise ConfigError(f"dataset.val_fraction: {err}") from None
+    classes = len(set(y.tolist() if hasattr(y, "tolist") else y))
+    if len(train) < classes:  # a classifier that never sees some class: not a run anyone wants
+        raise ConfigError(f"dataset.val_fraction: {val_fraction:g} leaves {len(train)} training samples for "
+                          f"{classes} classes; lower it so that every class can be in training")
+    return train, val
 
 
 def _digits(cfg: DatasetConfig, seed: int):

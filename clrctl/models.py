@@ -35,6 +35,9 @@ from clrctl.compat import import_torchvision
 from clrctl.errors import ConfigError
 
 
+MAX_MLP_PARAMETERS = 2**30  # memory for the weights alone; more would fail later, allocating them
+
+
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The model ``cfg.name`` for samples of ``input_shape`` and ``num_classes`` outputs."""
     input_shape = tuple(int(d) for d in input_shape)
@@ -65,6 +68,11 @@ def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int
 
 def mlp(input_shape: tuple[int, ...], hidden: list[int], num_classes: int) -> nn.Sequential:
     """Flatten -> [Linear -> ReLU] for each hidden size -> Linear(num_classes)."""
+    widths = [math.prod(input_shape), *hidden, num_classes]
+    parameters = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+    if parameters > MAX_MLP_PARAMETERS:
+        raise ConfigError(f"model.hidden: {hidden} makes an mlp of {parameters:,} parameters for input "
+                          f"{input_shape}; at most {MAX_MLP_PARAMETERS:,} (4 GiB of float32)")
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
     for size in hidden:
@@ -222,7 +230,7 @@ def user_model(spec: str, input_shape: tuple[int, ...], num_classes: int, args: 
     kwargs.update(args)
     try:
         model = factory(**kwargs)
-    except Exception as err:  # noqa: BLE001 - user code: report, do not crash
+    except USER_ERRORS as err:  # noqa: BLE001 - user code: report, do not crash
         # Chained (not `from None`): --debug then shows the user's own traceback.
         raise ConfigError(f"model.name: {spec!r} raised {_describe(err)}") from err
     if not isinstance(model, nn.Module):
@@ -239,8 +247,8 @@ def _resolve_callable(spec: str, key: str = "model.name"):
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001 - ImportError, SyntaxError, or the module's own failure
-        raise ConfigError(f"{key}: cannot import module {module_name!r}: {_describe(err)}") from err
+    except USER_ERRORS as err:  # noqa: BLE001 - ImportError, SyntaxError, or the module's own failure
+        raise ConfigError(f"{key}: cannot import module {module_name!r}: {_describe(err)}{_looked_in(err)}") from err
     target = module
     for part in attr_path.split("."):
         if not hasattr(target, part):
@@ -249,6 +257,15 @@ def _resolve_callable(spec: str, key: str = "model.name"):
     if not callable(target):
         raise ConfigError(f"{key}: {spec!r} is a {type(target).__name__}, not a callable")
     return target
+
+
+def _looked_in(err: BaseException) -> str:
+    """Where a module that is not found was looked for (beyond installed packages)."""
+    if not isinstance(err, ModuleNotFoundError):
+        return ""
+    from clrctl.config import looked_in
+
+    return looked_in()
 
 
 def _accepts(factory, name: str) -> bool:
@@ -263,6 +280,11 @@ def _accepts(factory, name: str) -> bool:
     )
 
 
+# What user code may raise that clrctl reports as a config error naming the callable: an
+# exit() there (SystemExit) must not end clrctl quietly with the user code's exit status.
+USER_ERRORS = (Exception, SystemExit)
+
+
 def _one_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
@@ -270,6 +292,8 @@ def _one_line(err: BaseException) -> str:
 
 def _describe(err: BaseException) -> str:
     """``Type: first line (at FILE:LINE)`` of an exception raised by the user's code."""
+    if isinstance(err, SystemExit):
+        return f"SystemExit (it called exit({'' if err.code is None else repr(err.code)})){_where(err)}"
     text = err.msg if isinstance(err, SyntaxError) else _one_line(err)  # msg: without "(file, line)"
     kind = "" if isinstance(err, ImportError) else f"{type(err).__name__}: "  # "No module named …" says it
     return f"{kind}{text}{_where(err)}"

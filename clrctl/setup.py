@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from clrctl import distributed, interrupts, tensorboard
-from clrctl.config import Config, Stage
+from clrctl.config import Config, Stage, warn_stepsize_fit
 from clrctl.data import DataBundle, build_data
 from clrctl.device import seed_everything
 from clrctl.errors import ConfigError, DataError
@@ -90,6 +90,7 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     stages = config.plan()
     for stage in stages:
         check_trainable(groups, stage.freeze, f"stages.{stage.name}" if config.has_stages else "optimizer")
+    warn_stepsize_fit(stages, len(data.train), config.has_stages)
     setup = Setup(config, seed, device, data, model, groups, stages, len(data.train), weights, build_loss(config.train))
     if probe:
         probe_batch(setup)

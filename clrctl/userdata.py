@@ -25,7 +25,7 @@ from torch import Tensor
 from clrctl.config import DatasetConfig
 from clrctl.data import DataBundle, LoaderSource, TensorSource, _Arrays, _check_batches, _keep_classes
 from clrctl.errors import ConfigError
-from clrctl.models import _accepts, _describe, _resolve_callable
+from clrctl.models import USER_ERRORS, _accepts, _describe, _resolve_callable
 
 
 def build_user_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundle:
@@ -46,7 +46,7 @@ def _call(cfg: DatasetConfig, seed: int) -> tuple[Any, Any]:
     kwargs = {"seed": seed} if _accepts(factory, "seed") else {}
     try:
         result = factory(**kwargs)
-    except Exception as err:  # noqa: BLE001 - user code: report, do not crash
+    except USER_ERRORS as err:  # noqa: BLE001 - user code: report, do not crash
         raise _error(cfg, f"raised {_describe(err)}") from err
     if not isinstance(result, (tuple, list)) or len(result) != 2:
         raise _error(cfg, f"returned {_kind(result)}; expected a (train, val) pair")
@@ -169,7 +169,7 @@ def _first_sample(cfg: DatasetConfig, name: str, dataset) -> tuple[int, ...]:
         raise _error(cfg, f"returned an empty {name} Dataset")
     try:
         sample = dataset[0]
-    except Exception as err:  # noqa: BLE001 - user code
+    except USER_ERRORS as err:  # noqa: BLE001 - user code
         raise _error(cfg, f"{name} Dataset raised {_describe(err)} on its first sample") from err
     if not isinstance(sample, (tuple, list)) or len(sample) != 2 or not isinstance(sample[0], Tensor):
         raise _error(cfg, f"{name} Dataset yields {_kind(sample)}; expected (x tensor, label) samples")

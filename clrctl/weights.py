@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from clrctl import checkpoint
-from clrctl.config import ModelConfig
+from clrctl.config import ModelConfig, looked_in
 from clrctl.errors import ConfigError, InputError
 
 # Prefixes that wrappers add to every key: DistributedDataParallel, torch.compile.
@@ -46,7 +46,7 @@ def weights_file(spec: str) -> Path:
                 return path / "checkpoints" / name
         raise ConfigError(f"model.weights: {spec} has no checkpoints/best.pt or last.pt (not a clrctl run?)")
     if not path.is_file():
-        raise ConfigError(f"model.weights: no such file or run directory: {spec}")
+        raise ConfigError(f"model.weights: no such file or run directory: {spec}{looked_in(spec)}")
     return path
 
 

@@ -297,7 +297,8 @@ def test_corrupt_image_is_one_line_naming_the_file(tmp_path, workers):
 def test_corrupt_image_met_by_the_probe_batch_is_exit_2_and_no_run_dir(cli, tiny_config, tmp_path, capsys):
     write_folder(tmp_path / "images", "a/2.png")
     config = tiny_config(dataset={"name": "imagefolder", "root": str(tmp_path / "images"), "image_size": 8,
-                                  "batch_size": 4, "num_workers": 0, "val_fraction": 0.5})
+                                  "batch_size": 4, "num_workers": 0, "val_fraction": 0.5},
+                         policy={"name": "triangular2", "bounds": [0.02, 0.1], "stepsize": 1})  # < the run: no warning
     assert cli("train", config, "--run-dir", tmp_path / "run", "-q") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot read image" in err and "2.png" in err
@@ -310,7 +311,8 @@ def test_corrupt_image_met_in_training_fails_the_run(cli, tiny_config, tmp_path,
     monkeypatch.setattr(clrctl.setup, "probe_batch", lambda setup: None)  # as if the probe missed the file
     write_folder(tmp_path / "images", "a/2.png")
     config = tiny_config(dataset={"name": "imagefolder", "root": str(tmp_path / "images"), "image_size": 8,
-                                  "batch_size": 4, "num_workers": 0, "val_fraction": 0.5})
+                                  "batch_size": 4, "num_workers": 0, "val_fraction": 0.5},
+                         policy={"name": "triangular2", "bounds": [0.02, 0.1], "stepsize": 1})  # < the run: no warning
     assert cli("train", config, "--run-dir", tmp_path / "run", "-q") == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot read image" in err and "2.png" in err

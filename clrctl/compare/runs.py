@@ -22,6 +22,7 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
+from clrctl import yamlsafe
 from clrctl.errors import InputError
 from clrctl.rundir import TERMINAL_STATUSES, holder, is_live
 
@@ -244,7 +245,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}  # an old or foreign run: compare what is there, the config diff is just empty
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yamlsafe.load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise InputError(f"{path}: unreadable ({err.__class__.__name__})") from None
     return data if isinstance(data, dict) else {}

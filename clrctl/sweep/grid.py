@@ -16,10 +16,13 @@ from typing import Any
 
 import yaml
 
+from clrctl import yamlsafe
 from clrctl.errors import ConfigError, InputError
 
 _OPEN, _CLOSE = "[{(", "]})"
 _SAFE = re.compile(r"[^A-Za-z0-9.+\-]+")
+_SAFE_KEY = re.compile(r"[^A-Za-z0-9._+\-]+")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._+\-]+")
 
 
 def split_values(text: str) -> list[str]:
@@ -55,7 +58,7 @@ def parse_grid_option(text: str) -> tuple[str, list[Any]]:
         raise InputError(f"--grid {text!r}: expected KEY=V1,V2,… (e.g. policy.stepsize='1 epochs,2 epochs')")
     try:
         pieces = split_values(raw)
-        values = [yaml.safe_load(p) if p else None for p in pieces]
+        values = [yamlsafe.load(p) if p else None for p in pieces]
     except (ValueError, yaml.YAMLError) as err:
         raise InputError(f"--grid {text!r}: cannot parse the values ({err})") from None
     if any(p == "" for p in pieces):
@@ -121,7 +124,7 @@ def slug(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "-".join(slug(v) for v in value) or "empty"
     if isinstance(value, dict):
-        return "-".join(f"{k}-{slug(v)}" for k, v in value.items()) or "empty"
+        return "-".join(f"{_key_slug(k)}-{slug(v)}" for k, v in value.items()) or "empty"
     if isinstance(value, float) and math.isfinite(value):
         text = f"{value:g}"
     elif isinstance(value, str):
@@ -131,6 +134,11 @@ def slug(value: Any) -> str:
     return _SAFE.sub("-", text).strip("-") or "x"
 
 
+def _key_slug(key: Any) -> str:
+    """A key as a filename part: like :func:`slug`, but ``_`` is kept (batch_size-32)."""
+    return _SAFE_KEY.sub("-", str(key)).strip("-") or "x"
+
+
 def point_names(points: list[dict[str, Any]]) -> list[str]:
     """Readable, unique, filesystem-safe names: ``name-triangular2_stepsize-2epochs``."""
     keys = list(dict.fromkeys(k for point in points for k in point))
@@ -138,12 +146,21 @@ def point_names(points: list[dict[str, Any]]) -> list[str]:
     names, seen = [], set()
     for point in points:
         ordered = sorted(point.items(), key=lambda kv: keys.index(kv[0]))  # grid keys first, always
-        base = "_".join(f"{short[k]}-{slug(v)}" for k, v in ordered if v is not None) or "base"
+        # Keys are sanitised like values: a key such as model.args./abs/path names no directory.
+        base = "_".join(f"{_key_slug(short[k])}-{slug(v)}" for k, v in ordered if v is not None) or "base"
         base = base[:150]
         name, n = base, 1
         while name in seen:
             n += 1
             name = f"{base}-{n}"
         seen.add(name)
-        names.append(name)
+        names.append(check_component(name))
     return names
+
+
+def check_component(name: str) -> str:
+    """``name`` if it is one plain file name (so DIR/configs/<name>.yaml and DIR/points/<name>
+    stay inside DIR), else an error: the last guard of paths made from keys and values."""
+    if not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+        raise InputError(f"point name {name!r} is not a plain file name; the sweep would write outside its directory")
+    return name

@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from clrctl.config import SweepConfig, apply_override, describe_validation_error, read_yaml, resolve_bounds_from, validate
+from clrctl.config import (SweepConfig, apply_override, describe_validation_error, locate_paths, read_yaml,
+                           resolve_bounds_from, validate)
 from clrctl.errors import ConfigError, InputError
 from clrctl.seeds import parse_seeds
 from clrctl.sweep.grid import expand, parse_grid_option, point_names, set_key
@@ -88,6 +89,7 @@ def build_plan(config: Path, overrides: list[str], grid_options: list[str], seed
     for override in overrides:
         apply_override(data, override)
         grid.pop(override.partition("=")[0].strip(), None)  # a plain override pins the key
+    locate_paths(data, Path(config).parent)  # as load_config does: the working directory, then the config's
     for option in grid_options:
         key, values = parse_grid_option(option)
         grid.pop(key, None)

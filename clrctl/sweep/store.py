@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 import yaml
 
+from clrctl import yamlsafe
 from clrctl.errors import InputError
 from clrctl.rundir import is_live, read_json, utc_now, write_json_atomic, write_text_atomic
 from clrctl.sweep.plan import Plan, Point, RunRef
@@ -69,7 +70,7 @@ class SweepDir:
         for point in plan.points:
             config = self.config_path(point)
             if config.is_file():
-                saved = yaml.safe_load(config.read_text(encoding="utf-8"))
+                saved = yamlsafe.load(config.read_text(encoding="utf-8"))
                 if saved != point.config:
                     keys = _differing_keys(saved or {}, point.config)
                     raise InputError(f"{self.path}: point {point.name} exists with a different config "
