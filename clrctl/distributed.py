@@ -499,8 +499,10 @@ def _mark_failed(folder: Path, code: int, line: Optional[str]) -> int:
 
     run = RunDir(Path((folder / "run-dir").read_text()))
     try:
-        status = run.read_run().get("status")
-        if status in ("running", "interrupted"):
+        info = run.read_run()
+        status = info.get("status")
+        # (rank 0 may have marked it failed itself, having only lost a peer: the error is the other's)
+        if status in ("running", "interrupted") or (status == "failed" and not info.get("error")):
             run.set_status("failed", error=line)
             summary = run.path / "summary.json"
             if summary.is_file():

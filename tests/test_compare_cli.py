@@ -200,7 +200,7 @@ def _no_metrics(tmp_path):
     "make_bad, needle",
     [
         (lambda tmp: tmp / "missing", "no such run directory"),
-        (_running, "unfinished (status 'running')"),
+        (_running, "left 'running' by a process that is gone"),
         (_garbled_json, "run.json: unreadable"),
         (_garbled_csv, "metrics.csv: unreadable (line"),
         (_no_metrics, "no metrics.csv"),

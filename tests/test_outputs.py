@@ -206,7 +206,7 @@ def test_run_dir_refusals_name_a_file_and_suggest_resume_only_where_it_works(cli
     config, file = tiny_config(train={"epochs": 1}), tmp_path / "notes.txt"
     file.write_text("x")
     assert cli("train", config, "--run-dir", file, "-q") == 2
-    assert capsys.readouterr().err == f"error: {file}: exists and is a file, not a directory; choose another --run-dir\n"
+    assert capsys.readouterr().err == f"error: --run-dir {file}: is a file, not a directory\n"
     done = tmp_path / "done"
     assert cli("train", config, "--run-dir", done, "-q") == 0
     capsys.readouterr()

@@ -176,14 +176,26 @@ def test_a_failed_resume_leaves_the_status_it_found(cli, tiny_config, tmp_path, 
         raise RuntimeError("the checkpoint does not fit")
 
     monkeypatch.setattr(clrctl.trainer.TrainingLoop, "restore", broken)
-    assert cli("train", "--resume", run, "-q") == 1
+    assert cli("train", "--resume", run, "-q") == 2  # a checkpoint that does not fit: bad input
     assert status(run) == "interrupted"
 
 
-def test_an_error_before_the_loop_leaves_failed_not_running(cli, tiny_config, tmp_path, capsys):
-    run = tmp_path / "run"  # a stepsize that validates but overflows a float when the schedule is built
-    assert cli("train", tiny_config(), f"policy.stepsize={'9' * 400}", "--run-dir", run, "-q") != 0
+def test_an_error_before_the_loop_leaves_failed_not_running(cli, tiny_config, tmp_path, capsys, monkeypatch):
+    import clrctl.trainer
+
+    def broken(self, *args, **kwargs):  # fails once the run directory exists, before the first step
+        raise OverflowError("cannot convert float infinity to integer")
+
+    monkeypatch.setattr(clrctl.trainer.TrainingLoop, "__init__", broken)
+    run = tmp_path / "run"
+    assert cli("train", tiny_config(), "--run-dir", run, "-q") != 0
     assert status(run) == "failed"
+
+
+def test_a_stepsize_that_overflows_is_refused_in_validation(cli, tiny_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli("train", tiny_config(), f"policy.stepsize={'9' * 400}", "--run-dir", run, "-q") == 2
+    assert not run.exists()
 
 
 # -- part 7: signals, plots, full disks -----------------------------------------------------
@@ -298,7 +310,13 @@ def test_a_full_disk_fails_the_run_with_one_line_naming_the_file(tiny_config, tm
 
 def test_a_destination_that_cannot_be_created_is_refused_with_one_line(cli, tiny_config, tmp_path, capsys):
     (tmp_path / "a-file").write_text("")
-    for where in (tmp_path / "a-file" / "run", Path("/proc/clrctl-test-run")):
-        assert cli("train", tiny_config(), "--run-dir", where, "-q") == 2
-        assert one_line(capsys.readouterr().err) .startswith(f"error: {where}: cannot create the run directory (")
-        assert not where.exists()
+    inside_a_file = tmp_path / "a-file" / "run"  # refused by the CLI before any work
+    assert cli("train", tiny_config(), "--run-dir", inside_a_file, "-q") == 2
+    assert one_line(capsys.readouterr().err).startswith(f"error: --run-dir {inside_a_file}: is inside ")
+    not_creatable = Path("/proc/clrctl-test-run")  # refused when the run directory is made
+    assert cli("train", tiny_config(), "--run-dir", not_creatable, "-q") == 2
+    assert one_line(capsys.readouterr().err).startswith(f"error: {not_creatable}: cannot create the run directory (")
+    assert not not_creatable.exists()
+    from clrctl.api import train  # the library path has no CLI check: the run directory's own refusal
+    with pytest.raises(Exception, match="cannot create the run directory"):
+        train(str(tiny_config()), run_dir=inside_a_file)
