@@ -203,6 +203,7 @@ class TrainingLoop:
         # Rows whose loss is still a device tensor, with each step's loss (a sum under DDP),
         # correct predictions (classification) and global batch size: read at the next flush.
         self._rows: list[list[Any]] = []
+        self._evaluations_at_flush = self._evaluation_numbers()  # (what metrics.csv holds so far)
         self._losses: list[torch.Tensor] = []
         self._sizes: list[int] = []
         self._skip_nonfinite = setup.config.train.skip_nonfinite
@@ -331,8 +332,10 @@ class TrainingLoop:
             row[LOSS] = loss
             if not math.isfinite(loss) and not self._skip_nonfinite:
                 self._log_rows(rows[: i + 1])
+                self._evaluations_as_logged(rows[: i + 1])
                 raise _Diverged(row[STEP], row[LR], loss)
         self._log_rows(rows)
+        self._evaluations_at_flush = self._evaluation_numbers()
         self._count_epoch(losses, hits, sizes)
         # The bar shows the epoch's running train loss (epochs.csv's train_loss at its end), not
         # the last batch's: that one may hold a few samples (digits: 3 of 32) and swings with them.
@@ -379,18 +382,40 @@ class TrainingLoop:
         s, state = self.s, self.state
         val_loss, val_acc = evaluate(s.model, s.data.val, s.loss_fn)
         self._rows[-1][VAL_LOSS], self._rows[-1][VAL_ACC] = val_loss, val_acc
+        if self._record_evaluation(val_loss, val_acc, state.step) and self._writes:
+            self._best = {"model": checkpoint.snapshot(s.model.state_dict()), "step": state.step, "val_acc": val_acc}
+
+    def _record_evaluation(self, val_loss: float, val_acc: Optional[float], step: int) -> bool:
+        """The summary's numbers after an evaluation at ``step``; True when it is the best yet."""
+        state = self.state
         state.final_val_loss, state.final_val_acc = val_loss, val_acc
-        if val_acc is not None and (state.best_val_acc is None or val_acc > state.best_val_acc):
-            state.best_val_acc, state.best_step = val_acc, state.step
-            if self._writes:
-                self._best = {"model": checkpoint.snapshot(s.model.state_dict()), "step": state.step,
-                              "val_acc": val_acc}
-        target = s.config.train.target
+        best = val_acc is not None and (state.best_val_acc is None or val_acc > state.best_val_acc)
+        if best:
+            state.best_val_acc, state.best_step = val_acc, step
+        target = self.s.config.train.target
         if target and state.steps_to_target is None:
             metric, threshold = next(iter(target.items()))
             value = val_acc if metric == "val_acc" else val_loss
             if value is not None and ((value >= threshold) if metric == "val_acc" else (value <= threshold)):
-                state.steps_to_target = state.step
+                state.steps_to_target = step
+        return best
+
+    def _evaluations_as_logged(self, logged: list[list[Any]]) -> None:
+        """After a divergence: the evaluations after the diverged step (up to the sync that saw
+        it) are not in metrics.csv, so the summary's numbers are rebuilt from those that are."""
+        state = self.state
+        (state.final_val_loss, state.final_val_acc, state.best_val_acc, state.best_step,
+         state.steps_to_target) = self._evaluations_at_flush
+        for row in logged:
+            if row[VAL_LOSS] is not None:
+                self._record_evaluation(row[VAL_LOSS], row[VAL_ACC], row[STEP] + 1)
+        if self._best is not None and self._best["step"] != state.best_step:
+            self._best = None  # the weights of a dropped evaluation
+
+    def _evaluation_numbers(self) -> tuple:
+        state = self.state
+        return (state.final_val_loss, state.final_val_acc, state.best_val_acc, state.best_step,
+                state.steps_to_target)
 
     def _end_epoch(self, epoch: int) -> None:
         s, state = self.s, self.state

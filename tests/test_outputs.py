@@ -273,3 +273,24 @@ def test_range_test_plot_marks_the_loss_minimum_and_keeps_legends_and_markers_cl
                 "loss minimum", "steepest", "valley", "min_loss/10"):
             box = line.get_window_extent(renderer)
             assert box.y1 <= ax_loss.get_window_extent(renderer).y1 and not box.overlaps(title)
+
+
+def test_a_diverged_runs_summary_comes_from_the_evaluations_in_metrics_csv(cli, tiny_config, tmp_path):
+    """Evaluations between the diverged step and the sync that saw it are not in metrics.csv;
+    the summary's final and best numbers must not come from them either."""
+    import csv
+
+    run = tmp_path / "run"
+    config = tiny_config(dataset={"name": "digits", "batch_size": 32}, model={"name": "mlp", "hidden": [64, 64]},
+                         policy={"name": "triangular2", "bounds": [10, 1000], "stepsize": 86},
+                         train={"epochs": 2, "eval_every": 1, "log_every": 25})  # NaN at step 43, seen at 50
+    assert cli("train", config, "--run-dir", run, "-q") == 1
+    summary = json.loads((run / "summary.json").read_text())
+    with open(run / "metrics.csv", newline="") as handle:
+        evals = [row for row in csv.DictReader(handle) if row["val_loss"]]
+    assert summary["steps"] == summary["diverged_at"]["step"] + 1
+    last = evals[-1] if evals else None
+    assert summary["final_val_acc"] == (float(last["val_acc"]) if last else None)
+    best = max(evals, key=lambda row: float(row["val_acc"])) if evals else None
+    assert summary["best_val_acc"] == (float(best["val_acc"]) if best else None)
+    assert summary["best_step"] is None or summary["best_step"] <= summary["steps"]
