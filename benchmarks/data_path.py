@@ -14,11 +14,11 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from clrctl.config import DatasetConfig, ModelConfig, OptimizerConfig
-from clrctl.data import build_data
-from clrctl.models import build_model
-from clrctl.optim import build_optimizer
-from clrctl.trainer import train_step
+from clrctl.config.schema import DatasetConfig, ModelConfig, OptimizerConfig
+from clrctl.data.datasets import build_data
+from clrctl.model.build import build_model
+from clrctl.optim.optimizers import build_optimizer
+from clrctl.engine.loop import train_step
 
 
 def best_of(repeats: int, fn) -> float:

@@ -28,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from clrctl.config import Config  # noqa: E402
-from clrctl.data import DataBundle, TensorSource, epoch_generator  # noqa: E402
-from clrctl.groups import build_groups  # noqa: E402
-from clrctl.models import build_model  # noqa: E402
-from clrctl.optim import build_optimizer  # noqa: E402
-from clrctl.rundir import RunDir  # noqa: E402
-from clrctl.setup import Setup  # noqa: E402
-from clrctl.trainer import FastPath, TrainingLoop, evaluate  # noqa: E402
+from clrctl.config.schema import Config  # noqa: E402
+from clrctl.data.datasets import DataBundle, TensorSource, epoch_generator  # noqa: E402
+from clrctl.optim.groups import build_groups  # noqa: E402
+from clrctl.model.build import build_model  # noqa: E402
+from clrctl.optim.optimizers import build_optimizer  # noqa: E402
+from clrctl.runs.rundir import RunDir  # noqa: E402
+from clrctl.engine.setup import Setup  # noqa: E402
+from clrctl.engine.loop import FastPath, TrainingLoop, evaluate  # noqa: E402
 
 CIFAR = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616)}
 

@@ -39,9 +39,9 @@ matplotlib.use("Agg")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from clrctl import range_test as rt  # noqa: E402
-from clrctl.config import load_config  # noqa: E402
-from clrctl.optim import build_optimizer  # noqa: E402
+from clrctl.rangetest import sweep as rt  # noqa: E402
+from clrctl.config.schema import load_config  # noqa: E402
+from clrctl.optim.optimizers import build_optimizer  # noqa: E402
 
 SETTINGS = {  # name -> overrides of range_test
     "linear 1e-4..0.3, 8 epochs": ["range_test.mode=linear", "range_test.end_lr=0.3"],

@@ -1,13 +1,13 @@
 """The Python API for notebooks: ``from clrctl import lr_find, train``.
 
 :func:`lr_find` runs the LR range test of ``clrctl range-test`` (the same sweep, stop rules
-and suggestion rules: :mod:`clrctl.range_test`, :mod:`clrctl.suggest`) on the caller's own
+and suggestion rules: :mod:`clrctl.rangetest.sweep`, :mod:`clrctl.rangetest.suggest`) on the caller's own
 ``nn.Module`` and data, as torch-lr-finder and fastai's ``lr_find`` do. The sweep trains a
 deep copy under a forked RNG, so the model's weights, its train/eval mode and the global
 RNG are as they were. :func:`train` runs a config as ``clrctl train`` does.
 
 Range-test settings not given here take their defaults from the config schema
-(:class:`clrctl.config.RangeTestConfig`); only ``mode`` defaults to ``exp``, as the peers do.
+(:class:`clrctl.config.schema.RangeTestConfig`); only ``mode`` defaults to ``exp``, as the peers do.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from clrctl import range_test as rt
-from clrctl.config import Config, load_config, validate
-from clrctl.data import BatchSource, DataBundle, LoaderSource, TensorSource
+from clrctl.rangetest import sweep as rt
+from clrctl.config.schema import Config, load_config, validate
+from clrctl.data.datasets import BatchSource, DataBundle, LoaderSource, TensorSource
 from clrctl.errors import ConfigError
-from clrctl.optim import build_optimizer
-from clrctl.setup import Setup
+from clrctl.optim.optimizers import build_optimizer
+from clrctl.engine.setup import Setup
 
 RECORD_COLUMNS = ("step", "epoch", "lr", "momentum", "loss", "smoothed_loss", "val_loss", "val_acc")
 
@@ -62,7 +62,7 @@ class LRFinderResult:
         """Loss (and, with validation data, accuracy) against the LR with the suggestion
         shaded; drawn on ``ax`` when given (loss only). Returns the matplotlib Figure."""
         from clrctl.plots.range_test import range_test_figure
-        from clrctl.suggest import loss_analysis
+        from clrctl.rangetest.suggest import loss_analysis
 
         curve = rt.columns(self.rows)
         curve["zero_phase"] = loss_analysis(curve["lr"], curve["loss"])["smooth"]
@@ -124,7 +124,7 @@ def train(config: Union[str, Path, dict, Config], *, runs_root: Union[str, Path]
 
     ``overrides`` are the CLI's ``key.path=value`` overrides as keywords: a dotted key in a
     ``**{"train.epochs": 2}`` mapping, or ``__`` for the dots (``train__epochs=2``)."""
-    from clrctl.runs import start_training
+    from clrctl.runs.training import start_training
 
     return start_training(_load(config, overrides), runs_root=runs_root, run_dir=run_dir)
 
@@ -143,7 +143,7 @@ def _load(config: Union[str, Path, dict, Config], overrides: dict[str, Any]) -> 
     """The validated config with ``overrides`` applied (as YAML values, like the CLI's)."""
     import yaml
 
-    from clrctl.config import apply_override
+    from clrctl.config.schema import apply_override
 
     items = [f"{key.replace('__', '.')}={yaml.safe_dump(value, default_flow_style=True).strip()}"
              .removesuffix("\n...") for key, value in overrides.items()]

@@ -82,7 +82,7 @@ def _main(args: list[str]) -> None:
 
 def _fail(err: Exception, message: str, code: int) -> None:
     """Print ``message`` and exit ``code``; under DDP the rank, or its launcher, that should say it does."""
-    from clrctl.distributed import report
+    from clrctl.engine.ddp import report
 
     line = report(err, message, code)
     if line is not None:
@@ -124,7 +124,7 @@ def _hint_config_key(err: Exception, args: list[str]) -> None:
 
 def config_keys() -> dict[str, list[str]]:
     """Every dotted key of a config's sections by its last part: ``epochs`` -> ``[train.epochs]``."""
-    from clrctl.config import Config
+    from clrctl.config.schema import Config
 
     found: dict[str, list[str]] = {}
 
@@ -145,7 +145,7 @@ def config_keys() -> dict[str, list[str]]:
 
 
 def _is_main() -> bool:
-    from clrctl.distributed import is_main
+    from clrctl.engine.ddp import is_main
 
     return is_main()
 

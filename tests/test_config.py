@@ -8,7 +8,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clrctl.config import Config, apply_override, load_config, resolve_bounds_from, resolve_steps, validate
+from clrctl.config.schema import Config, apply_override, load_config, resolve_bounds_from, resolve_steps, validate
 from clrctl.errors import ConfigError
 
 from conftest import CONFIGS

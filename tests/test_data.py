@@ -1,4 +1,4 @@
-"""clrctl.data: splits, normalisation, (seed, epoch)-pure batching and augmentation, and the
+"""clrctl.data.datasets: splits, normalisation, (seed, epoch)-pure batching and augmentation, and the
 real torchvision / ImageFolder loaders driven on tiny files written here."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from clrctl.config import DatasetConfig
-from clrctl.data import TensorSource, build_data, crop_flip, import_torchvision
+from clrctl.config.schema import DatasetConfig
+from clrctl.data.datasets import TensorSource, build_data, crop_flip, import_torchvision
 from clrctl.errors import ConfigError
 
 CPU = torch.device("cpu")
@@ -290,7 +290,7 @@ def test_missing_torchvision_data_is_a_one_line_config_error(tmp_path, name, lab
 # ---------------------------------------------------------------------------------------
 # Fashion-MNIST offline: data/, then Debian's dataset-fashion-mnist (SPEC "Real data offline")
 
-SYSTEM_ENV = "CLRCTL_FASHION_MNIST_DIR"  # clrctl.idx.SYSTEM_DATA: overrides /usr/share/datasets/fashion-mnist
+SYSTEM_ENV = "CLRCTL_FASHION_MNIST_DIR"  # clrctl.data.idx.SYSTEM_DATA: overrides /usr/share/datasets/fashion-mnist
 
 
 @pytest.fixture
@@ -387,7 +387,7 @@ def test_broken_gzip_is_a_one_line_config_error_naming_the_file(tmp_path):
 def test_idx_reader_equals_torchvisions_on_unpacked_and_gzipped_files(tmp_path):
     from torchvision.datasets.mnist import read_image_file, read_label_file
 
-    from clrctl.idx import read_idx
+    from clrctl.data.idx import read_idx
 
     write_mnist(tmp_path / "plain", "MNIST")
     write_mnist(tmp_path / "gz", "MNIST", gz=True)

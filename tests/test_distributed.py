@@ -45,9 +45,9 @@ def test_two_processes_match_one(cli, tiny_config, tmp_path):
     assert run_json(tmp_path / "one")["world_size"] == 1
 
     # The sharded, reduced validation equals one process evaluating the final checkpoint.
-    from clrctl.config import load_config
-    from clrctl.setup import build_setup
-    from clrctl.trainer import evaluate
+    from clrctl.config.schema import load_config
+    from clrctl.engine.setup import build_setup
+    from clrctl.engine.loop import evaluate
 
     setup = build_setup(load_config(cfg))
     saved = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=False)
@@ -99,7 +99,7 @@ def test_batch_size_refused_under_torchrun_before_the_process_group(cli, tiny_co
 
 
 def test_shares_of_a_batch_cover_it_once():
-    from clrctl.distributed import shard_bounds
+    from clrctl.engine.ddp import shard_bounds
 
     for n in (0, 1, 5, 32, 33):
         bounds = [shard_bounds(n, r, 3) for r in range(3)]
@@ -141,7 +141,7 @@ def test_image_folder_shares_of_each_batch_add_up_to_one_process_batches(tmp_pat
     exactly the samples of each one-process batch, in order, also when resumed mid-epoch."""
     import torch
 
-    from clrctl.data import LoaderSource
+    from clrctl.data.datasets import LoaderSource
 
     class Indexed(torch.utils.data.Dataset):  # sample i is the image i: easy to follow
         def __len__(self):

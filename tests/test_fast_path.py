@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from clrctl.config import OptimizerConfig, TrainConfig
-from clrctl.optim import build_optimizer
-from clrctl.trainer import FastPath
+from clrctl.config.schema import OptimizerConfig, TrainConfig
+from clrctl.optim.optimizers import build_optimizer
+from clrctl.engine.loop import FastPath
 
 
 def losses(run):

@@ -14,14 +14,14 @@ import yaml
 from torch import nn
 from torch.optim import lr_scheduler
 
-from clrctl.config import OptimizerConfig, PolicyConfig, load_config, validate
+from clrctl.config.schema import OptimizerConfig, PolicyConfig, load_config, validate
 from clrctl.errors import ConfigError, Interrupted
-from clrctl.groups import build_groups, head_module, torch_param_groups
-from clrctl.models import build_model
-from clrctl.config import ModelConfig
-from clrctl.optim import build_optimizer
-from clrctl.policies import build_schedule, initial_lr
-from clrctl.trainer import Reporter
+from clrctl.optim.groups import build_groups, head_module, torch_param_groups
+from clrctl.model.build import build_model
+from clrctl.config.schema import ModelConfig
+from clrctl.optim.optimizers import build_optimizer
+from clrctl.optim.policies import build_schedule, initial_lr
+from clrctl.engine.loop import Reporter
 
 MULTS = (1.0, 0.1)
 
@@ -200,9 +200,9 @@ def test_stages_run_in_one_directory_with_one_step_counter(cli, staged, tmp_path
 
 
 def test_a_frozen_group_is_bit_identical_after_its_frozen_stage(staged, tmp_path):
-    from clrctl.rundir import RunDir
-    from clrctl.setup import build_setup
-    from clrctl.trainer import TrainingLoop
+    from clrctl.runs.rundir import RunDir
+    from clrctl.engine.setup import build_setup
+    from clrctl.engine.loop import TrainingLoop
 
     setup = build_setup(load_config(staged))
     before = {k: v.clone() for k, v in setup.model.state_dict().items()}
@@ -236,7 +236,7 @@ class _SignalAt(Reporter):
 @pytest.mark.parametrize("stop_at", [22, 30])  # the stage boundary; inside stage 2
 def test_interrupt_at_the_stage_boundary_or_inside_stage_2_then_resume_equals_uninterrupted(staged, tmp_path,
                                                                                                  stop_at):
-    from clrctl.runs import resume_training, start_training
+    from clrctl.runs.training import resume_training, start_training
 
     config = load_config(staged)
     start_training(config, run_dir=tmp_path / "ref")
@@ -288,7 +288,7 @@ def test_weights_from_a_run_reinitialise_a_new_head_and_record_it(cli, tiny_conf
 
 
 def test_weights_are_loaded_exactly_where_shapes_fit(tiny_config, tmp_path):
-    from clrctl.setup import build_setup
+    from clrctl.engine.setup import build_setup
 
     donor = build_model(ModelConfig(name="mlp", hidden=[32]), (64,), 10)
     torch.save(donor.state_dict(), tmp_path / "w.pt")
@@ -316,7 +316,7 @@ def test_corrupt_or_foreign_weights_are_refused(cli, tiny_config, tmp_path, caps
 
 def test_torchvision_named_weights_load_from_the_cache_or_say_where_to_put_them(monkeypatch, tmp_path):
     from clrctl.compat import import_torchvision
-    from clrctl.weights import load_weights
+    from clrctl.model.weights import load_weights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
@@ -353,7 +353,7 @@ def test_range_test_of_a_stage_sweeps_its_groups_and_fills_its_bounds(cli, stage
 
 
 def test_range_test_of_a_frozen_stage_leaves_the_frozen_group_alone(staged):
-    from clrctl import range_test as rt
+    from clrctl.rangetest import sweep as rt
 
     setup = rt.prepare(load_config(staged, ["range_test.steps=20"]), stage="head-only")
     seen = {}
@@ -464,7 +464,7 @@ def test_kill_9_inside_stage_2_then_resume_equals_uninterrupted(cli, tiny_config
 
 
 def test_a_stage_takes_its_bounds_from_a_range_test_run(cli, staged, tmp_path):
-    from clrctl.config import resolve_bounds_from
+    from clrctl.config.schema import resolve_bounds_from
 
     assert cli("range-test", staged, "--stage", "all", "--run-dir", tmp_path / "rt", "-q",
                "range_test.steps=60", "range_test.eval_every=5") == 0

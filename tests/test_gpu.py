@@ -39,8 +39,8 @@ def test_fast_path_on_cuda(cli, tiny_config, tmp_path, options):
 
 
 def test_fused_optimizers_on_cuda():
-    from clrctl.config import OptimizerConfig
-    from clrctl.optim import build_optimizer
+    from clrctl.config.schema import OptimizerConfig
+    from clrctl.optim.optimizers import build_optimizer
 
     params = [torch.nn.Parameter(torch.zeros(3, device="cuda"))]
     for name in ("sgd", "adam", "adamw"):

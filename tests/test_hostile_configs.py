@@ -10,8 +10,8 @@ import warnings
 import pytest
 import yaml
 
-from clrctl import config as config_module
-from clrctl.config import apply_override, load_config, read_yaml
+from clrctl.config import schema as config_module
+from clrctl.config.schema import apply_override, load_config, read_yaml
 from clrctl.errors import ClrctlWarning, ConfigError, InputError
 from clrctl.sweep.grid import parse_grid_option, point_names
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from clrctl.rundir import RunDir, holds_no_results
+from clrctl.runs.rundir import RunDir, holds_no_results
 from test_robustness import slow_config, spawn, wait_for_rows, without_elapsed  # noqa: F401 (fixture)
 from test_robustness import slow_models_importable  # noqa: F401
 
@@ -121,7 +121,7 @@ def test_a_keyboard_interrupt_inside_a_step_leaves_an_interrupted_resumable_run(
                                                                                monkeypatch, capsys):
     """A second Ctrl-C ("stop now") raises inside the step: the run is 'interrupted' (exit 130),
     not 'failed', and resumes from its last checkpoint to the uninterrupted run's metrics."""
-    from clrctl.trainer import TrainingLoop
+    from clrctl.engine.loop import TrainingLoop
 
     cfg = tiny_config(train={"epochs": 2, "eval_every": 5, "checkpoint_every": 0})
     assert cli("train", cfg, "--run-dir", tmp_path / "ref", "-q") == 0
@@ -144,21 +144,21 @@ def test_a_keyboard_interrupt_inside_a_step_leaves_an_interrupted_resumable_run(
 
 def test_interrupt_before_the_first_step_resumes_or_reruns(cli, tiny_config, tmp_path, monkeypatch, capsys):
     """Deterministic in-process version: Ctrl-C lands while the loop is being set up."""
-    import clrctl.runs
+    import clrctl.runs.training
 
     cfg = tiny_config(train={"epochs": 1, "eval_every": 5})
-    real = clrctl.runs.TrainingLoop
+    real = clrctl.runs.training.TrainingLoop
 
     def interrupted_loop(*args, **kwargs):
         real(*args, **kwargs)  # the CSVs get their headers, as in a real start
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(clrctl.runs, "TrainingLoop", interrupted_loop)
+    monkeypatch.setattr(clrctl.runs.training, "TrainingLoop", interrupted_loop)
     for name in ("resumed", "rerun"):
         assert cli("train", cfg, "--run-dir", tmp_path / name, "-q") == 130
         assert f"resume with: clrctl train --resume {tmp_path / name}" in capsys.readouterr().err
         assert holds_no_results(tmp_path / name)
-    monkeypatch.setattr(clrctl.runs, "TrainingLoop", real)
+    monkeypatch.setattr(clrctl.runs.training, "TrainingLoop", real)
 
     assert cli("train", "--resume", tmp_path / "resumed", "-q") == 0  # from step 0
     assert cli("train", cfg, "--run-dir", tmp_path / "rerun", "-q") == 0  # reuses the directory
@@ -248,7 +248,9 @@ def test_every_run_file_is_readable_under_umask_022(cli, tiny_config, tmp_path, 
 def test_atomic_writes_follow_a_private_umask(tmp_path, umask):
     import torch
 
-    from clrctl import checkpoint, rundir
+    from clrctl.runs import checkpoint
+
+    from clrctl.runs import rundir
 
     umask(0o077)
     rundir.write_json_atomic(tmp_path / "run.json", {"status": "running"})

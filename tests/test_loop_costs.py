@@ -12,11 +12,11 @@ import json
 import torch
 from torch import nn
 
-from clrctl import trainer
-from clrctl.config import OptimizerConfig
-from clrctl.groups import build_groups, load_optimizer_state, torch_param_groups
-from clrctl.optim import build_optimizer
-from clrctl.rundir import CsvLog
+from clrctl.engine import loop as trainer
+from clrctl.config.schema import OptimizerConfig
+from clrctl.optim.groups import build_groups, load_optimizer_state, torch_param_groups
+from clrctl.optim.optimizers import build_optimizer
+from clrctl.runs.rundir import CsvLog
 
 
 def _mlp() -> nn.Module:
@@ -99,7 +99,7 @@ def test_skip_nonfinite_leaves_the_weights_alone():
 
 def test_skip_nonfinite_run_keeps_training(cli, tiny_config, tmp_path, monkeypatch):
     """A batch with a NaN input is skipped; the model after it still learns."""
-    from clrctl.data import TensorSource
+    from clrctl.data.datasets import TensorSource
 
     real = TensorSource.batches
 
@@ -135,7 +135,7 @@ def test_train_accuracy_is_the_same_however_its_counts_are_batched(cli, tiny_con
 
 
 def test_last_pt_at_most_every_checkpoint_every_seconds_and_best_pt_kept(cli, tiny_config, tmp_path, monkeypatch):
-    from clrctl.rundir import RunDir
+    from clrctl.runs.rundir import RunDir
 
     written = []
     real = RunDir.save_checkpoint

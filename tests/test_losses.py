@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from clrctl.config import TrainConfig
-from clrctl.losses import build_loss
+from clrctl.config.schema import TrainConfig
+from clrctl.model.losses import build_loss
 
 
 def test_label_smoothing_is_torchs():

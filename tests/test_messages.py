@@ -38,12 +38,12 @@ def test_config_errors_keep_their_bracketed_text(cli, capsys, override, expected
 
 
 def test_unexpected_errors_keep_brackets_too(cli, capsys, monkeypatch):
-    import clrctl.config
+    import clrctl.config.schema
 
     def broken(*args, **kwargs):
         raise RuntimeError("list [a, b] lost")
 
-    monkeypatch.setattr(clrctl.config, "read_yaml", broken)
+    monkeypatch.setattr(clrctl.config.schema, "read_yaml", broken)
     assert cli("validate", CONFIGS / "digits-one_cycle.yaml") == 1
     assert "RuntimeError: list [a, b] lost" in capsys.readouterr().err
 
@@ -159,7 +159,7 @@ def test_range_test_prints_paths_and_next_command_whole(cli, tmp_path, capsys):
 
 
 def test_suggested_yaml_is_the_users_config_plus_bounds(cli, tmp_path):
-    from clrctl.config import load_config
+    from clrctl.config.schema import load_config
 
     run = tmp_path / "rt"
     assert cli("range-test", CONFIGS / "digits-range-test.yaml", "range_test.steps=40", "range_test.eval_every=5",
@@ -250,7 +250,7 @@ def test_preview_plot_says_where_it_wrote(cli, tmp_path, capsys):
 
 
 def test_plural_of_evaluations():
-    from clrctl.suggest import accuracy_analysis
+    from clrctl.rangetest.suggest import accuracy_analysis
     from clrctl.text import count
 
     assert accuracy_analysis(np.array([0.1]), np.array([0.5]), 100)["reason"].startswith("only 1 accuracy evaluation ")
@@ -279,8 +279,8 @@ def write_folder(root: Path, corrupt: str) -> None:
 def test_corrupt_image_is_one_line_naming_the_file(tmp_path, workers):
     import torch
 
-    from clrctl.config import DatasetConfig
-    from clrctl.data import build_data
+    from clrctl.config.schema import DatasetConfig
+    from clrctl.data.datasets import build_data
     from clrctl.errors import DataError
 
     write_folder(tmp_path / "images", "b/3.png")
@@ -306,9 +306,9 @@ def test_corrupt_image_met_by_the_probe_batch_is_exit_2_and_no_run_dir(cli, tiny
 
 
 def test_corrupt_image_met_in_training_fails_the_run(cli, tiny_config, tmp_path, capsys, monkeypatch):
-    import clrctl.setup
+    import clrctl.engine.setup
 
-    monkeypatch.setattr(clrctl.setup, "probe_batch", lambda setup: None)  # as if the probe missed the file
+    monkeypatch.setattr(clrctl.engine.setup, "probe_batch", lambda setup: None)  # as if the probe missed the file
     write_folder(tmp_path / "images", "a/2.png")
     config = tiny_config(dataset={"name": "imagefolder", "root": str(tmp_path / "images"), "image_size": 8,
                                   "batch_size": 4, "num_workers": 0, "val_fraction": 0.5},
@@ -324,7 +324,7 @@ def test_corrupt_image_met_in_training_fails_the_run(cli, tiny_config, tmp_path,
 
 
 def test_moving_average_weights_steps_by_batch_size():
-    from clrctl.series import batch_sizes, moving_average
+    from clrctl.runs.series import batch_sizes, moving_average
 
     sizes = batch_sizes(np.arange(90), 43, 32, 1347)  # digits: 43 steps per epoch, the last of 3 samples
     assert sizes[40:44].tolist() == [32, 32, 3, 32] and sizes.sum() == 2 * 1347 + 4 * 32
@@ -334,7 +334,7 @@ def test_moving_average_weights_steps_by_batch_size():
 
 
 def test_loss_axis_limits_ignore_a_few_near_zero_losses():
-    from clrctl.series import robust_limits
+    from clrctl.runs.series import robust_limits
 
     curve = 2.0 * np.exp(-np.linspace(0.0, 3.0, 1000))  # 2 -> 0.1
     curve[[100, 400, 700, 999]] = 1e-7
@@ -352,8 +352,8 @@ def test_loss_axis_limits_ignore_a_few_near_zero_losses():
 def test_known_steps_per_epoch_matches_the_data(name, drop_last):
     import torch
 
-    from clrctl.config import DatasetConfig
-    from clrctl.data import build_data, known_steps_per_epoch
+    from clrctl.config.schema import DatasetConfig
+    from clrctl.data.datasets import build_data, known_steps_per_epoch
 
     cfg = DatasetConfig(name=name, batch_size=32, drop_last=drop_last, num_samples=1000)
     bundle = build_data(cfg, 0, torch.device("cpu"))
@@ -366,8 +366,8 @@ def test_known_steps_per_epoch_matches_the_data(name, drop_last):
 def test_drop_last_resumes_mid_epoch_exactly_on_both_sources(tmp_path):
     import torch
 
-    from clrctl.config import DatasetConfig
-    from clrctl.data import build_data
+    from clrctl.config.schema import DatasetConfig
+    from clrctl.data.datasets import build_data
 
     write_folder(tmp_path / "images", "a/0.png")
     (tmp_path / "images" / "a" / "0.png").unlink()  # 11 readable images

@@ -1,4 +1,4 @@
-"""clrctl.models: built-in architectures on digits- and CIFAR-shaped input, torchvision models
+"""clrctl.model.build: built-in architectures on digits- and CIFAR-shaped input, torchvision models
 with adapted input channels, user factories, and one-line errors for every failure."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from clrctl.config import ModelConfig
+from clrctl.config.schema import ModelConfig
 from clrctl.errors import ConfigError
-from clrctl.models import build_model
+from clrctl.model.build import build_model
 
 
 def build(name: str, shape=(1, 8, 8), classes: int = 10, **kwargs) -> nn.Module:

@@ -10,7 +10,7 @@ import math
 import pytest
 import yaml
 
-from clrctl.config import load_config
+from clrctl.config.schema import load_config
 from conftest import CONFIGS
 
 STAGES = [
@@ -146,7 +146,7 @@ def test_the_train_bar_ends_on_the_last_steps_lr_and_the_epochs_running_loss(cli
 
 
 def test_the_bar_shows_the_latest_lr_between_redraws():
-    from clrctl.reporting import RichReporter
+    from clrctl.track.reporting import RichReporter
 
     reporter = RichReporter("train")
     reporter.start(200, 0)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from clrctl.config import OptimizerConfig, PolicyConfig
-from clrctl.policies import preview
+from clrctl.config.schema import OptimizerConfig, PolicyConfig
+from clrctl.optim.policies import preview
 
 
 def trace(policy: dict, steps: int, spe: int = 10, optimizer: dict | None = None):
@@ -197,7 +197,7 @@ def test_wsd_defaults_are_a_20_percent_sqrt_cooldown_and_may_reach_zero():
 
 
 def test_wsd_and_linear_scale_each_group_by_its_lr_mult():
-    from clrctl.policies import build_schedule
+    from clrctl.optim.policies import build_schedule
 
     for policy in ({"name": "wsd", "bounds": [0, 0.1], "decay": 0.5}, {"name": "linear", "bounds": [0.01, 0.1]}):
         params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
@@ -214,7 +214,7 @@ def test_wsd_and_linear_scale_each_group_by_its_lr_mult():
                                     {"name": "wsd", "bounds": [0.001, 0.1], "decay": 0.4, "decay_shape": "cosine"},
                                     {"name": "wsd", "bounds": [0, 0.1], "momentum": [0.85, 0.95]}])
 def test_a_schedule_resumed_mid_run_from_its_checkpoint_gives_the_same_trace(policy, tmp_path):
-    from clrctl.policies import build_schedule
+    from clrctl.optim.policies import build_schedule
 
     def schedule_for():
         target = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0, momentum=0.9)

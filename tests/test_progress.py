@@ -8,8 +8,8 @@ import re
 import pytest
 from rich.console import Console
 
-from clrctl import progress as progress_module
-from clrctl.progress import SeedProgress
+from clrctl.track import progress as progress_module
+from clrctl.track.progress import SeedProgress
 
 
 @pytest.mark.parametrize("flags", [["-q"], []])  # captured stdout is not a terminal: plain lines either way

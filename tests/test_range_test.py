@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-import clrctl.range_test as rt
-from clrctl import suggest
+import clrctl.rangetest.sweep as rt
+from clrctl.rangetest import suggest
 from clrctl.cli import main
-from clrctl.config import load_config, resolve_bounds_from
+from clrctl.config.schema import load_config, resolve_bounds_from
 
 TINY = """
 name: tiny-range-test

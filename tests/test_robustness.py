@@ -125,7 +125,7 @@ def test_resume_refuses_completed_and_non_runs(cli, tiny_config, tmp_path, capsy
 
 
 def test_json_files_are_written_atomically(tmp_path, monkeypatch):
-    from clrctl import rundir
+    from clrctl.runs import rundir
 
     target = tmp_path / "summary.json"
     rundir.write_json_atomic(target, {"status": "completed"})

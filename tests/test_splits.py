@@ -1,4 +1,4 @@
-"""clrctl.splits and the digits loader against scikit-learn: the same indices, arrays and dtypes
+"""clrctl.data.splits and the digits loader against scikit-learn: the same indices, arrays and dtypes
 (a run's metrics.csv depends on them byte for byte)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from clrctl.data import _load_digits, _stratified_split
+from clrctl.data.datasets import _load_digits, _stratified_split
 from clrctl.errors import ConfigError
-from clrctl.splits import train_val_split
+from clrctl.data.splits import train_val_split
 
 SEEDS = [*range(31), 2**32 - 1, 2**40 + 7]
 FRACTIONS = [0.1, 0.2, 0.25, 1 / 3, 0.5]
@@ -26,7 +26,7 @@ LABELS = {
 
 
 def sklearn_split(y, fraction: float, seed: int):
-    """What clrctl used before it owned the split (clrctl.data, up to 1db3cba)."""
+    """What clrctl used before it owned the split (clrctl.data.datasets, up to 1db3cba)."""
     index = np.arange(len(y))
     try:
         return train_test_split(index, test_size=fraction, stratify=y, random_state=seed % 2**32)

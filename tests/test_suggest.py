@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clrctl import suggest as S
+from clrctl.rangetest import suggest as S
 
 STEEPEST = 1e-3  # true steepest point (in ln lr) of the synthetic exp-sweep curve
 

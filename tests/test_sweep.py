@@ -89,7 +89,7 @@ def test_bad_sweep_block_is_refused(tiny_config):
 
 
 def test_train_ignores_the_sweep_block(tiny_config):
-    from clrctl.config import load_config
+    from clrctl.config.schema import load_config
 
     config = load_config(tiny_config(sweep={"grid": {"policy.name": ["triangular"]}, "seeds": 3}))
     assert config.sweep.seeds == 3 and "sweep" not in config.to_dict()

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from clrctl import checkpoint
+from clrctl.runs import checkpoint
 
 
 class RunsCode:

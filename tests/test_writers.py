@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from clrctl import rundir
+from clrctl.runs import rundir
 from clrctl.sweep import locks
 from test_lifecycle import wait_until
 from test_robustness import slow_config, spawn, wait_for_rows  # noqa: F401
@@ -115,7 +115,7 @@ def spawn_holder(run: Path):
     import subprocess
     import sys
 
-    code = f"from clrctl import rundir; rundir.claim({str(run)!r}); print('held', flush=True); import time; time.sleep(600)"
+    code = f"from clrctl.runs import rundir; rundir.claim({str(run)!r}); print('held', flush=True); import time; time.sleep(600)"
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "held"
     return child
@@ -165,7 +165,7 @@ def test_a_lock_older_than_the_lease_held_by_a_live_pid_here_is_not_taken_over(t
 
 
 def test_a_failed_resume_leaves_the_status_it_found(cli, tiny_config, tmp_path, capsys, monkeypatch):
-    import clrctl.trainer
+    import clrctl.engine.loop
 
     run = tmp_path / "run"
     assert cli("train", tiny_config(), "--run-dir", run, "-q") == 0
@@ -175,18 +175,18 @@ def test_a_failed_resume_leaves_the_status_it_found(cli, tiny_config, tmp_path, 
     def broken(self, saved):
         raise RuntimeError("the checkpoint does not fit")
 
-    monkeypatch.setattr(clrctl.trainer.TrainingLoop, "restore", broken)
+    monkeypatch.setattr(clrctl.engine.loop.TrainingLoop, "restore", broken)
     assert cli("train", "--resume", run, "-q") == 2  # a checkpoint that does not fit: bad input
     assert status(run) == "interrupted"
 
 
 def test_an_error_before_the_loop_leaves_failed_not_running(cli, tiny_config, tmp_path, capsys, monkeypatch):
-    import clrctl.trainer
+    import clrctl.engine.loop
 
     def broken(self, *args, **kwargs):  # fails once the run directory exists, before the first step
         raise OverflowError("cannot convert float infinity to integer")
 
-    monkeypatch.setattr(clrctl.trainer.TrainingLoop, "__init__", broken)
+    monkeypatch.setattr(clrctl.engine.loop.TrainingLoop, "__init__", broken)
     run = tmp_path / "run"
     assert cli("train", tiny_config(), "--run-dir", run, "-q") != 0
     assert status(run) == "failed"
@@ -240,21 +240,21 @@ def test_signals_in_a_burst_stop_a_range_test_with_its_files_complete(tiny_confi
 
 def test_plots_come_before_the_final_status_and_export_redraws_them(cli, tiny_config, tmp_path, capsys,
                                                                     monkeypatch):
-    import clrctl.runs
+    import clrctl.runs.training
 
     run = tmp_path / "run"
-    real = clrctl.runs.render_plots
+    real = clrctl.runs.training.render_plots
 
     def crash(*args, **kwargs):
         raise OSError(28, "No space left on device", str(run / "plots" / "lr.png"))
 
-    monkeypatch.setattr(clrctl.runs, "render_plots", crash)
+    monkeypatch.setattr(clrctl.runs.training, "render_plots", crash)
     assert cli("train", tiny_config(), "--run-dir", run, "-q") == 1
     assert f"{run / 'plots' / 'lr.png'}: no space left on device (the run is kept as 'failed'" in \
         one_line(capsys.readouterr().err)
     assert status(run) == "failed"  # never 'completed' without its plots
 
-    monkeypatch.setattr(clrctl.runs, "render_plots", real)
+    monkeypatch.setattr(clrctl.runs.training, "render_plots", real)
     assert cli("export", "plots", run) == 0
     assert all((run / "plots" / n).stat().st_size > 0 for n in ("lr.png", "loss.png", "accuracy.png"))
 

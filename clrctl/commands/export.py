@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from clrctl.app import app
-from clrctl.reporting import say
+from clrctl.track.reporting import say
 
 export_app = typer.Typer(help="Write existing runs in other formats.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
@@ -21,7 +21,7 @@ def tensorboard(
 ) -> None:
     """Write RUN/tensorboard/ from each run's metrics.csv and summary.json (then: tensorboard --logdir RUN).
     An existing RUN/tensorboard/ is replaced: its events come from the same CSVs."""
-    from clrctl import tensorboard as tb
+    from clrctl.track import tensorboard as tb
 
     tb.require("export tensorboard")
     for run in runs:
@@ -35,8 +35,8 @@ def plots(
 ) -> None:
     """Draw RUN/plots/ again from each run's CSVs (lr.png, loss.png, accuracy.png): for a run
     whose plots were lost, e.g. to a full disk."""
-    from clrctl.runs import is_group, redraw_plots
-    from clrctl.rundir import read_json
+    from clrctl.runs.training import is_group, redraw_plots
+    from clrctl.runs.rundir import read_json
 
     for run in runs:
         members = [run / name for name in read_json(run / "group.json").get("runs", [])] if is_group(run) else [run]

@@ -11,11 +11,11 @@ from rich.table import Table
 from rich.text import Text
 
 from clrctl.app import app, console, err_console
-from clrctl.config import load_config
+from clrctl.config.schema import load_config
 from clrctl.errors import InputError, RunFailed
-from clrctl.reporting import say, say_path
+from clrctl.track.reporting import say, say_path
 from clrctl.text import count
-from clrctl.seeds import SEEDS_HELP, parse_seeds
+from clrctl.config.seeds import SEEDS_HELP, parse_seeds
 
 ROWS = [  # (candidate name, label in the table)
     ("accuracy_onset", "accuracy onset"), ("accuracy_falls", "accuracy falls"), ("loss_min", "loss minimum"),
@@ -46,10 +46,10 @@ def range_test(
                                              "(dataset.batch_size is the global batch; see clrctl train --help)."),
 ) -> None:
     """LR range test (Smith §3.3): raise the LR, record loss and accuracy, suggest CLR bounds."""
-    from clrctl import distributed
+    from clrctl.engine import ddp as distributed
     from clrctl.commands.train import without_nproc
-    from clrctl.progress import SeedProgress
-    from clrctl.range_test import start_range_test
+    from clrctl.track.progress import SeedProgress
+    from clrctl.rangetest.sweep import start_range_test
 
     if config is None:
         raise InputError("missing CONFIG (a YAML file, e.g. configs/digits-range-test.yaml)")

@@ -59,7 +59,7 @@ def sweep(
     tensorboard: bool = typer.Option(False, "--tensorboard",
                                      help="Every run also writes TensorBoard events (train.tensorboard=true)."),
 ) -> None:
-    from clrctl.rundir import default_run_path
+    from clrctl.runs.rundir import default_run_path
     from clrctl.sweep.plan import build_plan
     from clrctl.sweep.runner import Pool, parse_shard
     from clrctl.sweep.store import SweepDir
@@ -70,7 +70,7 @@ def sweep(
     if shard is not None and run_dir is None:
         raise InputError("--shard needs --run-dir: every shard must write to the same sweep directory")
     if tensorboard:
-        from clrctl.tensorboard import require
+        from clrctl.track.tensorboard import require
 
         require("--tensorboard")  # once, before any point runs
     extra = ["train.tensorboard=true"] if tensorboard else []

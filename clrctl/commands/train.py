@@ -12,10 +12,10 @@ from rich.table import Table
 from rich.text import Text
 
 from clrctl.app import app, console
-from clrctl.config import CYCLIC_POLICIES, Config, load_config, resolve_bounds_from, resolve_steps
+from clrctl.config.schema import CYCLIC_POLICIES, Config, load_config, resolve_bounds_from, resolve_steps
 from clrctl.errors import ClrctlError, ConfigError, InputError
-from clrctl.reporting import RichReporter, say, say_path
-from clrctl.seeds import SEEDS_HELP, parse_seeds
+from clrctl.track.reporting import RichReporter, say, say_path
+from clrctl.config.seeds import SEEDS_HELP, parse_seeds
 
 CONFIG_ARG = typer.Argument(None, help="YAML config file (see configs/).", show_default=False)
 OVERRIDES_ARG = typer.Argument(None, help="Hydra-style overrides: key.path=value …", show_default=False)
@@ -93,13 +93,13 @@ def train(
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, show_default=False, help=NPROC_HELP),
 ) -> None:
     """Train with a learning-rate policy; writes config, metrics, summary and plots to a run directory."""
-    from clrctl import distributed
+    from clrctl.engine import ddp as distributed
 
     if nproc is not None and nproc > 1:
         if seeds is not None:
             raise InputError("--seeds runs one process per seed; drop --nproc (or train each seed with --nproc)")
         if resume is not None:
-            from clrctl.runs import open_resumable
+            from clrctl.runs.training import open_resumable
 
             if is_group_dir(resume):
                 raise InputError("--nproc resumes one run, not a seed group")
@@ -108,7 +108,7 @@ def train(
             cfg = _load(config, overrides)
         distributed.check_batch_size(cfg.dataset.batch_size, nproc)  # before any process exists
         sys.exit(distributed.launch(nproc, without_nproc(sys.argv[1:])))
-    from clrctl.runs import is_group, resume_group, resume_training, start_training, train_seeds
+    from clrctl.runs.training import is_group, resume_group, resume_training, start_training, train_seeds
 
     quiet = quiet or not distributed.is_main()
     if seeds is not None and distributed.world().distributed:
@@ -187,7 +187,7 @@ def preview(
         say(f"({len(picks)} of {total} steps; without --rows every step)")
     if plot is not None:
         from clrctl.plots.train import plot_schedule
-        from clrctl.series import policy_names, stage_starts
+        from clrctl.runs.series import policy_names, stage_starts
 
         moms = [m for _, _, m in trace]
         what = f"{cfg.range_test.mode} range test" if sweep else policy_names(cfg)
@@ -227,7 +227,7 @@ def _print_rows(header: list[str], cells: list[list[str]]) -> None:
 def _suggested_policy_note(cfg: Config, spe: Optional[int]) -> str:
     """What ``suggested.yaml`` of a range test of ``cfg`` will train: its policy (fixed / step
     become triangular2) between bounds that only the range test finds."""
-    from clrctl.range_test import suggested_policy_name
+    from clrctl.rangetest.sweep import suggested_policy_name
 
     name = suggested_policy_name(cfg.policy.name)
     stepsize = "".join(f", {note}" for note in _stepsize_text(cfg.policy.model_copy(update={"name": name}), spe))
@@ -253,7 +253,7 @@ def _stage_lines(cfg: Config, spe: Optional[int], total: int) -> list[str]:
 def _group_columns(cfg: Config, lr: list[float], stages: list[str]) -> dict[str, list[float]]:
     """Each configured group's LR (lr_mult x the policy's; NaN where frozen), when some group
     differs from the policy's own LR column."""
-    from clrctl.series import group_lr_traces
+    from clrctl.runs.series import group_lr_traces
 
     mults = {g.name: g.lr_mult for g in cfg.optimizer.groups} or {name: 1.0 for name in cfg.optimizer.group_names()}
     frozen = {stage.name: stage.freeze for stage in cfg.plan()}
@@ -279,7 +279,7 @@ def _sweep_text(cfg: Config, spe: Optional[int]) -> str:
 
 
 def _policy_trace(cfg: Config, spe: Optional[int]) -> list[tuple[int, float, Optional[float]]]:
-    from clrctl.policies import preview as trace_policy
+    from clrctl.optim.policies import preview as trace_policy
 
     trace: list[tuple[int, float, Optional[float]]] = []
     for stage in cfg.plan():  # each stage runs its own policy from its own start
@@ -290,7 +290,7 @@ def _policy_trace(cfg: Config, spe: Optional[int]) -> list[tuple[int, float, Opt
 
 def _sweep_trace(cfg: Config, spe: Optional[int]) -> list[tuple[int, float, Optional[float]]]:
     """(step, lr, momentum) of the range test: the LR of ``range_test.lr_at``, constant momentum."""
-    from clrctl.range_test import lr_at
+    from clrctl.rangetest.sweep import lr_at
 
     rt, opt = cfg.range_test, cfg.optimizer
     steps = resolve_steps(rt.steps, spe or 1)
@@ -320,7 +320,7 @@ def _needs_epoch_length(cfg: Config, sweep: bool) -> bool:
 def _steps_per_epoch(cfg: Config) -> int:
     import torch
 
-    from clrctl.data import build_data
+    from clrctl.data.datasets import build_data
 
     return len(build_data(cfg.dataset, cfg.seed, torch.device("cpu")).train)
 
@@ -328,7 +328,7 @@ def _steps_per_epoch(cfg: Config) -> int:
 def _preview_steps_per_epoch(cfg: Config, sweep: bool) -> Optional[int]:
     """Steps per epoch from the data set's known size, else by loading it when the schedule
     needs it; None when nothing is in epochs and the size is not known without the data."""
-    from clrctl.data import known_steps_per_epoch
+    from clrctl.data.datasets import known_steps_per_epoch
 
     known = known_steps_per_epoch(cfg.dataset)
     if known is not None or not _needs_epoch_length(cfg, sweep):
@@ -344,7 +344,7 @@ def _preview_steps_per_epoch(cfg: Config, sweep: bool) -> Optional[int]:
              + MODEL_CONTRACT)
 def validate(config: Optional[Path] = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
     """Check a config without training: schema, data, model, optimizer and schedule are all built."""
-    from clrctl.setup import build_setup
+    from clrctl.engine.setup import build_setup
 
     cfg = resolve_bounds_from(_load(config, overrides))
     setup = build_setup(cfg)

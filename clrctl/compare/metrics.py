@@ -23,9 +23,9 @@ from typing import Any, Optional
 import numpy as np
 
 from clrctl.compare.runs import Run
-from clrctl.config import TARGET_METRICS
+from clrctl.config.schema import TARGET_METRICS
 from clrctl.errors import InputError
-from clrctl.suggest import loss_analysis
+from clrctl.rangetest.suggest import loss_analysis
 
 HIGHER, LOWER, NEUTRAL = 1, -1, 0  # direction: which way is better
 
@@ -59,7 +59,7 @@ RANGE_METRICS = {
         Metric("base_lr", "suggested base_lr", NEUTRAL, "lr", "0"),
         Metric("max_lr", "suggested max_lr", NEUTRAL, "lr", "0"),
         Metric("min_loss", "min smoothed loss", NEUTRAL, "loss", "0"),  # sweeps differ: no verdict
-        # the range test's loss_min rule (clrctl.suggest), not the lagging EMA's minimum
+        # the range test's loss_min rule (clrctl.rangetest.suggest), not the lagging EMA's minimum
         Metric("lr_at_min_loss", "LR at min loss", NEUTRAL, "lr", "0"),
         Metric("steps", "steps", NEUTRAL, "count", "0"),
         # a multi-seed range test (range-test --seeds N): how far its seeds' suggestions spread
@@ -207,7 +207,7 @@ def range_scalars(run: Run) -> dict[str, float]:
 
 def _loss_minimum(metrics: dict[str, np.ndarray]) -> tuple[float, float]:
     """(minimum of the smoothed loss, the LR where it occurs) of one sweep, by the range test's
-    own rule (:func:`clrctl.suggest.loss_analysis`: zero-phase smoothing of the raw loss, no EMA
+    own rule (:func:`clrctl.rangetest.suggest.loss_analysis`: zero-phase smoothing of the raw loss, no EMA
     lag), so that compare and ``range-test`` report the same LR. NaN when it finds no minimum."""
     loss, lr = metrics.get("loss"), metrics.get("lr")
     if loss is None or lr is None:

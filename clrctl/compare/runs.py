@@ -22,9 +22,9 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from clrctl import yamlsafe
+from clrctl.config import yamlsafe
 from clrctl.errors import InputError
-from clrctl.rundir import TERMINAL_STATUSES, holder, is_live
+from clrctl.runs.rundir import TERMINAL_STATUSES, holder, is_live
 
 KINDS = ("train", "range-test")
 _GLOB_CHARS = set("*?[")

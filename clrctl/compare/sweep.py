@@ -25,7 +25,7 @@ from clrctl.compare import render, stats
 from clrctl.compare.metrics import HIGHER, TRAIN_METRICS, Target, shared_budget, target_from_run, train_scalars
 from clrctl.compare.runs import Run, load_run
 from clrctl.errors import InputError
-from clrctl.rundir import read_json
+from clrctl.runs.rundir import read_json
 
 SCHEMA_VERSION = 1
 SHOWN = ("final_val_acc", "steps_to_target")  # always in the table, next to --metric

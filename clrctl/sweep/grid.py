@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from clrctl import yamlsafe
+from clrctl.config import yamlsafe
 from clrctl.errors import ConfigError, InputError
 
 _OPEN, _CLOSE = "[{(", "]})"
@@ -86,7 +86,7 @@ def expand(grid: dict[str, list[Any]], include: list[dict[str, Any]]) -> list[di
 
 
 def set_key(data: dict[str, Any], key: str, value: Any, where: str) -> None:
-    """``data[a][b] = value`` for ``key = "a.b"`` (the walk of :func:`clrctl.config.apply_override`)."""
+    """``data[a][b] = value`` for ``key = "a.b"`` (the walk of :func:`clrctl.config.schema.apply_override`)."""
     node, parts = data, key.split(".")
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)

@@ -14,7 +14,7 @@ nonce, and its holder refreshes the file's mtime (a heartbeat) while the run goe
   written).
 
 Even a wrong takeover cannot make two processes train one run: each holds its run
-directory's own lock (:func:`clrctl.rundir.claim`), and the second is refused.
+directory's own lock (:func:`clrctl.runs.rundir.claim`), and the second is refused.
 
 A takeover is itself exclusive: the taker first creates ``<lock>.stale-<nonce>`` (O_EXCL) for
 the nonce it judged stale, so of two processes that judge the same lock stale only one removes

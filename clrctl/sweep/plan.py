@@ -19,10 +19,10 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from clrctl.config import (SweepConfig, apply_override, describe_validation_error, locate_paths, read_yaml,
+from clrctl.config.schema import (SweepConfig, apply_override, describe_validation_error, locate_paths, read_yaml,
                            resolve_bounds_from, validate)
 from clrctl.errors import ConfigError, InputError
-from clrctl.seeds import parse_seeds
+from clrctl.config.seeds import parse_seeds
 from clrctl.sweep.grid import expand, parse_grid_option, point_names, set_key
 
 

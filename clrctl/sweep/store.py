@@ -23,9 +23,9 @@ from typing import Any, Iterator
 
 import yaml
 
-from clrctl import yamlsafe
+from clrctl.config import yamlsafe
 from clrctl.errors import InputError
-from clrctl.rundir import is_live, read_json, utc_now, write_json_atomic, write_text_atomic
+from clrctl.runs.rundir import is_live, read_json, utc_now, write_json_atomic, write_text_atomic
 from clrctl.sweep.plan import Plan, Point, RunRef
 
 SCHEMA_VERSION = 1
@@ -111,7 +111,7 @@ class SweepDir:
         """completed | diverged | failed | interrupted | running | pending, from the run's own files.
 
         ``running`` while a process writes the run; a run.json left ``running`` by a process
-        that is gone (the run directory's lock is free: see :func:`clrctl.rundir.is_live`)
+        that is gone (the run directory's lock is free: see :func:`clrctl.runs.rundir.is_live`)
         counts as ``interrupted``: it resumes from its checkpoint."""
         run_json = self.run_path(ref) / "run.json"
         if run_json.is_file():

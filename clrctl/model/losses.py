@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clrctl.config import TrainConfig
+from clrctl.config.schema import TrainConfig
 from clrctl.errors import ConfigError
 
 

@@ -17,17 +17,21 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from clrctl import distributed, interrupts, tensorboard
-from clrctl.config import Config, Stage, warn_stepsize_fit
-from clrctl.data import DataBundle, build_data
-from clrctl.device import seed_everything
+from clrctl import interrupts
+
+from clrctl.engine import ddp as distributed
+
+from clrctl.track import tensorboard
+from clrctl.config.schema import Config, Stage, warn_stepsize_fit
+from clrctl.data.datasets import DataBundle, build_data
+from clrctl.engine.device import seed_everything
 from clrctl.errors import ConfigError, DataError
-from clrctl.groups import ParamGroup, build_groups, check_trainable, set_frozen, torch_param_groups
-from clrctl.losses import build_loss, check_targets
-from clrctl.models import build_model
-from clrctl.optim import build_optimizer
-from clrctl.policies import Schedule, build_schedule, initial_lr
-from clrctl.weights import load_weights
+from clrctl.optim.groups import ParamGroup, build_groups, check_trainable, set_frozen, torch_param_groups
+from clrctl.model.losses import build_loss, check_targets
+from clrctl.model.build import build_model
+from clrctl.optim.optimizers import build_optimizer
+from clrctl.optim.policies import Schedule, build_schedule, initial_lr
+from clrctl.model.weights import load_weights
 
 
 @dataclass

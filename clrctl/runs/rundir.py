@@ -207,7 +207,7 @@ class CsvLog:
 
     def sync(self) -> None:
         """To the disk (fsync): when closed (checkpoints, too, survive a killed process, not a
-        power cut: see clrctl.checkpoint.save_atomic)."""
+        power cut: see clrctl.runs.checkpoint.save_atomic)."""
         with writing(self.path):
             self._handle.flush()
             os.fsync(self._handle.fileno())
@@ -383,7 +383,7 @@ class RunDir:
         change; False when it is a snapshot already), not for serialising them. Writes happen
         one after the other, in order; :meth:`wait` (called before the summary and status)
         has them all on disk."""
-        from clrctl.checkpoint import serialise, snapshot
+        from clrctl.runs.checkpoint import serialise, snapshot
 
         payload = snapshot(payload) if copy else payload
         previous, path = self._writer, self.checkpoints_dir / name

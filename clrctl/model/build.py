@@ -1,4 +1,4 @@
-"""Models: a :class:`~clrctl.config.ModelConfig` -> an ``nn.Module`` for a given input.
+"""Models: a :class:`~clrctl.config.schema.ModelConfig` -> an ``nn.Module`` for a given input.
 
 This module owns the built-in architectures and the two ways of bringing one's own:
 
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clrctl.config import ModelConfig
+from clrctl.config.schema import ModelConfig
 from clrctl.compat import import_torchvision
 from clrctl.errors import ConfigError
 
@@ -187,7 +187,7 @@ def torchvision_model(name: str, input_shape: tuple[int, ...], num_classes: int,
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f" (did you mean {', '.join(close)}?)" if close else " (see torchvision.models.list_models())"
         raise ConfigError(f"model.name: unknown torchvision model {name!r}{hint}")
-    # Named weights (args.weights) are loaded afterwards by clrctl.weights, shape by shape, so a
+    # Named weights (args.weights) are loaded afterwards by clrctl.model.weights, shape by shape, so a
     # new head for num_classes and an adapted first conv work with pretrained weights.
     kwargs = {"num_classes": num_classes, **{k: v for k, v in args.items() if k != "weights"}, "weights": None}
     try:
@@ -263,7 +263,7 @@ def _looked_in(err: BaseException) -> str:
     """Where a module that is not found was looked for (beyond installed packages)."""
     if not isinstance(err, ModuleNotFoundError):
         return ""
-    from clrctl.config import looked_in
+    from clrctl.config.schema import looked_in
 
     return looked_in()
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from clrctl import yamlsafe
+from clrctl.config import yamlsafe
 from clrctl.errors import ClrctlWarning, ConfigError, echo, warn
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
@@ -108,7 +108,7 @@ class _Section(BaseModel):
 
 
 class DatasetConfig(_Section):
-    name: str = "digits"  # one of DATASETS, or module:callable returning (train, val) (clrctl.userdata)
+    name: str = "digits"  # one of DATASETS, or module:callable returning (train, val) (clrctl.data.userdata)
     batch_size: Int = Field(32, gt=0, le=MAX_BATCH)
     val_fraction: Float = Field(0.25, gt=0.0, lt=1.0)  # for data sets without an official split
     root: str = "data"  # where torchvision / imagefolder data live

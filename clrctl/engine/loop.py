@@ -18,12 +18,18 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from clrctl import checkpoint, distributed, interrupts, tensorboard
-from clrctl.data import BatchSource
+from clrctl import interrupts
+
+from clrctl.runs import checkpoint
+
+from clrctl.engine import ddp as distributed
+
+from clrctl.track import tensorboard
+from clrctl.data.datasets import BatchSource
 from clrctl.errors import DataError, Interrupted, RunFailed
-from clrctl.groups import load_optimizer_state, torch_param_groups
-from clrctl.rundir import RunDir, WriteFailed, failure_line
-from clrctl.setup import Setup, StageRun, build_stage
+from clrctl.optim.groups import load_optimizer_state, torch_param_groups
+from clrctl.runs.rundir import RunDir, WriteFailed, failure_line
+from clrctl.engine.setup import Setup, StageRun, build_stage
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "val_loss", "val_acc"]
 # A metrics row is a list in METRIC_COLUMNS order (+ the stage): cheaper per step than a dict.
@@ -56,7 +62,7 @@ class Reporter:
 
 
 def _forward_backward(model, optimizer, x, y, loss_fn, scaler=None, weight=None, dtype=None, skip_nonfinite=False):
-    """``weight`` (DDP): the factor of :func:`clrctl.distributed.loss_weight` on the loss
+    """``weight`` (DDP): the factor of :func:`clrctl.engine.ddp.loss_weight` on the loss
     that is backpropagated; the returned loss is this batch's own mean. ``dtype``: autocast
     to it (``train.precision``); an enabled ``scaler`` alone means float16.
     ``skip_nonfinite``: no optimizer step when the loss or a gradient is NaN/Inf (a host sync)."""
@@ -509,7 +515,7 @@ class TrainingLoop:
         return err
 
     def _plots(self) -> None:
-        from clrctl.runs import render_plots  # (runs imports this module)
+        from clrctl.runs.training import render_plots  # (runs imports this module)
 
         render_plots(self.run.path, self.s.config, train_samples=self.s.data.train.num_samples)
 

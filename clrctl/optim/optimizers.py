@@ -7,12 +7,12 @@ from typing import Any, Iterable
 
 import torch
 
-from clrctl.config import OptimizerConfig
+from clrctl.config.schema import OptimizerConfig
 
 
 def build_optimizer(cfg: OptimizerConfig, params: Iterable[Any], lr: float) -> torch.optim.Optimizer:
     """``lr`` is the policy's first LR; the scheduler owns it from then on. ``params`` are
-    parameters or param-group dicts (:func:`clrctl.groups.torch_param_groups`), whose LR
+    parameters or param-group dicts (:func:`clrctl.optim.groups.torch_param_groups`), whose LR
     starts at ``lr_mult x lr``."""
     params = [dict(g, lr=lr * g.get("lr_mult", 1.0)) if isinstance(g, dict) else g for g in params]
     fast = _fast_kernels(params)

@@ -15,8 +15,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from clrctl import checkpoint
-from clrctl.config import ModelConfig, looked_in
+from clrctl.runs import checkpoint
+from clrctl.config.schema import ModelConfig, looked_in
 from clrctl.errors import ConfigError, InputError
 
 # Prefixes that wrappers add to every key: DistributedDataParallel, torch.compile.

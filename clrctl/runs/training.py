@@ -15,15 +15,19 @@ from typing import Any, Optional
 
 import numpy as np
 
-from clrctl import checkpoint, distributed, interrupts
-from clrctl.config import Config, load_config, resolve_bounds_from
+from clrctl import interrupts
+
+from clrctl.runs import checkpoint
+
+from clrctl.engine import ddp as distributed
+from clrctl.config.schema import Config, load_config, resolve_bounds_from
 from clrctl.errors import ClrctlWarning, InputError, Interrupted, RunFailed
-from clrctl.rundir import (RunDir, WriteFailed, claim, create_group, failure_line, holder, is_live, read_csv,
+from clrctl.runs.rundir import (RunDir, WriteFailed, claim, create_group, failure_line, holder, is_live, read_csv,
                            read_json, release, run_info, truncate_csv, utc_now)
-from clrctl.series import batch_sizes, group_lr_traces, moving_average, policy_names, stage_starts
-from clrctl.setup import build_setup
-from clrctl.trainer import LoopState, Reporter, TrainingLoop, log_columns
-from clrctl.weights import few_keys
+from clrctl.runs.series import batch_sizes, group_lr_traces, moving_average, policy_names, stage_starts
+from clrctl.engine.setup import build_setup
+from clrctl.engine.loop import LoopState, Reporter, TrainingLoop, log_columns
+from clrctl.model.weights import few_keys
 
 
 def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: Optional[str | Path] = None,
@@ -136,7 +140,7 @@ def _train_samples(config: Config, info: dict[str, Any]) -> Optional[int]:
     when recorded, else by building the data set as the run did."""
     if isinstance(info.get("train_samples"), int):
         return info["train_samples"]
-    from clrctl.data import build_data
+    from clrctl.data.datasets import build_data
 
     import torch
 

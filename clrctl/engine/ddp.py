@@ -211,7 +211,7 @@ def shard_data(data) -> None:
 def join(config):
     """This process's device, after joining the process group under torchrun: the batch size
     is checked first, so a bad one exits 2 before any process group exists."""
-    from clrctl.device import resolve_device
+    from clrctl.engine.device import resolve_device
 
     check_batch_size(config.dataset.batch_size, world().world_size)
     stop_with_launcher()
@@ -367,7 +367,7 @@ def announce(path: Path) -> None:
     (rank 0 itself may be the one, by SIGKILL)."""
     folder = _supervised()
     if folder is not None and is_main():
-        from clrctl.rundir import write_text_atomic
+        from clrctl.runs.rundir import write_text_atomic
 
         write_text_atomic(folder / "run-dir", str(Path(path).resolve()))
 
@@ -385,7 +385,7 @@ def report(err: BaseException, message: str, code: int) -> Optional[str]:
     folder = _supervised()
     if folder is None:
         return message if is_main() or not isinstance(err, ClrctlError) else None
-    from clrctl.rundir import write_json_atomic
+    from clrctl.runs.rundir import write_json_atomic
 
     lost = isinstance(err, _EchoedError) or (isinstance(err, RuntimeError) and any(s in str(err) for s in _PEER_LOST))
     write_json_atomic(folder / f"error-{world().rank}.json", {
@@ -452,7 +452,7 @@ def _supervise(launcher, folder: Path) -> int:
 
 def _records(folder: Path) -> list[dict[str, Any]]:
     """The errors the workers left (:func:`report`), oldest first."""
-    from clrctl.rundir import read_json
+    from clrctl.runs.rundir import read_json
 
     records = []
     for path in folder.glob("error-*.json"):
@@ -495,7 +495,7 @@ def _mark_failed(folder: Path, code: int, line: Optional[str]) -> int:
     the exit code is 1 (the run ended badly), also for an error that is bad input elsewhere."""
     if code == 130 or not (folder / "run-dir").is_file():
         return code
-    from clrctl.rundir import RunDir, read_json, write_json_atomic
+    from clrctl.runs.rundir import RunDir, read_json, write_json_atomic
 
     run = RunDir(Path((folder / "run-dir").read_text()))
     try:

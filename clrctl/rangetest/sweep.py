@@ -7,7 +7,7 @@ counter local to the sweep); every ``eval_every`` steps, loss and accuracy on a 
 held-out slice (``val.head(eval_size)``). The sweep stops at once on a NaN/Inf loss, or
 when the EMA rises ``diverge_factor`` x above its best — tested as
 ``ema - best > (factor - 1) |best|`` so that it also works for negative losses (fastai #962).
-Either is a normal end (status ``completed``); :mod:`clrctl.suggest` turns the records into
+Either is a normal end (status ``completed``); :mod:`clrctl.rangetest.suggest` turns the records into
 suggestions.
 
 The sweep trains a *deep copy* of the model with an optimizer of its own, under a forked RNG:
@@ -33,16 +33,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from clrctl import distributed, interrupts
-from clrctl import suggest as rules
-from clrctl.config import CYCLIC_POLICIES, Config, Stage, resolve_steps
+from clrctl import interrupts
+
+from clrctl.engine import ddp as distributed
+from clrctl.rangetest import suggest as rules
+from clrctl.config.schema import CYCLIC_POLICIES, Config, Stage, resolve_steps
 from clrctl.errors import DataError, InputError, Interrupted, RunFailed
-from clrctl.groups import build_groups, set_frozen, torch_param_groups
-from clrctl.optim import build_optimizer, current_momentum
-from clrctl.rundir import RunDir, WriteFailed, failure_line, holds_no_results, release, run_info
-from clrctl.setup import Setup, build_setup
+from clrctl.optim.groups import build_groups, set_frozen, torch_param_groups
+from clrctl.optim.optimizers import build_optimizer, current_momentum
+from clrctl.runs.rundir import RunDir, WriteFailed, failure_line, holds_no_results, release, run_info
+from clrctl.engine.setup import Setup, build_setup
 from clrctl.text import count
-from clrctl.trainer import FastPath, Reporter, evaluate, train_step
+from clrctl.engine.loop import FastPath, Reporter, evaluate, train_step
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "smoothed_loss", "val_loss", "val_acc"]
 FLUSH_EVERY = 25  # rows between fsyncs of metrics.csv
@@ -62,7 +64,7 @@ def diverged(smoothed: float, best: float, factor: float) -> bool:
 
 @dataclass
 class SweepSetup:
-    """A run's :class:`~clrctl.setup.Setup`, the stage whose frozen groups and LR multipliers
+    """A run's :class:`~clrctl.engine.setup.Setup`, the stage whose frozen groups and LR multipliers
     the sweep uses, and the sweep's length; built before any run directory exists."""
 
     base: Setup
@@ -306,7 +308,7 @@ def start_range_test(config: Config, *, seeds: Optional[list[int]] = None, runs_
                      run_dir: Optional[str | Path] = None, argv: Optional[list[str]] = None,
                      reporter_factory: Optional[Callable[[int], Reporter]] = None,
                      stage: Optional[str] = None) -> tuple[Path, dict[str, Any]]:
-    """Sweep each of ``seeds`` (default: ``[config.seed]``; see :func:`clrctl.seeds.parse_seeds`)
+    """Sweep each of ``seeds`` (default: ``[config.seed]``; see :func:`clrctl.config.seeds.parse_seeds`)
     into a new run directory; (path, summary). Its config.yaml records the first seed.
     With stages, the sweep uses stage ``stage`` (default: the first): its frozen groups and
     LR multipliers, and ``suggested.yaml`` fills that stage's bounds.
@@ -402,7 +404,7 @@ def _write_results(config: Config, first: SweepSetup, run: RunDir, per_seed, sto
     if distributed.is_main():
         render_plot(run, config, per_seed, summary)
         if config.train.tensorboard:
-            from clrctl.tensorboard import range_test_events
+            from clrctl.track.tensorboard import range_test_events
 
             range_test_events(run.path, summary)
     run.set_status(summary["status"])

@@ -14,12 +14,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from clrctl.app import console
-from clrctl.reporting import due, say
+from clrctl.track.reporting import due, say
 
 
 class SeedProgress:
     """One display for all seeds of a range test; :meth:`reporter` gives each seed's
-    :class:`~clrctl.trainer.Reporter`."""
+    :class:`~clrctl.engine.loop.Reporter`."""
 
     def __init__(self, seeds: list[int], quiet: bool = False, label: Optional[str] = None):
         self.seeds, self.done = list(seeds), 0

@@ -4,9 +4,9 @@ The callable (imported from the working directory, like ``model.name: module:cal
 returns ``(train, val)``, each either
 
 - an ``(x, y)`` pair of tensors: held on the device and batched there, like digits
-  (:class:`~clrctl.data.TensorSource`); float features, or uint8 images scaled by 1/255;
+  (:class:`~clrctl.data.datasets.TensorSource`); float features, or uint8 images scaled by 1/255;
 - a ``torch.utils.data.Dataset`` of ``(x, y)`` samples: batched by a DataLoader with
-  ``dataset.num_workers`` worker processes (:class:`~clrctl.data.LoaderSource`).
+  ``dataset.num_workers`` worker processes (:class:`~clrctl.data.datasets.LoaderSource`).
 
 Labels are class indices; ``num_classes`` is inferred from them (highest + 1) unless
 ``dataset.num_classes`` is set. Float labels are regression targets ``(N,)`` or ``(N, k)``
@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from clrctl.config import DatasetConfig
-from clrctl.data import DataBundle, LoaderSource, TensorSource, _Arrays, _check_batches, _keep_classes
+from clrctl.config.schema import DatasetConfig
+from clrctl.data.datasets import DataBundle, LoaderSource, TensorSource, _Arrays, _check_batches, _keep_classes
 from clrctl.errors import ConfigError
-from clrctl.models import USER_ERRORS, _accepts, _describe, _resolve_callable
+from clrctl.model.build import USER_ERRORS, _accepts, _describe, _resolve_callable
 
 
 def build_user_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundle:

@@ -29,8 +29,8 @@ from typing import Any, Optional
 import torch
 from torch.optim import lr_scheduler
 
-from clrctl.config import CYCLIC_POLICIES, ONE_CYCLE_MOMENTUM, OptimizerConfig, PolicyConfig, resolve_steps
-from clrctl.optim import build_optimizer, current_momentum, has_momentum
+from clrctl.config.schema import CYCLIC_POLICIES, ONE_CYCLE_MOMENTUM, OptimizerConfig, PolicyConfig, resolve_steps
+from clrctl.optim.optimizers import build_optimizer, current_momentum, has_momentum
 
 
 def initial_lr(policy: PolicyConfig) -> float:

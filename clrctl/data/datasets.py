@@ -1,12 +1,12 @@
 """Data sets -> batches on the device.
 
-This module owns everything between a :class:`~clrctl.config.DatasetConfig` and the
+This module owns everything between a :class:`~clrctl.config.schema.DatasetConfig` and the
 ``(x float32, y int64)`` batches the trainer and the range test consume:
 
 - :class:`TensorSource` keeps a whole data set as tensors on the device and batches there
   (the KellerJordan/cifar10-airbench style): digits, MNIST, Fashion-MNIST, CIFAR-10/100 and
   synthetic data. Image data stay uint8 on the device and are normalised per batch. MNIST
-  and Fashion-MNIST are read from their IDX files by :mod:`clrctl.idx` (gzip'd or not,
+  and Fashion-MNIST are read from their IDX files by :mod:`clrctl.data.idx` (gzip'd or not,
   under ``dataset.root`` or where Debian's package installs them); torchvision only fetches
   them (``dataset.download``).
 - :class:`LoaderSource` wraps a ``torch.utils.data.DataLoader`` with worker processes for
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clrctl.config import DatasetConfig
+from clrctl.config.schema import DatasetConfig
 from clrctl.compat import import_torchvision
 from clrctl.errors import ConfigError, DataError
 
@@ -71,7 +71,7 @@ class BatchSource(ABC):
     device: torch.device
     drop_last: bool = False  # drop each epoch's last, partial batch (training sources only)
     # (rank, world size) under DDP: batches() yields this rank's contiguous share of each
-    # global batch of ``batch_size`` (clrctl.distributed.shard_data); None in one process.
+    # global batch of ``batch_size`` (clrctl.engine.ddp.shard_data); None in one process.
     shard: Optional[tuple[int, int]] = None
 
     def __len__(self) -> int:
@@ -99,7 +99,7 @@ class BatchSource(ABC):
 
     def _share(self, begin: int) -> tuple[int, int]:
         """[lo, hi) sample positions of this rank's share of the global batch at ``begin``."""
-        from clrctl.distributed import shard_bounds
+        from clrctl.engine.ddp import shard_bounds
 
         size = min(self.batch_size, self._end - begin)
         lo, hi = shard_bounds(size, *self.shard)
@@ -428,7 +428,7 @@ def build_data(cfg: DatasetConfig, seed: int, device: torch.device) -> DataBundl
     """
     device = torch.device(device)
     if ":" in cfg.name:  # module:callable, the user's own data
-        from clrctl.userdata import build_user_data
+        from clrctl.data.userdata import build_user_data
 
         return build_user_data(cfg, seed, device)
     if cfg.name == "imagefolder":
@@ -483,7 +483,7 @@ def _check_batches(train: BatchSource, cfg: DatasetConfig) -> None:
 def _stratified_split(y, val_fraction: float, seed: int):
     """(train indices, val indices): stratified by class when every class allows it, else a
     seeded split (tiny image folders); sklearn's train_test_split, index for index."""
-    from clrctl.splits import train_val_split
+    from clrctl.data.splits import train_val_split
 
     try:
         train, val = train_val_split(y, val_fraction, seed)
@@ -576,13 +576,13 @@ def _torchvision(cfg: DatasetConfig):
     )  # fmt: skip
 
 
-# The MNIST family: read from IDX files by clrctl.idx, 10 classes each.
+# The MNIST family: read from IDX files by clrctl.data.idx, 10 classes each.
 _IDX_SETS = ("mnist", "fashion-mnist")
 
 
 def _idx_arrays(cfg: DatasetConfig) -> _Arrays:
     """MNIST / Fashion-MNIST's official train / test splits as uint8 (N, 1, 28, 28)."""
-    from clrctl.idx import read_split
+    from clrctl.data.idx import read_split
 
     _, label, mean, std = _TORCHVISION_SETS[cfg.name]
     directory, files = _idx_location(cfg)
@@ -596,7 +596,7 @@ def _idx_arrays(cfg: DatasetConfig) -> _Arrays:
 def _idx_location(cfg: DatasetConfig):
     """(directory, {file name: path}) of the first place that holds all four IDX files;
     with ``dataset.download``, torchvision fetches them into ``ROOT/<folder>/raw`` when none does."""
-    from clrctl.idx import candidate_directories, find_files
+    from clrctl.data.idx import candidate_directories, find_files
 
     folder, label, _, _ = _TORCHVISION_SETS[cfg.name]
     root_is_default = cfg.root == DatasetConfig.model_fields["root"].default
@@ -620,7 +620,7 @@ def _idx_location(cfg: DatasetConfig):
 
 
 def _idx_missing_message(cfg: DatasetConfig, label: str, candidates: list[Path], root_is_default: bool) -> str:
-    from clrctl.idx import SYSTEM_DATA
+    from clrctl.data.idx import SYSTEM_DATA
 
     system = SYSTEM_DATA.get(cfg.name)
     if root_is_default and system is not None:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from clrctl.config import DEFAULT_GROUPS, REST_GROUP, OptimizerConfig
+from clrctl.config.schema import DEFAULT_GROUPS, REST_GROUP, OptimizerConfig
 from clrctl.errors import ConfigError
 
 # Modules whose weights count as "norm" for optimizer.no_decay (their biases are "bias" too).

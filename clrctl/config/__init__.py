@@ -1,0 +1,1 @@
+"""The config: YAML loading, the schema and its defaults, the resolved plan of a run."""

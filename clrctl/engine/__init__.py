@@ -1,0 +1,1 @@
+"""The training engine: one step, the loop and its events, the strategy (one process or DDP)."""

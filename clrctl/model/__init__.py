@@ -1,0 +1,1 @@
+"""Models: built-in and user architectures, starting weights, the training loss."""

@@ -1,0 +1,1 @@
+"""Optimizers, parameter groups, LR policies (schedules) and a stage's optimizer."""

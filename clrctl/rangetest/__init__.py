@@ -1,0 +1,1 @@
+"""The LR range test and its suggestion rules."""

@@ -1,0 +1,1 @@
+"""What watches a run: CSV rows, TensorBoard, progress on the terminal."""
