@@ -18,7 +18,7 @@ from clrctl.config.schema import DatasetConfig, ModelConfig, OptimizerConfig
 from clrctl.data.datasets import build_data
 from clrctl.model.build import build_model
 from clrctl.optim.optimizers import build_optimizer
-from clrctl.engine.loop import train_step
+from clrctl.engine.step import train_step
 
 
 def best_of(repeats: int, fn) -> float:

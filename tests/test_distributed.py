@@ -47,7 +47,7 @@ def test_two_processes_match_one(cli, tiny_config, tmp_path):
     # The sharded, reduced validation equals one process evaluating the final checkpoint.
     from clrctl.config.schema import load_config
     from clrctl.engine.setup import build_setup
-    from clrctl.engine.loop import evaluate
+    from clrctl.engine.step import evaluate
 
     setup = build_setup(load_config(cfg))
     saved = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=False)

@@ -9,7 +9,7 @@ import torch
 
 from clrctl.config.schema import OptimizerConfig, TrainConfig
 from clrctl.optim.optimizers import build_optimizer
-from clrctl.engine.loop import FastPath
+from clrctl.engine.step import FastPath
 
 
 def losses(run):

@@ -21,7 +21,7 @@ from clrctl.model.build import build_model
 from clrctl.config.schema import ModelConfig
 from clrctl.optim.optimizers import build_optimizer
 from clrctl.optim.policies import build_schedule, initial_lr
-from clrctl.engine.loop import Reporter
+from clrctl.track.reporter import Reporter
 
 MULTS = (1.0, 0.1)
 

@@ -248,7 +248,7 @@ def test_every_run_file_is_readable_under_umask_022(cli, tiny_config, tmp_path, 
 def test_atomic_writes_follow_a_private_umask(tmp_path, umask):
     import torch
 
-    from clrctl.runs import checkpoint
+    from clrctl.files import checkpoint
 
     from clrctl.runs import rundir
 

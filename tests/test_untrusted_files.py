@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from clrctl.runs import checkpoint
+from clrctl.files import checkpoint
 
 
 class RunsCode:

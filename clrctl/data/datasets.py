@@ -85,6 +85,10 @@ class BatchSource(ABC):
         """Samples used per epoch: all of them, or the full batches only (``drop_last``)."""
         return len(self) * self.batch_size if self.drop_last else self.num_samples
 
+    def global_batch_size(self, index: int) -> int:
+        """Samples in the ``index``-th batch of an epoch, over all ranks (a last one is partial)."""
+        return min(self.batch_size, self._end - index * self.batch_size)
+
     @abstractmethod
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """The batches of ``epoch`` (shuffled and augmented by (seed, epoch) when training).

@@ -266,41 +266,6 @@ def reduce_eval(loss_sum, correct, seen: int, device) -> tuple[float, float, int
 
 
 # ---------------------------------------------------------------------------------------
-# Run directories: only the main process writes
-
-
-class _NullLog:
-    def write(self, rows) -> None: ...
-
-    def write_lists(self, rows) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def sync(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class NullRunDir:
-    """What a non-main rank holds for the run directory: the real path (for messages), no writes."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.checkpoints_dir = self.path / "checkpoints"
-
-    def csv(self, name: str, columns: list[str]) -> _NullLog:
-        return _NullLog()
-
-    def save_checkpoint(self, payload: dict[str, Any], name: str, copy: bool = True) -> None: ...
-
-    def write_summary(self, summary: dict[str, Any]) -> None: ...
-
-    def set_status(self, status: str, **fields: Any) -> None: ...
-
-    def write_config(self, *args: Any, **kwargs: Any) -> None: ...
-
-
-# ---------------------------------------------------------------------------------------
 # Workers and their launcher: a dead launcher, each rank's own error, the run's last status
 
 _LAUNCHER_PID = "CLRCTL_LAUNCHER_PID"  # set by launch() for its workers: whom they answer to,

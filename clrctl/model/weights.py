@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from clrctl.runs import checkpoint
+from clrctl.files import checkpoint
 from clrctl.config.schema import ModelConfig, looked_in
 from clrctl.errors import ConfigError, InputError
 

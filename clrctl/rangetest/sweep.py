@@ -41,10 +41,12 @@ from clrctl.config.schema import CYCLIC_POLICIES, Config, Stage, resolve_steps
 from clrctl.errors import DataError, InputError, Interrupted, RunFailed
 from clrctl.optim.groups import build_groups, set_frozen, torch_param_groups
 from clrctl.optim.optimizers import build_optimizer, current_momentum
-from clrctl.runs.rundir import RunDir, WriteFailed, failure_line, holds_no_results, release, run_info
+from clrctl.runs.rundir import NullRunDir, RunDir, WriteFailed, failure_line, holds_no_results, release, run_info
 from clrctl.engine.setup import Setup, build_setup
 from clrctl.text import count
-from clrctl.engine.loop import FastPath, Reporter, evaluate, train_step
+from clrctl.engine.step import FastPath, evaluate
+from clrctl.engine.strategy import for_process
+from clrctl.track.reporter import Reporter
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "smoothed_loss", "val_loss", "val_acc"]
 FLUSH_EVERY = 25  # rows between fsyncs of metrics.csv
@@ -125,7 +127,9 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
         eval_source.shard = setup.data.val.shard  # DDP: each rank its share, sums reduced
     fast = FastPath(setup.config.train, setup.device)  # the sweep trains as the run will
     scaler = fast.scaler()
-    net, ddp = fast.model(distributed.wrap(fast.model_layout(model), setup.device)), distributed.initialised()
+    strategy = for_process(setup.device)
+    net = fast.model(strategy.wrap(fast.model_layout(model)))
+    step = strategy.stepper(setup.loss_fn, fast, scaler, False, setup.data.train)
     stop = {"signal": False}
     smoother = _StopRule(rt.smoothing, rt.diverge_factor)
     rows: list[dict[str, Any]] = []
@@ -133,26 +137,27 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
     t0 = time.perf_counter()
     reporter.start(setup.steps, 0)
     devices = [setup.device] if setup.device.type == "cuda" else []
-    signals = _signals_as_flag(stop) if ddp else _sigterm_as_interrupt()
+    # one process: a signal ends the sweep at once; DDP: a flag that the ranks agree on per step
+    signals = _sigterm_as_interrupt() if strategy.stops_at_once else _signals_as_flag(stop)
     with torch.random.fork_rng(devices=devices), signals:
         try:
-            for t, epoch, (x, y) in _step_batches(setup):
+            for t, epoch, index, (x, y) in _step_batches(setup):
                 lr = lr_at(t, setup.steps, rt.start_lr, rt.end_lr, rt.mode)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group["lr_mult"]
                 # One host sync per step: the stop rule needs this step's loss now. A range
                 # test is short, so this costs little (the trainer batches its syncs instead).
-                if ddp:  # the step's loss averaged over ranks, and a signal on any rank, agreed
-                    loss, interrupted = _ddp_step(setup, net, optimizer, fast, scaler, x, y, stop["signal"])
-                    if interrupted:
-                        raise KeyboardInterrupt
-                else:
-                    loss = float(train_step(net, optimizer, fast.inputs(x), y, setup.loss_fn, scaler, dtype=fast.dtype))
+                # Under DDP: the global batch's loss, and a signal on any rank, agreed.
+                term, _, size = step(net, optimizer, x, y, index)
+                losses, _, interrupted = strategy.host_values(term.float().reshape(1), 1, [size], stop["signal"])
+                if interrupted:
+                    raise KeyboardInterrupt
+                loss = losses[0]
                 row = {"step": t, "epoch": epoch + 1, "lr": lr, "momentum": current_momentum(optimizer), "loss": loss}
                 row["smoothed_loss"], stop_reason = smoother.update(loss)
                 finite = row["smoothed_loss"] is not None
                 if finite and eval_source is not None and (t % rt.eval_every == 0 or t == setup.steps - 1):
-                    row["val_loss"], row["val_acc"] = evaluate(model, eval_source, setup.loss_fn)
+                    row["val_loss"], row["val_acc"] = evaluate(model, eval_source, setup.loss_fn, strategy.eval_reduce)
                 rows.append(row)
                 if on_row:
                     on_row(row)
@@ -171,16 +176,6 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
                        rows[-1]["lr"] if stop_reason and rows else None, round(time.perf_counter() - t0, 3))
 
 
-def _ddp_step(setup: SweepSetup, net, optimizer, fast, scaler, x, y, signalled: bool) -> tuple[float, bool]:
-    """One DDP step of the sweep: (the global batch's mean loss, whether any rank was signalled)."""
-    local, size = len(y), torch.tensor([float(len(y))], device=setup.device)
-    size = int(distributed.reduce_flush(size, False)[0])  # the global batch (a last one is partial)
-    loss = train_step(net, optimizer, fast.inputs(x), y, setup.loss_fn, scaler,
-                      distributed.loss_weight(local, size), fast.dtype)
-    total, interrupted = distributed.reduce_flush((loss.float() * local).reshape(1), signalled)
-    return float(total[0]) / size, interrupted
-
-
 def _signals_as_flag(stop: dict[str, bool]):
     """Under DDP: SIGINT/SIGTERM only set a flag, which the ranks agree on after each step."""
 
@@ -191,13 +186,13 @@ def _signals_as_flag(stop: dict[str, bool]):
 
 
 def _step_batches(setup: SweepSetup):
-    """``(step, epoch, batch)`` for ``setup.steps`` steps, epoch after epoch."""
+    """``(step, epoch, index in the epoch, batch)`` for ``setup.steps`` steps, epoch after epoch."""
     step, epoch = 0, 0
     while True:
-        for batch in setup.data.train.batches(epoch):
+        for index, batch in enumerate(setup.data.train.batches(epoch)):
             if step >= setup.steps:
                 return
-            yield step, epoch, batch
+            yield step, epoch, index, batch
             step += 1
         epoch += 1
 
@@ -358,7 +353,7 @@ def _distributed_range_test(config, seed_list, first, runs_root, run_dir, info, 
         finally:
             distributed.tell_path(run)
     else:
-        run = distributed.NullRunDir(distributed.main_path())
+        run = NullRunDir(distributed.main_path())
     try:
         return _range_test(config, seed_list, first, run, reporter_factory)
     finally:

@@ -7,26 +7,26 @@ root or a broken model path leaves nothing behind.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
 from clrctl import interrupts
 
-from clrctl.runs import checkpoint
+from clrctl.files import checkpoint
 
 from clrctl.engine import ddp as distributed
 from clrctl.config.schema import Config, load_config, resolve_bounds_from
 from clrctl.errors import ClrctlWarning, InputError, Interrupted, RunFailed
-from clrctl.runs.rundir import (RunDir, WriteFailed, claim, create_group, failure_line, holder, is_live, read_csv,
-                           read_json, release, run_info, truncate_csv, utc_now)
-from clrctl.runs.series import batch_sizes, group_lr_traces, moving_average, policy_names, stage_starts
+from clrctl.runs.rundir import (NullRunDir, RunDir, WriteFailed, claim, create_group, failure_line, read_json,
+                               release, run_info, truncate_csv, utc_now)
 from clrctl.engine.setup import build_setup
-from clrctl.engine.loop import LoopState, Reporter, TrainingLoop, log_columns
+from clrctl.engine.loop import LoopState
+from clrctl.runs.lifecycle import TrainingRun
+from clrctl.runs.plots import lacks_plots, redraw_plots  # noqa: F401 (redraw_plots: public here too)
+from clrctl.track.csvlog import log_columns
+from clrctl.track.reporter import Reporter
 from clrctl.model.weights import few_keys
 
 
@@ -40,8 +40,8 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
     run = None
     try:
         if not distributed.is_main():  # only rank 0 writes; the others learn where
-            run = distributed.NullRunDir(distributed.main_path())
-            return run.path, _run(TrainingLoop(setup, run, reporter))
+            run = NullRunDir(distributed.main_path())
+            return run.path, _run(TrainingRun(setup, run, reporter))
         try:
             with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
                 run = RunDir.create(runs_root, config.name, run_dir)  # claimed by this process
@@ -53,13 +53,13 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
                     raise
         finally:
             distributed.tell_path(run)
-        return run.path, _run(TrainingLoop(setup, run, reporter))
+        return run.path, _run(TrainingRun(setup, run, reporter))
     except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
         if run is None:
             raise
         raise _interrupted(run) from None
     except BaseException as err:
-        failure = err if run is None or isinstance(run, distributed.NullRunDir) else _failed_outside_loop(run, err)
+        failure = err if run is None or isinstance(run, NullRunDir) else _failed_outside_loop(run, err)
         if failure is err:
             raise
         raise failure from err
@@ -79,7 +79,7 @@ def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
     rows logged after that checkpoint are dropped and recomputed."""
     if not distributed.is_main():
         return _resume_worker(Path(path), reporter)
-    if _lacks_plots(path):
+    if lacks_plots(path):
         return Path(path), _redraw(path)
     run, _ = open_resumable(path)  # (a run, not some other directory, before it gets a .lock)
     claim(run.path)  # refused while another process writes it
@@ -98,53 +98,10 @@ def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
         release(run.path)
 
 
-def _lacks_plots(path: str | Path) -> bool:
-    """A completed training run whose plots are missing or empty (a crash while drawing them)."""
-    path = Path(path)
-    try:
-        info = read_json(path / "run.json")
-    except InputError:
-        return False
-    if not isinstance(info, dict) or info.get("kind") != "train" or info.get("status") != "completed":
-        return False
-    return any(not p.is_file() or p.stat().st_size == 0 for p in (path / "plots" / n for n in TRAIN_PLOTS))
-
-
 def _redraw(path: str | Path) -> dict[str, Any]:
     """--resume of a completed run without plots: draw them from its CSVs."""
     redraw_plots(path)
     return read_json(Path(path) / "summary.json")
-
-
-def redraw_plots(path: str | Path) -> list[Path]:
-    """A training run's plots drawn again from its CSVs and run.json (``clrctl export plots``);
-    claims the directory while it draws. Returns the files written."""
-    path = Path(path)
-    run = RunDir.open(path)
-    info = run.read_run()
-    if not isinstance(info, dict) or info.get("kind") != "train":
-        raise InputError(f"{path}: not a training run (kind {info.get('kind') if isinstance(info, dict) else None!r})")
-    if info.get("status") == "running" and is_live(path):
-        raise InputError(f"{path}: still running ({holder(path)}); its plots are drawn when it ends")
-    config = load_config(path / "config.yaml")
-    claim(path)
-    try:
-        render_plots(path, config, train_samples=_train_samples(config, info))
-    finally:
-        release(path)
-    return [path / "plots" / name for name in TRAIN_PLOTS if (path / "plots" / name).is_file()]
-
-
-def _train_samples(config: Config, info: dict[str, Any]) -> Optional[int]:
-    """The training split's size (the loss plot weights each step by its batch): from run.json
-    when recorded, else by building the data set as the run did."""
-    if isinstance(info.get("train_samples"), int):
-        return info["train_samples"]
-    from clrctl.data.datasets import build_data
-
-    import torch
-
-    return build_data(config.dataset, config.seed, torch.device("cpu")).train.num_samples
 
 
 def _failed_outside_loop(run: RunDir, err: BaseException) -> BaseException:
@@ -181,7 +138,7 @@ def _resume(run: RunDir, info: dict[str, Any], argv: Optional[list[str]], report
     saved = distributed.broadcast(saved)  # every rank continues from rank 0's checkpoint
     state = LoopState(**saved["state"]) if saved else LoopState()
     repair_logs(run.path, config, state)
-    loop = TrainingLoop(setup, run, reporter, state)  # opens the CSVs: after they are truncated
+    loop = TrainingRun(setup, run, reporter, state)  # opens the CSVs: after they are truncated
     if saved:
         try:
             loop.restore(saved)
@@ -247,7 +204,7 @@ def _resume_worker(path: Path, reporter: Optional[Reporter]) -> tuple[Path, dict
     setup = build_setup(load_config(path / "config.yaml"))
     saved = distributed.broadcast(None)
     state = LoopState(**saved["state"]) if saved else LoopState()
-    loop = TrainingLoop(setup, distributed.NullRunDir(path), reporter, state)
+    loop = TrainingRun(setup, NullRunDir(path), reporter, state)
     if saved:
         loop.restore(saved)
     return path, _run(loop)
@@ -353,58 +310,5 @@ def _interrupted(run: RunDir) -> Interrupted:
     return Interrupted(f"interrupted; resume with: clrctl train --resume {run.path}")
 
 
-def _run(loop: TrainingLoop) -> dict[str, Any]:
-    return loop.run_all()  # (which draws the plots, before the final status)
-
-
-# ---------------------------------------------------------------------------------------
-# Plots from the CSVs (raw data kept; everything drawn is derived from it)
-
-
-TRAIN_PLOTS = ("lr.png", "loss.png", "accuracy.png")
-
-
-def _floats(rows: list[dict[str, str]], key: str) -> np.ndarray:
-    return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows], dtype=float)
-
-
-def _group_traces(path: Path, config: Config, rows, lr: np.ndarray) -> Optional[dict[str, np.ndarray]]:
-    """One LR line per parameter group (from run.json's groups), when they differ from the
-    policy's single line: another lr_mult, or a stage that freezes them."""
-    groups = [g for g in read_json(path / "run.json").get("groups") or [] if g.get("parameters")]
-    frozen = {stage.name: stage.freeze for stage in config.plan()}
-    if not groups or (all(g["lr_mult"] == 1 for g in groups) and not any(frozen.values())):
-        return None
-    stage_of_step = [r.get("stage") or config.plan()[0].name for r in rows]
-    return group_lr_traces(lr, stage_of_step, {g["name"]: g["lr_mult"] for g in groups}, frozen)
-
-
-def render_plots(path: Path, config: Config, train_samples: Optional[int] = None) -> None:
-    """lr.png, loss.png and accuracy.png from the run's CSVs; ``train_samples`` (the training
-    split's size) lets the loss average weight each step by its batch size."""
-    from clrctl.plots.train import plot_accuracy, plot_loss, plot_lr
-
-    run = RunDir(path)
-    rows, epochs = read_csv(path / "metrics.csv"), read_csv(path / "epochs.csv")
-    if not rows:
-        return
-    steps, lr, loss = _floats(rows, "step"), _floats(rows, "lr"), _floats(rows, "loss")
-    momentum = _floats(rows, "momentum")
-    evals = [r for r in rows if r.get("val_loss")]  # val_acc is blank for a regression (train.loss: mse)
-    eval_steps = _floats(evals, "step") + 1  # evaluated after that step's update
-    title = f"{config.name}: {policy_names(config)} on {config.dataset.name}/{config.model.name}"
-    plots = run.plots_dir
-    varies = np.isfinite(momentum).any() and np.nanmax(momentum) > np.nanmin(momentum)
-    plot_lr(plots / "lr.png", steps, lr, momentum if varies else None, title, _group_traces(path, config, rows, lr),
-            stage_starts(steps, [r.get("stage") for r in rows]) if config.has_stages else None)
-    window = max(5, len(loss) // 50)
-    weights = None
-    if train_samples and not config.dataset.drop_last:  # raw losses in metrics.csv; sizes from the split
-        batch = config.dataset.batch_size
-        weights = batch_sizes(steps, math.ceil(train_samples / batch), batch, train_samples)
-    plot_loss(plots / "loss.png", steps, loss, moving_average(loss, window, weights), eval_steps,
-              _floats(evals, "val_loss"), title)
-    target = (config.train.target or {}).get("val_acc")
-    recorded = read_json(path / "summary.json").get("steps_to_target") if target is not None else None
-    plot_accuracy(plots / "accuracy.png", _floats(epochs, "step"), _floats(epochs, "train_acc"), eval_steps,
-                  _floats(evals, "val_acc"), target, recorded, title)
+def _run(run: TrainingRun) -> dict[str, Any]:
+    return run.run_all()  # (which draws the plots, before the final status)

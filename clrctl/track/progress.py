@@ -19,7 +19,7 @@ from clrctl.track.reporting import due, say
 
 class SeedProgress:
     """One display for all seeds of a range test; :meth:`reporter` gives each seed's
-    :class:`~clrctl.engine.loop.Reporter`."""
+    :class:`~clrctl.track.reporter.Reporter`."""
 
     def __init__(self, seeds: list[int], quiet: bool = False, label: Optional[str] = None):
         self.seeds, self.done = list(seeds), 0

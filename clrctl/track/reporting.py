@@ -1,4 +1,4 @@
-"""Rendering a run's progress with rich: the :class:`~clrctl.engine.loop.Reporter` that the CLI
+"""Rendering a run's progress with rich: the :class:`~clrctl.track.reporter.Reporter` that the CLI
 passes to the trainer and the range test."""
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from clrctl.engine.callbacks import Callback
 from clrctl.errors import ConfigError
 
 DIRNAME = "tensorboard"
@@ -94,6 +95,19 @@ class NoLogger:
     def rows(self, rows) -> None: ...
 
     def close(self, summary=None) -> None: ...
+
+
+class TensorBoardRows(Callback):
+    """The loop callback: each flush's metrics rows as events; the summary at the end."""
+
+    def __init__(self, logger: "TrainLogger", columns: list[str]):
+        self.logger, self.columns = logger, columns
+
+    def on_flush(self, loop, rows, diverged: bool) -> None:
+        self.logger.rows([dict(zip(self.columns, row)) for row in rows])
+
+    def on_end(self, loop, status, summary) -> None:
+        self.logger.close(summary)
 
 
 def logger(setup, run) -> "TrainLogger | NoLogger":

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from clrctl.errors import InputError
-from clrctl.runs.rundir import atomic_file
+from clrctl.files.atomic import atomic_file
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,0 +1,118 @@
+"""The strategy seam: what differs between training in one process and under DDP.
+
+The loop and the range test ask a :class:`Strategy` and contain no ``if ddp``:
+
+- :meth:`~Strategy.wrap`: the module that trains (DDP wraps it; checkpoints keep the bare one);
+- :meth:`~Strategy.stepper`: one training step over *this process's share* of a global batch,
+  returning what the flush needs — the loss term to sum, the logits, the global batch size;
+- :meth:`~Strategy.host_values`: the loop's one host sync — losses and hits as floats (summed
+  over ranks under DDP) and whether the run stops (agreed by every rank);
+- :attr:`~Strategy.eval_reduce`: validation sums over ranks;
+- :attr:`~Strategy.writes`: whether this process writes the run directory and prints.
+
+Lightning Fabric's ``Strategy`` (``lightning/fabric/strategies``) has the same cut: the loop
+holds one object that knows the processes. A third strategy — several seeds' models trained
+behind one step with ``torch.func`` (vectorised seed groups) — implements the same methods:
+its stepper steps every model at once and its host values carry one row per model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from clrctl.engine import ddp
+from clrctl.engine.step import forward_backward
+
+# (loss term, logits, global batch size) of one step: what the loop keeps until its flush
+StepResult = tuple[torch.Tensor, torch.Tensor, int]
+Stepper = Callable[[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor, int], StepResult]
+
+
+class Strategy:
+    """One process: the model trains as it is, losses are this process's own, it writes."""
+
+    writes = True
+    distributed = False
+    # A signal stops the run after the step it arrived in (under DDP: at the next agreed sync).
+    stops_at_once = True
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def stepper(self, loss_fn: nn.Module, fast, scaler, skip_nonfinite: bool, source) -> Stepper:
+        """A function ``(net, optimizer, x, y, batch_index) -> (loss term, logits, batch size)``:
+        one optimizer step on the batch ``x, y`` (the ``batch_index``-th of its epoch)."""
+        dtype, inputs = fast.dtype, fast.inputs
+
+        def step(net, optimizer, x, y, batch_index):
+            loss, logits = forward_backward(net, optimizer, inputs(x), y, loss_fn, scaler, None, dtype, skip_nonfinite)
+            return loss, logits, y.shape[0]  # (len(y) goes through Tensor.__len__: a microsecond a step)
+
+        return step
+
+    def host_values(self, local: torch.Tensor, rows: int, sizes: list[int],
+                    stop: bool) -> tuple[list[float], list[float], bool]:
+        """(each row's loss, the hit counts, whether to stop) from ``local``: the stacked loss
+        terms of ``rows`` rows, then the hit counts. One transfer to the host."""
+        values = local.tolist()
+        return values[:rows], values[rows:], stop
+
+    @property
+    def eval_reduce(self) -> Optional[Callable[..., tuple[float, float, int]]]:
+        """What :func:`~clrctl.engine.step.evaluate` calls to sum over processes (None: nothing)."""
+        return None
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every process (itself in one process)."""
+        return obj
+
+
+class DistributedStrategy(Strategy):
+    """DistributedDataParallel over torchrun's processes (:mod:`clrctl.engine.ddp`): each rank
+    steps on its contiguous share of every global batch, weighted so that DDP's average of
+    gradients is the global batch's mean gradient; only rank 0 writes."""
+
+    distributed = True
+    stops_at_once = False
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.writes = ddp.is_main()
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return ddp.wrap(model, self.device)
+
+    def stepper(self, loss_fn: nn.Module, fast, scaler, skip_nonfinite: bool, source) -> Stepper:
+        dtype, inputs = fast.dtype, fast.inputs
+        global_size = source.global_batch_size
+
+        def step(net, optimizer, x, y, batch_index):
+            size, n = global_size(batch_index), y.shape[0]
+            loss, logits = forward_backward(net, optimizer, inputs(x), y, loss_fn, scaler,
+                                            ddp.loss_weight(n, size), dtype, skip_nonfinite)
+            return loss * n, logits, size
+
+        return step
+
+    def host_values(self, local: torch.Tensor, rows: int, sizes: list[int],
+                    stop: bool) -> tuple[list[float], list[float], bool]:
+        """One all-reduce of the sums, the stop flag riding along: every rank gets the same
+        numbers and stops at the same step (Lightning's ``should_stop`` broadcast)."""
+        total, agreed = ddp.reduce_flush(local, stop)
+        total = total.cpu().tolist()
+        return [value / size for value, size in zip(total[:rows], sizes)], total[rows:], agreed
+
+    @property
+    def eval_reduce(self) -> Callable[..., tuple[float, float, int]]:
+        return lambda loss_sum, correct, seen: ddp.reduce_eval(loss_sum, correct, seen, self.device)
+
+    def broadcast(self, obj: Any) -> Any:
+        return ddp.broadcast(obj)
+
+
+def for_process(device: torch.device) -> Strategy:
+    """The strategy of this process: DDP under torchrun (once the process group is joined)."""
+    return DistributedStrategy(device) if ddp.initialised() else Strategy()

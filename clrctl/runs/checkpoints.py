@@ -1,0 +1,53 @@
+"""The checkpoint cadence of a training run, as a loop callback: ``last.pt`` at epoch ends
+(throttled by ``train.checkpoint_every``), ``best.pt`` for the best evaluation so far."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from clrctl.engine.callbacks import Callback
+from clrctl.files import checkpoint
+
+
+class Checkpoints(Callback):
+    """``best.pt`` holds a snapshot of the weights taken at the best evaluation, written with
+    the next ``last.pt`` (or at the end); ``last.pt`` is written at most every
+    ``checkpoint_every`` seconds at epoch ends: a small model's epoch takes milliseconds, and
+    a write each would cost it a tenth of its speed. Resuming is exact from any ``last.pt``;
+    a killed run redoes the steps since the last."""
+
+    def __init__(self, run, every_s: float):
+        self.run, self.every_s = run, every_s
+        self._saved_at = time.perf_counter()
+        self._best: Optional[dict[str, Any]] = None
+
+    def on_eval(self, loop, step, val_loss, val_acc) -> None:
+        # (the Evaluations callback, before this one, has just recorded it)
+        if val_acc is not None and loop.state.best_step == step and loop.state.best_val_acc == val_acc:
+            self._best = {"model": checkpoint.snapshot(loop.setup.model.state_dict()), "step": step,
+                          "val_acc": val_acc}
+
+    def on_flush(self, loop, rows, diverged: bool) -> None:
+        if diverged and self._best is not None and self._best["step"] != loop.state.best_step:
+            self._best = None  # the weights of an evaluation dropped with its rows
+
+    def on_epoch_end(self, loop, row) -> None:
+        self.save(loop, force=loop.state.step >= loop.setup.total_steps)
+
+    def on_end(self, loop, status, summary) -> None:
+        self.save_best()
+
+    def save(self, loop, force: bool = True) -> None:
+        """``last.pt``, and ``best.pt`` when a better model is waiting; unless ``force``d (the
+        run's end, an interrupt), only once ``checkpoint_every`` seconds have passed."""
+        if not force and time.perf_counter() - self._saved_at < self.every_s:
+            return
+        self._saved_at = time.perf_counter()
+        self.save_best()
+        self.run.save_checkpoint(loop.checkpoint_payload(), "last.pt")
+
+    def save_best(self) -> None:
+        if self._best is not None:
+            self.run.save_checkpoint(self._best, "best.pt", copy=False)
+            self._best = None

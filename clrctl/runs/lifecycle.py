@@ -1,0 +1,193 @@
+"""One training run's life around the loop: its callbacks, its signals, how it ends.
+
+:class:`TrainingRun` assembles the loop (:mod:`clrctl.engine.loop`) with the strategy of this
+process and the callbacks that write the run directory, then runs it and turns each way it
+can end into files and a status: ``completed``, ``diverged``, ``interrupted`` (resumable:
+the last rows and a checkpoint are written first) or ``failed``. Every ending writes the
+summary and the plots, each file tried even when one before failed (a full disk), and
+run.json's status last — a run marked finished has all its files.
+
+Where a new kind of watcher goes: a :class:`~clrctl.engine.callbacks.Callback`, added in
+:meth:`TrainingRun.callbacks` (or passed in ``extra``); the loop does not change.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any, Callable, Optional
+
+from clrctl import interrupts
+from clrctl.engine.callbacks import Callback
+from clrctl.engine.loop import Diverged, Loop, LoopState, Stopped
+from clrctl.engine.setup import Setup
+from clrctl.engine.strategy import Strategy, for_process
+from clrctl.errors import DataError, Interrupted, RunFailed
+from clrctl.files.atomic import WriteFailed, failure_line
+from clrctl.runs.checkpoints import Checkpoints
+from clrctl.track import tensorboard
+from clrctl.track.csvlog import EpochsLog, MetricsLog, log_columns
+from clrctl.track.evaluations import Evaluations
+from clrctl.track.reporter import Progress, Reporter
+
+
+class TrainingRun:
+    """A :class:`Setup` trained into ``run`` (a RunDir; a NullRunDir on a process that does
+    not write), continuing from ``state`` when resumed."""
+
+    def __init__(self, setup: Setup, run, reporter: Optional[Reporter] = None,
+                 state: Optional[LoopState] = None, extra: tuple[Callback, ...] = (),
+                 strategy: Optional[Strategy] = None):
+        self.setup, self.run = setup, run
+        self.strategy = strategy or for_process(setup.device)
+        self.checkpoints: Optional[Checkpoints] = None
+        callbacks = self.callbacks(reporter or Reporter()) + list(extra)
+        self.loop = Loop(setup, self.strategy, callbacks, state)
+        self._signal: Optional[str] = None
+        self._finishing = False  # the loop is over: signals are recorded, never raised
+
+    def callbacks(self, reporter: Reporter) -> list[Callback]:
+        """The run's own watchers, in the order their events must run: the evaluation record
+        first (the checkpoints read it), files next, the progress display last."""
+        s, train = self.setup, self.setup.config.train
+        found: list[Callback] = [Evaluations(train.target)]
+        if self.strategy.writes:
+            metric_columns, epoch_columns = log_columns(s.config)
+            self.checkpoints = Checkpoints(self.run, train.checkpoint_every)
+            found += [MetricsLog(self.run, metric_columns), EpochsLog(self.run, epoch_columns), self.checkpoints]
+            tb = tensorboard.logger(s, self.run)  # does nothing unless train.tensorboard
+            if tb.active:
+                found.append(tensorboard.TensorBoardRows(tb, metric_columns))
+        return found + [Progress(reporter)]
+
+    @property
+    def state(self) -> LoopState:
+        return self.loop.state
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.loop.restore(saved)
+
+    # -- running and ending ----------------------------------------------------------
+    def run_all(self) -> dict[str, Any]:
+        """Train to the end. Raises RunFailed (diverged, failed) or Interrupted; each leaves a
+        summary, plots and a final status. The run's signal handler stays in place until
+        then: signals after the first that stops the run do not cut the finishing short."""
+        loop, state = self.loop, self.loop.state
+        with self._signals():
+            try:
+                loop.run()
+            except Diverged as div:
+                # The steps after the diverged one (up to the sync that saw it) trained on NaN
+                # weights and are not in metrics.csv: the summary counts the steps logged.
+                state.step = div.step + 1
+                self._finish("diverged", diverged_at={"step": div.step, "lr": div.lr, "loss": div.loss})
+                raise RunFailed(
+                    f"loss became {div.loss} at step {div.step} (lr {div.lr:.4g}); the run is kept as 'diverged' "
+                    "in " + str(self.run.path) + " — the LR is too high for this model: `clrctl range-test` finds bounds"
+                ) from None
+            except Stopped as stop:
+                self._finishing = True
+                if stop.interrupted:
+                    self._finish("interrupted", loop.flush, self._checkpoint)
+                    raise self._interrupted()
+                summary = self._finish("completed", loop.flush, self._checkpoint, stop_reason=stop.reason)
+            except KeyboardInterrupt:  # a second signal ("stop now"), or one raised mid-step: no
+                # checkpoint of a step that may be half done; the last one resumes, rows after it redone
+                self._finish("interrupted")
+                raise self._interrupted()
+            except (DataError, OSError, WriteFailed) as err:  # unreadable data, a full disk: exit 1
+                self._finish_failed()
+                raise self._failed(err) from err
+            except BaseException:
+                self._finish_failed()
+                raise
+            else:
+                summary = self._finish("completed")
+        if self._signal:  # a signal while the run was finishing: it is complete, and stops here
+            raise Interrupted(f"interrupted as the run completed (its files are complete): {self.run.path}")
+        return summary
+
+    def _checkpoint(self) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.save(self.loop)
+
+    def _interrupted(self) -> Interrupted:
+        return Interrupted(f"interrupted at step {self.state.step}; resume with: clrctl train --resume {self.run.path}")
+
+    def _finish(self, status: str, *first: Callable[[], None], **extra: Any) -> dict[str, Any]:
+        """The run's last files, then its status: ``first`` (the interrupted run's last rows
+        and checkpoint), every callback's ``on_end`` (best.pt, the CSVs closed, TensorBoard),
+        summary.json, the plots — each tried even when one before failed — and then
+        run.json's status: ``status``, or ``failed`` when a file could not be written (that
+        error is raised)."""
+        self._finishing = True  # (the run's handler only records signals from now on)
+        problems: list[Exception] = []
+        for step in first:
+            _attempt(step, problems)
+        summary = self.summary(status, **extra)
+        for callback in self.loop.callbacks:
+            _attempt(lambda: callback.on_end(self.loop, status, summary), problems)
+        _attempt(lambda: self.run.write_summary(summary), problems)
+        if self.strategy.writes:  # diverged and interrupted runs get plots too
+            _attempt(self._plots, problems)
+        self.run.set_status("failed" if problems else status)
+        if problems:
+            raise self._failed(problems[0]) from problems[0]
+        return summary
+
+    def _finish_failed(self) -> None:
+        """Finish a run that failed: the status is ``failed`` whatever else cannot be written,
+        and the error that failed it is the one to report."""
+        try:
+            self._finish("failed")
+        except Exception:  # noqa: BLE001 - (run.json says 'failed' all the same)
+            pass
+
+    def _failed(self, err: BaseException) -> BaseException:
+        """The one-line error of a run that failed on ``err`` (a file it could not write, data
+        it could not read); other errors as they are."""
+        if isinstance(err, (DataError, OSError, RunFailed)):
+            return RunFailed(f"{failure_line(err)} (the run is kept as 'failed' in {self.run.path})")
+        return err
+
+    def _plots(self) -> None:
+        from clrctl.runs.plots import render_plots
+
+        render_plots(self.run.path, self.setup.config, train_samples=self.setup.data.train.num_samples)
+
+    def summary(self, status: str, **extra: Any) -> dict[str, Any]:
+        state, s = self.state, self.setup
+        return {
+            "status": status, "steps": state.step, "epochs": round(state.step / s.steps_per_epoch, 4),
+            "elapsed_s": round(self.loop.elapsed(), 3), "final_val_acc": state.final_val_acc,
+            "best_val_acc": state.best_val_acc, "best_step": state.best_step,
+            "final_val_loss": state.final_val_loss, "steps_to_target": state.steps_to_target,
+            "target": s.config.train.target, "planned_steps": s.total_steps,
+            "steps_per_epoch": s.steps_per_epoch,
+            **({"stages": state.stages} if s.config.has_stages else {}), **extra,
+        }
+
+    # -- signals ---------------------------------------------------------------------
+    def _signals(self):
+        """SIGINT/SIGTERM: finish the current step, then stop cleanly. A second one aborts the
+        step — once: any signal after that, or once the run is finishing, is only recorded, so
+        the summary, plots and status are always written (any number of signals: exit 130)."""
+
+        def handler(signum, _frame):
+            interrupts.stopping()  # and so after the loop, until the interrupt is reported
+            finishing = self._finishing or self.loop.stopping
+            if self._signal and not finishing:  # second signal: stop now
+                self._finishing = True
+                raise KeyboardInterrupt
+            self._signal = self._signal or signal.Signals(signum).name
+            if not finishing:
+                self.loop.request_stop(self._signal)
+
+        return interrupts.handled_by(handler)
+
+
+def _attempt(step: Callable[[], None], problems: list[Exception]) -> None:
+    """Run one step of a run's finishing; an error is noted and the next steps still run."""
+    try:
+        step()
+    except Exception as err:  # noqa: BLE001 - raised by _finish once every step was tried
+        problems.append(err)
