@@ -1,4 +1,4 @@
-"""The bundled digits examples do what the README says they do."""
+"""The bundled digits examples do what README.md and docs/ say they do."""
 
 import json
 from pathlib import Path
@@ -28,7 +28,7 @@ def test_every_digits_example_trains_well(cli, tmp_path, name):
 
 
 def test_fine_tuning_showcase_pretrains_then_fine_tunes_a_new_head(cli, tmp_path):
-    """The README's fine-tuning commands: digits 0-5, then 6-9 in two stages."""
+    """The fine-tuning commands of docs/fine-tuning.md: digits 0-5, then 6-9 in two stages."""
     pre, fine = tmp_path / "pre", tmp_path / "fine"
     assert cli("train", CONFIGS / "digits-pretrain.yaml", "device=cpu", "--run-dir", pre, "-q") == 0
     assert cli("train", CONFIGS / "digits-finetune.yaml", "device=cpu", f"model.weights={pre}",

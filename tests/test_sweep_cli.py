@@ -107,7 +107,7 @@ def test_run_json_records_the_threads_and_the_documented_rerun_reproduces_a_poin
     threads = json.loads((run / "run.json").read_text())["threads"]
     share = str(max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) // 2))
     assert threads == {"torch": int(share), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", share)}
-    # the README's rerun: OMP_NUM_THREADS=K clrctl train DIR/configs/<point>.yaml (K from run.json)
+    # docs/sweeps.md's rerun: OMP_NUM_THREADS=K clrctl train DIR/configs/<point>.yaml (K from run.json)
     env = {**os.environ, "OMP_NUM_THREADS": threads["OMP_NUM_THREADS"], "MPLBACKEND": "Agg"}
     again = subprocess.run([sys.executable, "-m", "clrctl", "train", str(sweep / "configs/policy-triangular2.yaml"),
                             "--run-dir", str(tmp_path / "again"), "-q"], cwd=REPO, env=env, capture_output=True,
