@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ from clrctl.model.build import build_model
 from clrctl.config.schema import ModelConfig
 from clrctl.optim.optimizers import build_optimizer
 from clrctl.optim.policies import build_schedule, initial_lr
+from clrctl.engine.callbacks import StopAt
 from clrctl.track.reporter import Reporter
 
 MULTS = (1.0, 0.1)
@@ -202,7 +202,7 @@ def test_stages_run_in_one_directory_with_one_step_counter(cli, staged, tmp_path
 def test_a_frozen_group_is_bit_identical_after_its_frozen_stage(staged, tmp_path):
     from clrctl.runs.rundir import RunDir
     from clrctl.engine.setup import build_setup
-    from clrctl.engine.loop import TrainingLoop
+    from clrctl.runs.lifecycle import TrainingRun
 
     setup = build_setup(load_config(staged))
     before = {k: v.clone() for k, v in setup.model.state_dict().items()}
@@ -214,23 +214,12 @@ def test_a_frozen_group_is_bit_identical_after_its_frozen_stage(staged, tmp_path
 
     run = RunDir.create(tmp_path, "x", tmp_path / "run")
     run.start("train", 0, "cpu")
-    TrainingLoop(setup, run, Snapshot()).run_all()
+    TrainingRun(setup, run, Snapshot()).run_all()
     head_only = after_epoch[1]
     assert torch.equal(head_only["1.weight"], before["1.weight"])  # body: frozen, untouched
     assert torch.equal(head_only["1.bias"], before["1.bias"])
     assert not torch.equal(head_only["3.weight"], before["3.weight"])  # the head trained
     assert not torch.equal(after_epoch[2]["1.weight"], before["1.weight"])  # the body trains in stage 2
-
-
-class _SignalAt(Reporter):
-    """Sends this process SIGINT right after global step ``step`` — exactly at a stage boundary."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def advance(self, steps_done, lr):
-        if steps_done == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 @pytest.mark.parametrize("stop_at", [22, 30])  # the stage boundary; inside stage 2
@@ -241,7 +230,7 @@ def test_interrupt_at_the_stage_boundary_or_inside_stage_2_then_resume_equals_un
     config = load_config(staged)
     start_training(config, run_dir=tmp_path / "ref")
     with pytest.raises(Interrupted):
-        start_training(config, run_dir=tmp_path / "cut", reporter=_SignalAt(stop_at))
+        start_training(config, run_dir=tmp_path / "cut", callbacks=(StopAt(stop_at),))
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"] == stop_at
     resume_training(tmp_path / "cut")
     assert (tmp_path / "cut" / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
@@ -353,22 +342,23 @@ def test_range_test_of_a_stage_sweeps_its_groups_and_fills_its_bounds(cli, stage
 
 
 def test_range_test_of_a_frozen_stage_leaves_the_frozen_group_alone(staged):
+    from clrctl.engine import strategy
     from clrctl.rangetest import sweep as rt
 
     setup = rt.prepare(load_config(staged, ["range_test.steps=20"]), stage="head-only")
     seen = {}
-    real = rt.train_step
+    real = strategy.forward_backward
 
     def spy(model, optimizer, *args, **kwargs):
         seen["groups"] = [(g["name"], g["lr"] / g["lr_mult"]) for g in optimizer.param_groups]
         seen["body"] = model[1].weight.requires_grad
         return real(model, optimizer, *args, **kwargs)
 
-    rt.train_step, saved = spy, rt.train_step
+    strategy.forward_backward, saved = spy, strategy.forward_backward
     try:
         rt.sweep(setup)
     finally:
-        rt.train_step = saved
+        strategy.forward_backward = saved
     assert [name for name, _ in seen["groups"]] == ["head"] and seen["body"] is False
     with pytest.raises(ConfigError, match=r"--stage 'nope': no such stage \(stages: head-only, all\)"):
         rt.prepare(load_config(staged), stage="nope")

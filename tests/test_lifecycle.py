@@ -121,23 +121,29 @@ def test_a_keyboard_interrupt_inside_a_step_leaves_an_interrupted_resumable_run(
                                                                                monkeypatch, capsys):
     """A second Ctrl-C ("stop now") raises inside the step: the run is 'interrupted' (exit 130),
     not 'failed', and resumes from its last checkpoint to the uninterrupted run's metrics."""
-    from clrctl.engine.loop import TrainingLoop
+    from clrctl.engine.strategy import Strategy
 
     cfg = tiny_config(train={"epochs": 2, "eval_every": 5, "checkpoint_every": 0})
     assert cli("train", cfg, "--run-dir", tmp_path / "ref", "-q") == 0
-    real = TrainingLoop._train_one
+    real = Strategy.stepper
 
-    def stop_now(self, x, y, epoch):
-        if self.state.step == 30:  # inside epoch 2, after epoch 1's checkpoint
-            raise KeyboardInterrupt
-        real(self, x, y, epoch)
+    def stepper(self, *args):
+        step, calls = real(self, *args), []
 
-    monkeypatch.setattr(TrainingLoop, "_train_one", stop_now)
+        def stop_now(*step_args):
+            calls.append(1)
+            if len(calls) == 31:  # step 30: inside epoch 2, after epoch 1's checkpoint
+                raise KeyboardInterrupt
+            return step(*step_args)
+
+        return stop_now
+
+    monkeypatch.setattr(Strategy, "stepper", stepper)
     run = tmp_path / "run"
     assert cli("train", cfg, "--run-dir", run, "-q") == 130
     assert f"resume with: clrctl train --resume {run}" in capsys.readouterr().err
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(TrainingLoop, "_train_one", real)
+    monkeypatch.setattr(Strategy, "stepper", real)
     assert cli("train", "--resume", run, "-q") == 0
     assert (run / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
 
@@ -147,18 +153,18 @@ def test_interrupt_before_the_first_step_resumes_or_reruns(cli, tiny_config, tmp
     import clrctl.runs.training
 
     cfg = tiny_config(train={"epochs": 1, "eval_every": 5})
-    real = clrctl.runs.training.TrainingLoop
+    real = clrctl.runs.training.TrainingRun
 
     def interrupted_loop(*args, **kwargs):
         real(*args, **kwargs)  # the CSVs get their headers, as in a real start
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(clrctl.runs.training, "TrainingLoop", interrupted_loop)
+    monkeypatch.setattr(clrctl.runs.training, "TrainingRun", interrupted_loop)
     for name in ("resumed", "rerun"):
         assert cli("train", cfg, "--run-dir", tmp_path / name, "-q") == 130
         assert f"resume with: clrctl train --resume {tmp_path / name}" in capsys.readouterr().err
         assert holds_no_results(tmp_path / name)
-    monkeypatch.setattr(clrctl.runs.training, "TrainingLoop", real)
+    monkeypatch.setattr(clrctl.runs.training, "TrainingRun", real)
 
     assert cli("train", "--resume", tmp_path / "resumed", "-q") == 0  # from step 0
     assert cli("train", cfg, "--run-dir", tmp_path / "rerun", "-q") == 0  # reuses the directory

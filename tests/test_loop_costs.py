@@ -12,7 +12,7 @@ import json
 import torch
 from torch import nn
 
-from clrctl.engine import loop as trainer
+from clrctl.engine import step as trainer
 from clrctl.config.schema import OptimizerConfig
 from clrctl.optim.groups import build_groups, load_optimizer_state, torch_param_groups
 from clrctl.optim.optimizers import build_optimizer
@@ -89,11 +89,11 @@ def test_skip_nonfinite_leaves_the_weights_alone():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.tensor([[float("nan"), 1.0, 2.0]]), torch.tensor([1])
-    loss, _ = trainer._forward_backward(model, optimizer, x, y, nn.CrossEntropyLoss(), skip_nonfinite=True)
+    loss, _ = trainer.forward_backward(model, optimizer, x, y, nn.CrossEntropyLoss(), skip_nonfinite=True)
     assert not torch.isfinite(loss)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert optimizer.state == {}  # no step taken: no momentum buffer holding NaN either
-    trainer._forward_backward(model, optimizer, x.nan_to_num(), y, nn.CrossEntropyLoss(), skip_nonfinite=True)
+    trainer.forward_backward(model, optimizer, x.nan_to_num(), y, nn.CrossEntropyLoss(), skip_nonfinite=True)
     assert not torch.equal(model.weight, before["weight"])
 
 
@@ -128,7 +128,7 @@ def _epochs_without_time(run) -> list[dict]:
 def test_train_accuracy_is_the_same_however_its_counts_are_batched(cli, tiny_config, tmp_path, monkeypatch):
     cfg = tiny_config(train={"epochs": 2, "log_every": 7})
     assert cli("train", cfg, "--run-dir", tmp_path / "at-flush", "-q") == 0
-    monkeypatch.setattr(trainer._Hits, "HELD_LIMIT", 1)  # counted at every step instead
+    monkeypatch.setattr(trainer.Hits, "HELD_LIMIT", 1)  # counted at every step instead
     assert cli("train", cfg, "--run-dir", tmp_path / "each-step", "-q") == 0
     flushed, each = _epochs_without_time(tmp_path / "at-flush"), _epochs_without_time(tmp_path / "each-step")
     assert flushed == each and 0.5 < float(flushed[-1]["train_acc"]) <= 1.0

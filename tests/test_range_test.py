@@ -11,6 +11,7 @@ import torch
 import yaml
 
 import clrctl.rangetest.sweep as rt
+from clrctl.engine import strategy
 from clrctl.rangetest import suggest
 from clrctl.cli import main
 from clrctl.config.schema import load_config, resolve_bounds_from
@@ -87,15 +88,15 @@ def test_sweep_logs_every_step_and_leaves_the_callers_model_alone(cfg_path):
 
 def test_sweep_stops_at_once_on_nan(cfg_path, monkeypatch):
     setup = rt.prepare(load_config(cfg_path))
-    real = rt.train_step
+    real = strategy.forward_backward
     calls = []
 
     def nan_at_5(*args, **kwargs):
         calls.append(1)
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if len(calls) == 6 else loss
+        loss, logits = real(*args, **kwargs)
+        return (loss * float("nan") if len(calls) == 6 else loss), logits
 
-    monkeypatch.setattr(rt, "train_step", nan_at_5)
+    monkeypatch.setattr(strategy, "forward_backward", nan_at_5)
     result = rt.sweep(setup)
     assert result.steps == 6 and result.stop_reason == "non-finite loss" and result.stopped_early
     assert math.isnan(result.rows[-1]["loss"]) and result.stop_lr == result.rows[-1]["lr"]
@@ -108,9 +109,9 @@ def test_sweep_stops_when_the_ema_diverges(cfg_path, monkeypatch):
 
     def loss_jumps(model, *args, **kwargs):
         calls.append(1)
-        return torch.tensor(1.0 if len(calls) <= 10 else 100.0)
+        return torch.tensor(1.0 if len(calls) <= 10 else 100.0), None
 
-    monkeypatch.setattr(rt, "train_step", loss_jumps)
+    monkeypatch.setattr(strategy, "forward_backward", loss_jumps)
     result = rt.sweep(setup)
     assert result.stop_reason == "diverged" and result.steps == 11
 
@@ -176,7 +177,7 @@ def test_bad_config_exits_2_and_leaves_no_run_dir(cfg_path, tmp_path, overrides)
 
 
 def test_interrupt_flushes_marks_and_exits_130(cfg_path, tmp_path, monkeypatch):
-    real, calls = rt.train_step, []
+    real, calls = strategy.forward_backward, []
 
     def interrupt_at_7(*args, **kwargs):
         calls.append(1)
@@ -184,7 +185,7 @@ def test_interrupt_flushes_marks_and_exits_130(cfg_path, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rt, "train_step", interrupt_at_7)
+    monkeypatch.setattr(strategy, "forward_backward", interrupt_at_7)
     run = tmp_path / "int"
     assert cli("range-test", cfg_path, "--run-dir", run, "-q") == 130
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
@@ -205,7 +206,7 @@ def test_digits_bounds_agree_across_three_seeds(tmp_path):
 
 
 def test_interrupt_in_a_later_seed_keeps_the_finished_ones(cfg_path, tmp_path, monkeypatch):
-    real, calls = rt.train_step, []
+    real, calls = strategy.forward_backward, []
     steps = 20
 
     def interrupt_in_seed_1(*args, **kwargs):
@@ -214,7 +215,7 @@ def test_interrupt_in_a_later_seed_keeps_the_finished_ones(cfg_path, tmp_path, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rt, "train_step", interrupt_in_seed_1)
+    monkeypatch.setattr(strategy, "forward_backward", interrupt_in_seed_1)
     run = tmp_path / "int2"
     assert cli("range-test", cfg_path, f"range_test.steps={steps}", "--seeds", "2", "--run-dir", run, "-q") == 130
     summary = json.loads((run / "summary.json").read_text())

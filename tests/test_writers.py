@@ -165,7 +165,7 @@ def test_a_lock_older_than_the_lease_held_by_a_live_pid_here_is_not_taken_over(t
 
 
 def test_a_failed_resume_leaves_the_status_it_found(cli, tiny_config, tmp_path, capsys, monkeypatch):
-    import clrctl.engine.loop
+    import clrctl.runs.lifecycle
 
     run = tmp_path / "run"
     assert cli("train", tiny_config(), "--run-dir", run, "-q") == 0
@@ -175,18 +175,18 @@ def test_a_failed_resume_leaves_the_status_it_found(cli, tiny_config, tmp_path, 
     def broken(self, saved):
         raise RuntimeError("the checkpoint does not fit")
 
-    monkeypatch.setattr(clrctl.engine.loop.TrainingLoop, "restore", broken)
+    monkeypatch.setattr(clrctl.runs.lifecycle.TrainingRun, "restore", broken)
     assert cli("train", "--resume", run, "-q") == 2  # a checkpoint that does not fit: bad input
     assert status(run) == "interrupted"
 
 
 def test_an_error_before_the_loop_leaves_failed_not_running(cli, tiny_config, tmp_path, capsys, monkeypatch):
-    import clrctl.engine.loop
+    import clrctl.runs.lifecycle
 
     def broken(self, *args, **kwargs):  # fails once the run directory exists, before the first step
         raise OverflowError("cannot convert float infinity to integer")
 
-    monkeypatch.setattr(clrctl.engine.loop.TrainingLoop, "__init__", broken)
+    monkeypatch.setattr(clrctl.runs.lifecycle.TrainingRun, "__init__", broken)
     run = tmp_path / "run"
     assert cli("train", tiny_config(), "--run-dir", run, "-q") != 0
     assert status(run) == "failed"
@@ -240,21 +240,21 @@ def test_signals_in_a_burst_stop_a_range_test_with_its_files_complete(tiny_confi
 
 def test_plots_come_before_the_final_status_and_export_redraws_them(cli, tiny_config, tmp_path, capsys,
                                                                     monkeypatch):
-    import clrctl.runs.training
+    import clrctl.runs.plots
 
     run = tmp_path / "run"
-    real = clrctl.runs.training.render_plots
+    real = clrctl.runs.plots.render_plots
 
     def crash(*args, **kwargs):
         raise OSError(28, "No space left on device", str(run / "plots" / "lr.png"))
 
-    monkeypatch.setattr(clrctl.runs.training, "render_plots", crash)
+    monkeypatch.setattr(clrctl.runs.plots, "render_plots", crash)
     assert cli("train", tiny_config(), "--run-dir", run, "-q") == 1
     assert f"{run / 'plots' / 'lr.png'}: no space left on device (the run is kept as 'failed'" in \
         one_line(capsys.readouterr().err)
     assert status(run) == "failed"  # never 'completed' without its plots
 
-    monkeypatch.setattr(clrctl.runs.training, "render_plots", real)
+    monkeypatch.setattr(clrctl.runs.plots, "render_plots", real)
     assert cli("export", "plots", run) == 0
     assert all((run / "plots" / n).stat().st_size > 0 for n in ("lr.png", "loss.png", "accuracy.png"))
 

@@ -22,6 +22,7 @@ from clrctl.errors import ClrctlWarning, InputError, Interrupted, RunFailed
 from clrctl.runs.rundir import (NullRunDir, RunDir, WriteFailed, claim, create_group, failure_line, read_json,
                                release, run_info, truncate_csv, utc_now)
 from clrctl.engine.setup import build_setup
+from clrctl.engine.callbacks import Callback
 from clrctl.engine.loop import LoopState
 from clrctl.runs.lifecycle import TrainingRun
 from clrctl.runs.plots import lacks_plots, redraw_plots  # noqa: F401 (redraw_plots: public here too)
@@ -31,8 +32,10 @@ from clrctl.model.weights import few_keys
 
 
 def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: Optional[str | Path] = None,
-                   argv: Optional[list[str]] = None, reporter: Optional[Reporter] = None) -> tuple[Path, dict]:
-    """Train ``config`` in a new run directory; returns (run path, summary)."""
+                   argv: Optional[list[str]] = None, reporter: Optional[Reporter] = None,
+                   callbacks: tuple[Callback, ...] = ()) -> tuple[Path, dict]:
+    """Train ``config`` in a new run directory; returns (run path, summary). ``callbacks``
+    watch the loop beside the run's own (:mod:`clrctl.engine.callbacks`)."""
     config = resolve_bounds_from(config)
     setup = build_setup(config)
     info = {**run_info("train", config.seed, str(setup.device), argv), **model_record(setup), **distributed.record(),
@@ -41,7 +44,7 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
     try:
         if not distributed.is_main():  # only rank 0 writes; the others learn where
             run = NullRunDir(distributed.main_path())
-            return run.path, _run(TrainingRun(setup, run, reporter))
+            return run.path, _run(TrainingRun(setup, run, reporter, extra=callbacks))
         try:
             with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
                 run = RunDir.create(runs_root, config.name, run_dir)  # claimed by this process
@@ -53,7 +56,7 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
                     raise
         finally:
             distributed.tell_path(run)
-        return run.path, _run(TrainingRun(setup, run, reporter))
+        return run.path, _run(TrainingRun(setup, run, reporter, extra=callbacks))
     except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
         if run is None:
             raise
@@ -74,11 +77,11 @@ def model_record(setup) -> dict[str, Any]:
 
 
 def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
-                    reporter: Optional[Reporter] = None) -> tuple[Path, dict]:
+                    reporter: Optional[Reporter] = None, callbacks: tuple[Callback, ...] = ()) -> tuple[Path, dict]:
     """Continue an interrupted or killed run in its own directory from ``checkpoints/last.pt``;
     rows logged after that checkpoint are dropped and recomputed."""
     if not distributed.is_main():
-        return _resume_worker(Path(path), reporter)
+        return _resume_worker(Path(path), reporter, callbacks)
     if lacks_plots(path):
         return Path(path), _redraw(path)
     run, _ = open_resumable(path)  # (a run, not some other directory, before it gets a .lock)
@@ -86,7 +89,7 @@ def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
     distributed.announce(run.path)  # (the launcher of --nproc marks it failed if a rank dies)
     try:
         run, info = open_resumable(path)  # again, now that it is ours: it may have ended meanwhile
-        return run.path, _resume(run, info, argv, reporter)
+        return run.path, _resume(run, info, argv, reporter, callbacks)
     except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
         raise _interrupted(run) from None
     except BaseException as err:
@@ -129,7 +132,8 @@ def open_resumable(path: str | Path) -> tuple[RunDir, dict[str, Any]]:
     return run, info
 
 
-def _resume(run: RunDir, info: dict[str, Any], argv: Optional[list[str]], reporter: Optional[Reporter]) -> dict:
+def _resume(run: RunDir, info: dict[str, Any], argv: Optional[list[str]], reporter: Optional[Reporter],
+            callbacks: tuple[Callback, ...] = ()) -> dict:
     config = load_config(run.path / "config.yaml")
     setup = build_setup(config)
     last = run.path / "checkpoints" / "last.pt"
@@ -138,7 +142,7 @@ def _resume(run: RunDir, info: dict[str, Any], argv: Optional[list[str]], report
     saved = distributed.broadcast(saved)  # every rank continues from rank 0's checkpoint
     state = LoopState(**saved["state"]) if saved else LoopState()
     repair_logs(run.path, config, state)
-    loop = TrainingRun(setup, run, reporter, state)  # opens the CSVs: after they are truncated
+    loop = TrainingRun(setup, run, reporter, state, callbacks)  # opens the CSVs: after they are truncated
     if saved:
         try:
             loop.restore(saved)
@@ -198,13 +202,13 @@ def repair_logs(path: Path, config: Config, state: LoopState) -> None:
         warnings.warn(ClrctlWarning(f"repaired before resuming {path}: {'; '.join(repaired)}"), stacklevel=2)
 
 
-def _resume_worker(path: Path, reporter: Optional[Reporter]) -> tuple[Path, dict]:
+def _resume_worker(path: Path, reporter: Optional[Reporter], callbacks: tuple[Callback, ...] = ()) -> tuple[Path, dict]:
     """A non-main rank's resume: rank 0 checks the run and sends its checkpoint (the run's
     config.yaml is read from a file system that all ranks share)."""
     setup = build_setup(load_config(path / "config.yaml"))
     saved = distributed.broadcast(None)
     state = LoopState(**saved["state"]) if saved else LoopState()
-    loop = TrainingRun(setup, NullRunDir(path), reporter, state)
+    loop = TrainingRun(setup, NullRunDir(path), reporter, state, callbacks)
     if saved:
         loop.restore(saved)
     return path, _run(loop)
