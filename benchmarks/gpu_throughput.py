@@ -9,7 +9,7 @@ Smoke test on a CPU:  .venv/bin/python benchmarks/gpu_throughput.py --device cpu
 Both loops train the same model from the same weights with the same optimizer (clrctl's SGD:
 fused on CUDA) and a CyclicLR; the hand-written loop uses torch.autocast, a GradScaler for
 fp16 only, channels_last inputs and torch.compile exactly as the option says. clrctl runs its
-real TrainingLoop (metrics rows, train accuracy, a checkpoint at the end) with one
+real TrainingRun (metrics rows, train accuracy, a checkpoint at the end) with one
 evaluation at the end, like the hand-written loop. One warm-up run of each (compilation
 included) is not counted; then the two alternate, best of ``--repeats``. Prints a Markdown
 table with the GPU's name.
@@ -35,7 +35,8 @@ from clrctl.model.build import build_model  # noqa: E402
 from clrctl.optim.optimizers import build_optimizer  # noqa: E402
 from clrctl.runs.rundir import RunDir  # noqa: E402
 from clrctl.engine.setup import Setup  # noqa: E402
-from clrctl.engine.loop import FastPath, TrainingLoop, evaluate  # noqa: E402
+from clrctl.engine.step import FastPath, evaluate  # noqa: E402
+from clrctl.runs.lifecycle import TrainingRun  # noqa: E402
 
 CIFAR = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616)}
 
@@ -96,7 +97,7 @@ def hand_written(setup: Setup) -> float:
 def clrctl_loop(setup: Setup, root: Path, tag: str) -> float:
     run = RunDir.create(root, "bench", root / tag)
     run.begin({"kind": "train", "status": "running"}, setup.config.to_dict())
-    loop = TrainingLoop(setup, run)
+    loop = TrainingRun(setup, run)
     _sync(setup.device)
     start = time.perf_counter()
     loop.run_all()

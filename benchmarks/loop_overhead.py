@@ -5,7 +5,7 @@ Run:  .venv/bin/python benchmarks/loop_overhead.py [--repeats 10] [--case digits
 Both loops train the same data tensors (a ``TensorSource``), the same freshly reset model and
 the same optimizer; the hand-written one is what a careful user writes: a (seed, epoch)
 randperm per epoch, ``torch.optim.lr_scheduler.CyclicLR`` stepped per batch, no per-step
-host sync, one evaluation per epoch. clrctl runs its real ``TrainingLoop`` into a temporary
+host sync, one evaluation per epoch. clrctl runs its real ``TrainingRun`` into a temporary
 run directory (metrics.csv and epochs.csv rows, train accuracy, checkpoints every epoch,
 evaluation once per epoch). The two alternate in one process, best of ``--repeats``; the
 ratio is steps/s of clrctl over steps/s of the hand-written loop (1.0 = no overhead).
@@ -48,7 +48,9 @@ from clrctl.model.build import build_model  # noqa: E402
 from clrctl.optim.optimizers import build_optimizer  # noqa: E402
 from clrctl.runs.rundir import RunDir  # noqa: E402
 from clrctl.engine.setup import Setup, build_setup  # noqa: E402
-from clrctl.engine.loop import Reporter, TrainingLoop, evaluate  # noqa: E402
+from clrctl.engine.step import evaluate  # noqa: E402
+from clrctl.runs.lifecycle import TrainingRun  # noqa: E402
+from clrctl.track.reporter import Reporter  # noqa: E402
 
 
 def config(case: str) -> Config:
@@ -113,12 +115,12 @@ class _LastEpoch(Reporter):
 
 
 def clrctl_loop(setup: Setup, root: Path, index: int) -> tuple[float, float]:
-    """Seconds of clrctl's TrainingLoop.run_all (metrics, checkpoints and all; no plots): to the
+    """Seconds of clrctl's TrainingRun.run_all (metrics, checkpoints and all; no plots): to the
     report of the last epoch, and to the end (summary.json and run.json's status written)."""
     run = RunDir.create(root, "bench", root / f"run-{index}")
     run.begin({"kind": "train", "status": "running"}, setup.config.to_dict())
     clock = _LastEpoch()
-    loop = TrainingLoop(setup, run, clock)
+    loop = TrainingRun(setup, run, clock)
     start = time.perf_counter()
     loop.run_all()
     return clock.at - start, time.perf_counter() - start

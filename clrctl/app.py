@@ -64,3 +64,10 @@ def _root(
 
 def debug_enabled() -> bool:
     return _state["debug"] or "--debug" in sys.argv
+
+
+def say_error(line: str) -> None:
+    """``error: LINE`` on stderr, as ``main()`` prints clrctl's errors (never wrapped)."""
+    from rich.text import Text
+
+    err_console.print(Text.assemble(("error:", "red"), " ", line), highlight=False, soft_wrap=True)

@@ -82,7 +82,7 @@ def _main(args: list[str]) -> None:
 
 def _fail(err: Exception, message: str, code: int) -> None:
     """Print ``message`` and exit ``code``; under DDP the rank, or its launcher, that should say it does."""
-    from clrctl.engine.ddp import report
+    from clrctl.runs.launch import report
 
     line = report(err, message, code)
     if line is not None:

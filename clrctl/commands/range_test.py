@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from clrctl.app import app, console, err_console
+from clrctl.app import app, console, err_console, say_error
 from clrctl.config.schema import load_config
 from clrctl.errors import InputError, RunFailed
 from clrctl.track.reporting import say, say_path
@@ -47,6 +47,7 @@ def range_test(
 ) -> None:
     """LR range test (Smith §3.3): raise the LR, record loss and accuracy, suggest CLR bounds."""
     from clrctl.engine import ddp as distributed
+    from clrctl.runs import launch
     from clrctl.commands.train import without_nproc
     from clrctl.track.progress import SeedProgress
     from clrctl.rangetest.sweep import start_range_test
@@ -58,7 +59,7 @@ def range_test(
         if seeds is not None:
             raise InputError("--seeds sweeps one process per seed; drop --nproc")
         distributed.check_batch_size(cfg.dataset.batch_size, nproc)  # before any process exists
-        sys.exit(distributed.launch(nproc, without_nproc(sys.argv[1:])))
+        sys.exit(launch.launch(nproc, without_nproc(sys.argv[1:]), say_error))
     quiet = quiet or not distributed.is_main()
     seed_list = parse_seeds(seeds, cfg.seed) if seeds is not None else [cfg.seed]
     progress = SeedProgress(seed_list, quiet)  # bars on a terminal; a plain line per seed with -q or in a log

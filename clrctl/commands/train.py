@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from clrctl.app import app, console
+from clrctl.app import app, console, say_error
 from clrctl.config.schema import CYCLIC_POLICIES, Config, load_config, resolve_bounds_from, resolve_steps
 from clrctl.errors import ClrctlError, ConfigError, InputError
 from clrctl.track.reporting import RichReporter, say, say_path
@@ -94,6 +94,7 @@ def train(
 ) -> None:
     """Train with a learning-rate policy; writes config, metrics, summary and plots to a run directory."""
     from clrctl.engine import ddp as distributed
+    from clrctl.runs import launch
 
     if nproc is not None and nproc > 1:
         if seeds is not None:
@@ -107,7 +108,7 @@ def train(
         else:
             cfg = _load(config, overrides)
         distributed.check_batch_size(cfg.dataset.batch_size, nproc)  # before any process exists
-        sys.exit(distributed.launch(nproc, without_nproc(sys.argv[1:])))
+        sys.exit(launch.launch(nproc, without_nproc(sys.argv[1:]), say_error))
     from clrctl.runs.training import is_group, resume_group, resume_training, start_training, train_seeds
 
     quiet = quiet or not distributed.is_main()

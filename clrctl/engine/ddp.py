@@ -22,25 +22,18 @@ machines. A worker knows it is one from torchrun's environment (``WORLD_SIZE``, 
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
-import time
-import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
-from clrctl.errors import ClrctlError, ConfigError, InputError
+from clrctl.errors import ConfigError, InputError
 
-# Exit codes the launcher passes on from rank 0 (SPEC: 2 bad input, 1 ended badly, 130 interrupted).
-_PASSED_ON = (1, 2, 130)
 TIMEOUT_ENV = "CLRCTL_DDP_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
 
@@ -172,20 +165,11 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def tell_path(run) -> None:
-    """Rank 0: tell the other ranks its run directory (``run``), or None where it failed to
-    make one (the error it raises says why). A no-op in one process."""
-    if initialised():
-        if run is not None:
-            announce(run.path)
-        broadcast(None if run is None else str(run.path))
-
-
 def main_path() -> Path:
-    """The other ranks: rank 0's run directory (:func:`tell_path`)."""
+    """The other ranks: rank 0's run directory (:func:`clrctl.runs.launch.tell_path`)."""
     path = broadcast(None)
     if path is None:
-        raise _EchoedError("rank 0 could not create the run directory")  # rank 0 said why
+        raise EchoedError("rank 0 could not create the run directory")  # rank 0 said why
     return Path(path)
 
 
@@ -243,15 +227,6 @@ def reduce_flush(loss_sums, stop: bool):
     return both[:-1], bool(both[-1] > 0)
 
 
-def agree(stop: bool, device) -> bool:
-    """Whether any rank asks to stop (a sync point with no losses to reduce)."""
-    if not initialised():
-        return stop
-    import torch
-
-    return bool(reduce_flush(torch.zeros(0, device=device), stop)[1])
-
-
 def reduce_eval(loss_sum, correct, seen: int, device) -> tuple[float, float, int]:
     """Validation sums of all ranks' shards: the same numbers as one process."""
     import torch
@@ -266,30 +241,30 @@ def reduce_eval(loss_sum, correct, seen: int, device) -> tuple[float, float, int
 
 
 # ---------------------------------------------------------------------------------------
-# Workers and their launcher: a dead launcher, each rank's own error, the run's last status
+# A worker and its launcher (clrctl.runs.launch): a launcher that dies stops its workers
 
-_LAUNCHER_PID = "CLRCTL_LAUNCHER_PID"  # set by launch() for its workers: whom they answer to,
-_LAUNCH_DIR = "CLRCTL_LAUNCH_DIR"  # and where they leave their errors and rank 0 its run directory
+LAUNCHER_PID = "CLRCTLLAUNCHER_PID"  # set by launch() for its workers: whom they answer to,
+LAUNCH_DIR = "CLRCTLLAUNCH_DIR"  # and where they leave their errors and rank 0 its run directory
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _PARENT_GONE = signal.SIGHUP  # the parent-death signal: "hang up", turned into one SIGTERM
 # This worker's launcher (or torchrun's agent) once it watches it, and whether by polling
 # (no parent-death signal outside Linux); both mechanisms at once could send two SIGTERMs.
 _watch: dict[str, Any] = {"parent": None, "poll": False}
 # How gloo reports a peer that went away: a consequence of that peer's failure, not a cause.
-_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 
-class _EchoedError(InputError):
+class EchoedError(InputError):
     """What a rank raises because another rank failed (that rank reports its own error)."""
 
 
 def _launcher() -> Optional[tuple[int, Path]]:
     """(pid, folder) of the ``clrctl … --nproc`` that started this worker; None under torchrun."""
-    pid, folder = os.environ.get(_LAUNCHER_PID, ""), os.environ.get(_LAUNCH_DIR)
+    pid, folder = os.environ.get(LAUNCHER_PID, ""), os.environ.get(LAUNCH_DIR)
     return (int(pid), Path(folder)) if pid.isdigit() and folder else None
 
 
-def _supervised() -> Optional[Path]:
+def supervised() -> Optional[Path]:
     """The launcher's folder while the launcher that started this worker is alive."""
     launcher = _launcher()
     return launcher[1] if launcher and os.getppid() == launcher[0] else None
@@ -327,170 +302,7 @@ def _orphaned() -> bool:
     return _watch["parent"] is not None and os.getppid() != _watch["parent"]
 
 
-def announce(path: Path) -> None:
-    """Rank 0: tell the launcher the run directory, which it marks ``failed`` if a rank dies
-    (rank 0 itself may be the one, by SIGKILL)."""
-    folder = _supervised()
-    if folder is not None and is_main():
-        from clrctl.runs.rundir import write_text_atomic
-
-        write_text_atomic(folder / "run-dir", str(Path(path).resolve()))
-
-
-def report(err: BaseException, message: str, code: int) -> Optional[str]:
-    """The line to print for a worker's error (``message``, the CLI's one line for ``err``), or
-    None. Under ``clrctl … --nproc`` every worker leaves its line to the launcher, which
-    prints the first failing rank's own (the others then only lost a peer). Under torchrun,
-    rank 0 prints clrctl's errors (every rank meets the same) and each rank its unexpected ones."""
-    if not world().distributed:
-        return message
-    if _timed_out(err):
-        message = (f"a collective operation timed out after {timeout_s():g} s ({TIMEOUT_ENV}): "
-                   "another process is stuck or slower than that")
-    folder = _supervised()
-    if folder is None:
-        return message if is_main() or not isinstance(err, ClrctlError) else None
-    from clrctl.runs.rundir import write_json_atomic
-
-    lost = isinstance(err, _EchoedError) or (isinstance(err, RuntimeError) and any(s in str(err) for s in _PEER_LOST))
-    write_json_atomic(folder / f"error-{world().rank}.json", {
-        "rank": world().rank, "time": time.time(), "code": code, "message": message, "echo": lost})
-    return None
-
-
-def _timed_out(err: BaseException) -> bool:
+def timed_out(err: BaseException) -> bool:
     """A collective that waited :func:`timeout_s` for another rank (gloo raises a RuntimeError)."""
     text = str(err)
     return isinstance(err, RuntimeError) and ("gloo" in text or "NCCL" in text) and "timed out" in text.lower()
-
-
-def launch(nproc: int, args: list[str]) -> int:
-    """Run ``python -m clrctl ARGS`` as ``nproc`` workers on this machine through torch's
-    elastic launcher (``torchrun --standalone``); returns the exit code to pass on.
-
-    A SIGINT/SIGTERM to this process is forwarded by the launcher to every worker, which stop
-    together at their next host sync; a worker that fails makes the launcher stop the rest.
-    The error shown is the first failing rank's own; a run left ``running`` or ``interrupted``
-    by a failure (rank 0 killed, an error on one rank) is marked ``failed``."""
-    from torch.distributed.run import get_args_parser
-
-    timeout_s()  # a bad CLRCTL_DDP_TIMEOUT: exit 2 before any process starts
-    logging.disable(logging.ERROR)  # the agent's own log lines: the workers and this function report
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    launcher = get_args_parser().parse_args([
-        "--standalone", "--nproc-per-node", str(nproc), "--max-restarts", "0", "--monitor-interval", "0.1",
-        "--rdzv-id", uuid.uuid4().hex, "--no-python", sys.executable, "-m", "clrctl", *args,
-    ])
-    folder = Path(tempfile.mkdtemp(prefix="clrctl-ddp-"))
-    saved = {key: os.environ.get(key) for key in (_LAUNCHER_PID, _LAUNCH_DIR)}
-    os.environ.update({_LAUNCHER_PID: str(os.getpid()), _LAUNCH_DIR: str(folder)})  # (the workers inherit it)
-    try:
-        return _supervise(launcher, folder)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                del os.environ[key]
-            else:
-                os.environ[key] = value
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _supervise(launcher, folder: Path) -> int:
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import run
-
-    try:
-        run(launcher)
-    except SignalException:  # the workers were interrupted: rank 0 said where to resume
-        records = _records(folder)
-        _say(next((_line(r) for r in records if r["rank"] == 0), None))
-        return 130
-    except ChildFailedError as err:
-        codes = {f.local_rank if f.local_rank is not None else 0: f.exitcode for f in err.failures.values()}
-        code, line = _verdict(_records(folder), codes)
-        code = _mark_failed(folder, code, line)
-        _say(line)
-        return code
-    return 0
-
-
-def _records(folder: Path) -> list[dict[str, Any]]:
-    """The errors the workers left (:func:`report`), oldest first."""
-    from clrctl.runs.rundir import read_json
-
-    records = []
-    for path in folder.glob("error-*.json"):
-        try:
-            records.append(read_json(path))
-        except ClrctlError:  # (written atomically: only a rank killed mid-write leaves none)
-            pass
-    return sorted(records, key=lambda r: r["time"])
-
-
-def _verdict(records: list[dict[str, Any]], codes: dict[int, int]) -> tuple[int, Optional[str]]:
-    """(exit code, line) of a failed launch: the first rank that failed on its own says why;
-    then a rank killed by a signal (SIGTERM is the launcher stopping the others); then a rank
-    that only lost its peers; interruptions last."""
-    failed = [r for r in records if r["code"] != 130]
-    own = [r for r in failed if not r["echo"]]
-    killed = any(code not in (0, *_PASSED_ON) and code != -signal.SIGTERM for code in codes.values())
-    if own or (records and not killed):
-        chosen = _first(own or failed or records)
-        return chosen["code"], _line(chosen)
-    first = next((code for _, code in sorted(codes.items()) if code != 130), 130)
-    if not killed and first in _PASSED_ON:  # no word from the workers (--debug: they printed tracebacks)
-        return first, None
-    return 1, "worker failed: " + ", ".join(f"rank {r} ({_describe(c)})" for r, c in sorted(codes.items()))
-
-
-def _first(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The oldest record; rank 0's when it says the same (an error every rank meets)."""
-    oldest = records[0]
-    return next((r for r in records if r["rank"] == 0 and r["message"] == oldest["message"]), oldest)
-
-
-def _line(record: dict[str, Any]) -> str:
-    return record["message"] if record["rank"] == 0 else f"rank {record['rank']}: {record['message']}"
-
-
-def _mark_failed(folder: Path, code: int, line: Optional[str]) -> int:
-    """A run that a failure left ``running`` (rank 0 killed) or ``interrupted`` (rank 0 stopped
-    by the launcher after another rank failed) is marked ``failed``: its directory exists, so
-    the exit code is 1 (the run ended badly), also for an error that is bad input elsewhere."""
-    if code == 130 or not (folder / "run-dir").is_file():
-        return code
-    from clrctl.runs.rundir import RunDir, read_json, write_json_atomic
-
-    run = RunDir(Path((folder / "run-dir").read_text()))
-    try:
-        info = run.read_run()
-        status = info.get("status")
-        # (rank 0 may have marked it failed itself, having only lost a peer: the error is the other's)
-        if status in ("running", "interrupted") or (status == "failed" and not info.get("error")):
-            run.set_status("failed", error=line)
-            summary = run.path / "summary.json"
-            if summary.is_file():
-                write_json_atomic(summary, {**read_json(summary), "status": "failed"})
-            status = "failed"
-    except (ClrctlError, OSError):  # unreadable or unwritable: the line below still says why
-        return code
-    return 1 if status == "failed" else code
-
-
-def _say(line: Optional[str]) -> None:
-    if line:
-        from rich.text import Text
-
-        from clrctl.app import err_console
-
-        err_console.print(Text.assemble(("error:", "red"), " ", line), highlight=False, soft_wrap=True)
-
-
-def _describe(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            pass
-    return f"exit {code}"

@@ -36,6 +36,7 @@ from torch import nn
 from clrctl import interrupts
 
 from clrctl.engine import ddp as distributed
+from clrctl.runs import launch
 from clrctl.rangetest import suggest as rules
 from clrctl.config.schema import CYCLIC_POLICIES, Config, Stage, resolve_steps
 from clrctl.errors import DataError, InputError, Interrupted, RunFailed
@@ -351,7 +352,7 @@ def _distributed_range_test(config, seed_list, first, runs_root, run_dir, info, 
             run = RunDir.create(runs_root, config.name, run_dir, resumable=False)
             run.begin(info, config.model_copy(update={"seed": seed_list[0]}).to_dict())
         finally:
-            distributed.tell_path(run)
+            launch.tell_path(run)
     else:
         run = NullRunDir(distributed.main_path())
     try:

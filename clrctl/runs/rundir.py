@@ -19,24 +19,21 @@ import datetime as _dt
 import errno
 import io
 import json
-import math
 import os
 import platform
 import socket
-import secrets
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Optional
 
 import yaml
 
 from clrctl import __version__
-from clrctl.errors import InputError, RunFailed
+from clrctl.errors import InputError
 from clrctl.files.atomic import (TEMP_SUFFIX, WriteFailed, atomic_file, dumps_strict, failure_line,  # noqa: F401
                                  finite_or_none, os_reason, read_json, remove_quietly, write_json_atomic, write_text_atomic, writing)
 

@@ -17,6 +17,7 @@ from clrctl import interrupts
 from clrctl.files import checkpoint
 
 from clrctl.engine import ddp as distributed
+from clrctl.runs import launch
 from clrctl.config.schema import Config, load_config, resolve_bounds_from
 from clrctl.errors import ClrctlWarning, InputError, Interrupted, RunFailed
 from clrctl.runs.rundir import (NullRunDir, RunDir, WriteFailed, claim, create_group, failure_line, read_json,
@@ -55,7 +56,7 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
                     run = None
                     raise
         finally:
-            distributed.tell_path(run)
+            launch.tell_path(run)
         return run.path, _run(TrainingRun(setup, run, reporter, extra=callbacks))
     except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
         if run is None:
@@ -86,7 +87,7 @@ def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
         return Path(path), _redraw(path)
     run, _ = open_resumable(path)  # (a run, not some other directory, before it gets a .lock)
     claim(run.path)  # refused while another process writes it
-    distributed.announce(run.path)  # (the launcher of --nproc marks it failed if a rank dies)
+    launch.announce(run.path)  # (the launcher of --nproc marks it failed if a rank dies)
     try:
         run, info = open_resumable(path)  # again, now that it is ours: it may have ended meanwhile
         return run.path, _resume(run, info, argv, reporter, callbacks)
