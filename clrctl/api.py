@@ -104,7 +104,7 @@ def lr_find(model: nn.Module, data: Any, *, loss_fn: Optional[Callable] = None,
     moved = model if _model_device(model) == dev else _copy_to(model, dev)
     setup = Setup(config, seed, dev, data_bundle, moved, [], config.plan(), len(data_bundle.train),
                   loss_fn=loss_fn if loss_fn is not None else nn.CrossEntropyLoss())
-    sweep_setup = rt.SweepSetup(setup, setup.stages[0], rt.resolve_steps(config.range_test.steps, len(data_bundle.train)))
+    sweep_setup = rt.SweepSetup.of(setup, setup.stages[0], rt.resolve_steps(config.range_test.steps, len(data_bundle.train)))
     make = _optimizer_factory(optimizer, model, config.range_test.start_lr)
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # a shuffling DataLoader draws from the global RNG

@@ -23,10 +23,11 @@ from typing import Any, Optional
 import torch
 
 from clrctl.engine.callbacks import LOSS, LR, STEP, VAL_ACC, VAL_LOSS, Callback
-from clrctl.engine.setup import Setup, StageRun, build_stage
+from clrctl.engine.setup import Setup
 from clrctl.engine.step import FastPath, Hits, evaluate
 from clrctl.engine.strategy import Strategy
 from clrctl.optim.groups import load_optimizer_state, torch_param_groups
+from clrctl.optim.stages import StageRun, build_stage
 from clrctl.files import checkpoint
 
 

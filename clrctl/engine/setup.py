@@ -4,7 +4,7 @@ Order matters for bad input: data, model, starting weights and parameter groups 
 and one batch is put through a throwaway copy of the model, *before* any run directory
 exists — so a bad config, a missing data root, weights of another architecture or a model
 that does not fit the data leaves nothing behind. Optimizers and schedules belong to a stage
-and are built by :func:`build_stage` when the stage starts.
+and are built by :func:`clrctl.optim.stages.build_stage` when the stage starts.
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ from clrctl.config.schema import Config, Stage, warn_stepsize_fit
 from clrctl.data.datasets import DataBundle, build_data
 from clrctl.engine.device import seed_everything
 from clrctl.errors import ConfigError, DataError
-from clrctl.optim.groups import ParamGroup, build_groups, check_trainable, set_frozen, torch_param_groups
+from clrctl.optim.groups import ParamGroup, build_groups, check_trainable
 from clrctl.model.losses import build_loss, check_targets
 from clrctl.model.build import build_model
-from clrctl.optim.optimizers import build_optimizer
-from clrctl.optim.policies import Schedule, build_schedule, initial_lr
 from clrctl.model.weights import load_weights
 
 
@@ -124,28 +122,6 @@ def probe_batch(setup: Setup) -> None:
             raise ConfigError(f"model.name: {model_name} does not fit the data: a batch of shape "
                               f"{tuple(x.shape)} ({setup.data.num_classes} classes) fails with "
                               f"{type(err).__name__}: {_first_line(err)}") from err
-
-
-@dataclass
-class StageRun:
-    """A stage in progress: its optimizer over the groups it trains, and its schedule."""
-
-    index: int
-    stage: Stage
-    optimizer: torch.optim.Optimizer
-    schedule: Schedule
-
-
-def build_stage(setup: Setup, index: int) -> StageRun:
-    """Freeze the stage's groups (requires_grad off, no optimizer state) and build a fresh
-    optimizer and schedule for the rest; the schedule runs over the stage's own steps."""
-    stage = setup.stages[index]
-    set_frozen(setup.groups, stage.freeze)
-    params = torch_param_groups(setup.groups, setup.model, stage.optimizer, stage.freeze)
-    optimizer = build_optimizer(stage.optimizer, params, initial_lr(stage.policy))
-    schedule = build_schedule(stage.policy, stage.optimizer, optimizer, setup.steps_per_epoch,
-                              stage.length(setup.steps_per_epoch))
-    return StageRun(index, stage, optimizer, schedule)
 
 
 def _first_line(err: BaseException) -> str:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -36,13 +36,14 @@ from torch import nn
 from clrctl import interrupts
 
 from clrctl.engine import ddp as distributed
-from clrctl.runs import launch
+from clrctl.runs.lifecycle import open_run
 from clrctl.rangetest import suggest as rules
 from clrctl.config.schema import CYCLIC_POLICIES, Config, Stage, resolve_steps
 from clrctl.errors import DataError, InputError, Interrupted, RunFailed
-from clrctl.optim.groups import build_groups, set_frozen, torch_param_groups
-from clrctl.optim.optimizers import build_optimizer, current_momentum
-from clrctl.runs.rundir import NullRunDir, RunDir, WriteFailed, failure_line, holds_no_results, release, run_info
+from clrctl.optim.groups import build_groups
+from clrctl.optim.stages import stage_optimizer
+from clrctl.optim.optimizers import current_momentum
+from clrctl.runs.rundir import RunDir, WriteFailed, failure_line, holds_no_results, release, run_info
 from clrctl.engine.setup import Setup, build_setup
 from clrctl.text import count
 from clrctl.engine.step import FastPath, evaluate
@@ -66,21 +67,16 @@ def diverged(smoothed: float, best: float, factor: float) -> bool:
 
 
 @dataclass
-class SweepSetup:
-    """A run's :class:`~clrctl.engine.setup.Setup`, the stage whose frozen groups and LR multipliers
-    the sweep uses, and the sweep's length; built before any run directory exists."""
+class SweepSetup(Setup):
+    """A run's :class:`~clrctl.engine.setup.Setup` with the stage whose frozen groups and LR
+    multipliers the sweep uses, and the sweep's length; built before any run directory exists."""
 
-    base: Setup
-    stage: Stage
-    steps: int
+    stage: Optional[Stage] = None
+    steps: int = 0
 
-    config = property(lambda self: self.base.config)
-    seed = property(lambda self: self.base.seed)
-    device = property(lambda self: self.base.device)
-    data = property(lambda self: self.base.data)
-    model = property(lambda self: self.base.model)
-    steps_per_epoch = property(lambda self: self.base.steps_per_epoch)
-    loss_fn = property(lambda self: self.base.loss_fn)
+    @classmethod
+    def of(cls, base: Setup, stage: Stage, steps: int) -> "SweepSetup":
+        return cls(**{f.name: getattr(base, f.name) for f in fields(Setup)}, stage=stage, steps=steps)
 
 
 def prepare(config: Config, seed: Optional[int] = None, stage: Optional[str] = None) -> SweepSetup:
@@ -88,16 +84,14 @@ def prepare(config: Config, seed: Optional[int] = None, stage: Optional[str] = N
     weights) and the stage to sweep: ``stage`` by name, else the first."""
     chosen = config.stage(stage) if stage is not None else config.plan()[0]
     base = build_setup(config, seed)
-    return SweepSetup(base, chosen, resolve_steps(config.range_test.steps, base.steps_per_epoch))
+    return SweepSetup.of(base, chosen, resolve_steps(config.range_test.steps, base.steps_per_epoch))
 
 
 def sweep_optimizer(setup: SweepSetup, model: nn.Module) -> torch.optim.Optimizer:
     """The stage's optimizer for ``model`` (a copy): its frozen groups get no parameters and
     every group's LR is its ``lr_mult`` x the swept LR."""
     groups = build_groups(model, setup.config.optimizer)
-    set_frozen(groups, setup.stage.freeze)
-    params = torch_param_groups(groups, model, setup.stage.optimizer, setup.stage.freeze)
-    return build_optimizer(setup.stage.optimizer, params, setup.config.range_test.start_lr)
+    return stage_optimizer(groups, model, setup.stage, setup.config.range_test.start_lr)
 
 
 @dataclass
@@ -315,25 +309,18 @@ def start_range_test(config: Config, *, seeds: Optional[list[int]] = None, runs_
         raise ValueError(f"seeds must be distinct non-negative integers (got {seeds!r})")
     first = prepare(config, seed_list[0], stage)  # bad input fails here, before the run directory exists
     info = {**run_info("range-test", seed_list[0], str(first.device), argv),
-            "groups": first.base.describe_groups(), "weights": first.base.weights,
+            "groups": first.describe_groups(), "weights": first.weights,
             **({"stage": first.stage.name} if config.has_stages else {}), **distributed.record()}
+    if distributed.world().distributed and len(seed_list) > 1:
+        raise InputError("--seeds cannot run under several processes; sweep each seed on its own")
     run = None
-    if distributed.world().distributed:
-        if len(seed_list) > 1:
-            raise InputError("--seeds cannot run under several processes; sweep each seed on its own")
-        return _distributed_range_test(config, seed_list, first, runs_root, run_dir, info, reporter_factory)
     try:
-        with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
-            run = RunDir.create(runs_root, config.name, run_dir, resumable=False)  # claimed by this process
-            try:
-                run.begin(info, config.model_copy(update={"seed": seed_list[0]}).to_dict())
-            except BaseException:
-                run.release()
-                run = None
-                raise
+        run = open_run(runs_root, config.name, run_dir, info, config.model_copy(update={"seed": seed_list[0]}).to_dict(),
+                       resumable=False)  # claimed by this process (under DDP: rank 0 writes it)
         return _range_test(config, seed_list, first, run, reporter_factory)
-    except KeyboardInterrupt:  # outside a sweep: before the first
-        if run is None:
+    except KeyboardInterrupt as err:  # outside a sweep: before the first
+        run = run or getattr(err, "run", None)
+        if not isinstance(run, RunDir):
             raise
         interrupts.stopping()  # handled: more signals must not cut the status short
         if run.status() == "running":
@@ -341,24 +328,7 @@ def start_range_test(config: Config, *, seeds: Optional[list[int]] = None, runs_
         raise _interrupted(run) from None
     finally:
         if run is not None:
-            run.release()
-
-
-def _distributed_range_test(config, seed_list, first, runs_root, run_dir, info, reporter_factory):
-    """Under DDP: rank 0 makes and writes the run directory; every rank sweeps."""
-    run = None
-    if distributed.is_main():
-        try:
-            run = RunDir.create(runs_root, config.name, run_dir, resumable=False)
-            run.begin(info, config.model_copy(update={"seed": seed_list[0]}).to_dict())
-        finally:
-            launch.tell_path(run)
-    else:
-        run = NullRunDir(distributed.main_path())
-    try:
-        return _range_test(config, seed_list, first, run, reporter_factory)
-    finally:
-        release(run.path)
+            release(run.path)
 
 
 def _range_test(config: Config, seed_list: list[int], first: SweepSetup, run: RunDir,

@@ -7,6 +7,9 @@ the last rows and a checkpoint are written first) or ``failed``. Every ending wr
 summary and the plots, each file tried even when one before failed (a full disk), and
 run.json's status last — a run marked finished has all its files.
 
+:func:`open_run` is how every kind of run (train, a seed of a group, a sweep's point, the
+range test, the Python API) gets its directory.
+
 Where a new kind of watcher goes: a :class:`~clrctl.engine.callbacks.Callback`, added in
 :meth:`TrainingRun.callbacks` (or passed in ``extra``); the loop does not change.
 """
@@ -16,18 +19,57 @@ from __future__ import annotations
 import signal
 from typing import Any, Callable, Optional
 
+from pathlib import Path
+
 from clrctl import interrupts
+from clrctl.engine import ddp
 from clrctl.engine.callbacks import Callback
 from clrctl.engine.loop import Diverged, Loop, LoopState, Stopped
 from clrctl.engine.setup import Setup
 from clrctl.engine.strategy import Strategy, for_process
 from clrctl.errors import DataError, Interrupted, RunFailed
 from clrctl.files.atomic import WriteFailed, failure_line
+from clrctl.runs import launch
 from clrctl.runs.checkpoints import Checkpoints
+from clrctl.runs.rundir import NullRunDir, RunDir
 from clrctl.track import tensorboard
 from clrctl.track.csvlog import EpochsLog, MetricsLog, log_columns
 from clrctl.track.evaluations import Evaluations
 from clrctl.track.reporter import Progress, Reporter
+
+
+def open_run(runs_root: str | Path, name: str, run_dir: Optional[str | Path], info: dict[str, Any],
+             config: dict[str, Any], *, resumable: bool = True) -> "RunDir | NullRunDir":
+    """A new run directory, claimed by this process, with run.json and config.yaml written
+    together — or no directory at all (a signal waits until both are there). Under DDP rank 0
+    makes it and tells the other ranks, which get a :class:`NullRunDir` of the same path."""
+    if not ddp.is_main():  # only rank 0 writes; the others learn where
+        return NullRunDir(ddp.main_path())
+    run = None
+    try:
+        with interrupts.deferred():
+            run = RunDir.create(runs_root, name, run_dir, resumable=resumable)
+            try:
+                run.begin(info, config)
+            except BaseException:
+                run.release()
+                run = None
+                raise
+    except KeyboardInterrupt:  # (deferred: raised once both files are there)
+        if run is None:
+            raise
+        raise InterruptedRun(run) from None
+    finally:
+        launch.tell_path(run)  # (None: rank 0 failed to make it, and says why)
+    return run
+
+
+class InterruptedRun(KeyboardInterrupt):
+    """A signal as :func:`open_run` made the directory ``run``: the caller marks it interrupted."""
+
+    def __init__(self, run: RunDir):
+        super().__init__()
+        self.run = run
 
 
 class TrainingRun:

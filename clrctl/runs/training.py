@@ -25,7 +25,7 @@ from clrctl.runs.rundir import (NullRunDir, RunDir, WriteFailed, claim, create_g
 from clrctl.engine.setup import build_setup
 from clrctl.engine.callbacks import Callback
 from clrctl.engine.loop import LoopState
-from clrctl.runs.lifecycle import TrainingRun
+from clrctl.runs.lifecycle import TrainingRun, open_run
 from clrctl.runs.plots import lacks_plots, redraw_plots  # noqa: F401 (redraw_plots: public here too)
 from clrctl.track.csvlog import log_columns
 from clrctl.track.reporter import Reporter
@@ -43,22 +43,10 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
             "train_samples": setup.data.train.num_samples}  # (for plots redrawn from the CSVs)
     run = None
     try:
-        if not distributed.is_main():  # only rank 0 writes; the others learn where
-            run = NullRunDir(distributed.main_path())
-            return run.path, _run(TrainingRun(setup, run, reporter, extra=callbacks))
-        try:
-            with interrupts.deferred():  # run.json and config.yaml together, or no directory at all
-                run = RunDir.create(runs_root, config.name, run_dir)  # claimed by this process
-                try:
-                    run.begin(info, config.to_dict())
-                except BaseException:
-                    run.release()
-                    run = None
-                    raise
-        finally:
-            launch.tell_path(run)
+        run = open_run(runs_root, config.name, run_dir, info, config.to_dict())
         return run.path, _run(TrainingRun(setup, run, reporter, extra=callbacks))
-    except KeyboardInterrupt:  # before the loop's own handler was in place (or a second Ctrl-C)
+    except KeyboardInterrupt as err:  # before the loop's own handler was in place (or a second Ctrl-C)
+        run = run or getattr(err, "run", None)
         if run is None:
             raise
         raise _interrupted(run) from None

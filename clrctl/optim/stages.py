@@ -1,0 +1,42 @@
+"""A stage's optimizer and schedule: the one place that builds an optimizer over a model's
+parameter groups (training stages and the range test's sweep alike)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from clrctl.config.schema import Stage
+from clrctl.optim.groups import ParamGroup, set_frozen, torch_param_groups
+from clrctl.optim.optimizers import build_optimizer
+from clrctl.optim.policies import Schedule, build_schedule, initial_lr
+
+
+def stage_optimizer(groups: list[ParamGroup], model: nn.Module, stage: Stage, lr: float) -> torch.optim.Optimizer:
+    """Freeze the stage's groups (requires_grad off, no optimizer state) and build the stage's
+    optimizer over the rest, each group at its ``lr_mult`` x ``lr``."""
+    set_frozen(groups, stage.freeze)
+    params = torch_param_groups(groups, model, stage.optimizer, stage.freeze)
+    return build_optimizer(stage.optimizer, params, lr)
+
+
+@dataclass
+class StageRun:
+    """A stage in progress: its optimizer over the groups it trains, and its schedule."""
+
+    index: int
+    stage: Stage
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+
+
+def build_stage(setup, index: int) -> StageRun:
+    """Stage ``index`` of ``setup`` (a :class:`~clrctl.engine.setup.Setup`) with a fresh
+    optimizer and schedule; the schedule runs over the stage's own steps."""
+    stage = setup.stages[index]
+    optimizer = stage_optimizer(setup.groups, setup.model, stage, initial_lr(stage.policy))
+    schedule = build_schedule(stage.policy, stage.optimizer, optimizer, setup.steps_per_epoch,
+                              stage.length(setup.steps_per_epoch))
+    return StageRun(index, stage, optimizer, schedule)
