@@ -2,15 +2,15 @@
 
 Every default of clrctl is defined here, once. Unknown keys are errors that name the key
 (with a "did you mean"), and every validation failure becomes one :class:`ConfigError` line
-of the form ``<dotted.key>: <what was expected>``. Durations such as ``stepsize`` accept an
-integer number of optimizer steps or ``"N epochs"``; they are resolved to steps by
-:func:`resolve_steps` once the data set (and so the steps per epoch) is known.
+of the form ``<dotted.key>: <what was expected>`` (worded by :mod:`clrctl.config.messages`).
+Durations such as ``stepsize`` accept an integer number of optimizer steps or ``"N epochs"``;
+they are resolved to steps by :func:`resolve_steps` once the data set (and so the steps per
+epoch) is known.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import math
 import re
@@ -24,6 +24,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from clrctl.config import yamlsafe
+from clrctl.config.messages import describe_validation_error, did_you_mean
 from clrctl.errors import ClrctlWarning, ConfigError, echo, warn
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
@@ -160,7 +161,7 @@ class ModelConfig(_Section):
             if ":" in name and (not module or not attr):
                 raise ValueError(f"expected 'torchvision:<name>' or 'module:callable' (got {name!r})")
             return name
-        hint = _did_you_mean(name, BUILTIN_MODELS)
+        hint = did_you_mean(name, BUILTIN_MODELS)
         raise ValueError(
             f"unknown model {name!r}{hint}; expected one of {', '.join(BUILTIN_MODELS)}, "
             "torchvision:<name> or module:callable"
@@ -733,7 +734,7 @@ def validate(data: dict[str, Any], source: str = "config") -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, data)) from None
+        raise ConfigError(describe_validation_error(err, data, Config)) from None
     config.plan()  # every stage's merged policy and optimizer must validate too
     return config
 
@@ -749,11 +750,11 @@ def _resolve_stage(config: Config, stage: StageConfig) -> Stage:
     try:
         merged = Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"stages.{stage.name}.{describe_validation_error(err, data)}") from None
+        raise ConfigError(f"stages.{stage.name}.{describe_validation_error(err, data, Config)}") from None
     known = config.optimizer.group_names()
     for group in stage.freeze:
         if group not in known:
-            raise ConfigError(f"stages.{stage.name}.freeze: unknown group {group!r}{_did_you_mean(group, known)}; "
+            raise ConfigError(f"stages.{stage.name}.freeze: unknown group {group!r}{did_you_mean(group, known)}; "
                               f"groups: {', '.join(known)}")
     if set(known) <= set(stage.freeze):
         raise ConfigError(f"stages.{stage.name}.freeze: freezes every group ({', '.join(known)}); nothing would train")
@@ -765,95 +766,6 @@ def _explicit(policy: "PolicyConfig") -> dict[str, Any]:
     another policy's defaults by accident)."""
     data = json.loads(policy.model_dump_json(by_alias=True))
     return {key: data[key] for key in policy.model_fields_set if key in data} | {"name": data["name"]}
-
-
-def describe_validation_error(err: ValidationError, data: dict[str, Any]) -> str:
-    """One line: the first problem, naming the dotted key and what was expected."""
-    first = err.errors()[0]
-    kind = first["type"]
-    raw = [str(p) for p in first["loc"]]
-    # An unknown key is the last part of its location, whatever it is called (even "int").
-    last = raw[-1:] if kind == "extra_forbidden" else []
-    loc = [p for p in raw[: len(raw) - len(last)] if not _is_union_branch(p)] + last
-    if kind == "missing" and len(loc) > 1 and loc[-1].isdigit():
-        # A short list for a pair such as bounds: pydantic names the missing position
-        # (policy.bounds.1); the user wrote the list, so name the list and show it.
-        loc = loc[:-1]
-        kind, first = "too_short", {**first, "msg": "expected 2 values", "input": _lookup(data, loc)}
-    elif loc[:2] == ["policy", "bounds"] and len(loc) == 3 and loc[2].isdigit():
-        loc, first = loc[:2], {**first, "input": _lookup(data, loc[:2])}  # e.g. [0.1, 'a']
-    key = ".".join(loc) or "config"
-    if kind == "extra_forbidden":
-        hint = _did_you_mean(loc[-1], _known_keys(loc[:-1]))
-        return f"{key}: unknown key{hint}"
-    msg = first["msg"]
-    msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
-    # Model-level validators start their message with the key they are about.
-    field_msg = re.match(r"^([a-z_]+): (.*)$", msg)
-    if field_msg and field_msg.group(1) in _known_keys(loc):
-        key = ".".join(loc + [field_msg.group(1)])
-        msg = field_msg.group(2)
-    if kind in ("missing",):
-        msg = "required key is missing"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        msg = "expected a section of keys (a mapping such as {name: ...})"
-    msg = _INTERNAL_NAME.sub("a section", msg)  # never name a schema class such as PolicyConfig
-    if key == "policy.bounds" and kind in ("tuple_type", "too_short", "too_long", "float_parsing", "float_type"):
-        msg = "expected [base_lr, max_lr] or {from: <range-test run>}"
-    given = first.get("input")
-    if "got" not in msg and kind != "missing" and not isinstance(given, dict):
-        msg = f"{msg} (got {echo(given)})"
-    return f"{key}: {_shorten(msg)}"
-
-
-# A schema class as pydantic names it in messages ("instance of PolicyConfig").
-_INTERNAL_NAME = re.compile(r"\binstance of \w+|\b\w+Config\b|\bBoundsFrom\b")
-
-
-def _shorten(message: str, limit: int = 400) -> str:
-    """A validator's message cut to ``limit`` characters: it may quote a huge value."""
-    return message if len(message) <= limit else f"{message[: limit - 1]}…"
-
-
-def _lookup(data: Any, loc: list[str]) -> Any:
-    """The user's value at a dotted location (None where there is none)."""
-    for part in loc:
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, (list, tuple)) and part.isdigit() and int(part) < len(data):
-            data = data[int(part)]
-        else:
-            return None
-    return data
-
-
-def _is_union_branch(part: Any) -> bool:
-    # pydantic names union branches in the location, e.g. 'tuple[float, float]' or 'BoundsFrom'.
-    text = str(part)
-    return "[" in text or text in ("BoundsFrom", "int", "str", "function-after[_check_duration()]")
-
-
-def _known_keys(loc: list[str]) -> list[str]:
-    model: Any = Config
-    for part in loc:
-        if part.isdigit():  # a list index: the list's item type follows
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        model = next(
-            (a for a in (getattr(annotation, "__args__", None) or (annotation,)) if hasattr(a, "model_fields")),
-            None,
-        )
-        if model is None:
-            return []
-    return [f.alias or name for name, f in model.model_fields.items()]
-
-
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def resolve_bounds_from(config: Config) -> Config:
