@@ -5,7 +5,8 @@ Every default of clrctl is defined here, once. Unknown keys are errors that name
 of the form ``<dotted.key>: <what was expected>`` (worded by :mod:`clrctl.config.messages`).
 Durations such as ``stepsize`` accept an integer number of optimizer steps or ``"N epochs"``;
 they are resolved to steps by :func:`resolve_steps` once the data set (and so the steps per
-epoch) is known.
+epoch) is known. A config is validated once, its stages resolved with it (:meth:`Config.plan`);
+``bounds: {from: RUN}`` is read from that run by :mod:`clrctl.runs.bounds`.
 """
 
 from __future__ import annotations
@@ -768,38 +769,12 @@ def _explicit(policy: "PolicyConfig") -> dict[str, Any]:
     return {key: data[key] for key in policy.model_fields_set if key in data} | {"name": data["name"]}
 
 
-def resolve_bounds_from(config: Config) -> Config:
-    """Replace ``bounds: {from: RUN}`` (of ``policy`` and of each stage's policy) by the bounds
-    that range-test run suggested."""
-    data = config.to_dict()
-    found = False
-    if isinstance(config.policy.bounds, BoundsFrom):
-        data["policy"]["bounds"], found = _suggested_bounds(config.policy.bounds.from_, "policy.bounds.from"), True
-    for stage in data.get("stages") or []:
-        bounds = (stage.get("policy") or {}).get("bounds")
-        if isinstance(bounds, dict) and "from" in bounds:
-            key = f"stages.{stage['name']}.policy.bounds.from"
-            stage["policy"]["bounds"], found = _suggested_bounds(str(bounds["from"]), key), True
-    if not found:
-        return config
-    resolved = validate(data)
-    resolved._written = config._written
-    return resolved
+def __getattr__(name: str) -> Any:
+    # Transitional: clrctl/commands/train.py still imports resolve_bounds_from from here; it
+    # lives in clrctl.runs.bounds (reading runs is not the schema's job). Drop this once it
+    # imports from there.
+    if name == "resolve_bounds_from":
+        from clrctl.runs.bounds import resolve_bounds_from
 
-
-def _suggested_bounds(source: str, key: str) -> list[float]:
-    run = Path(source)
-    summary_path = run / "summary.json"
-    if not run.exists():
-        raise ConfigError(f"{key}: {run} is not a finished run (no such directory){looked_in(source)}")
-    if not summary_path.is_file():
-        raise ConfigError(f"{key}: {run} is not a finished run (no summary.json)")
-    try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError):
-        raise ConfigError(f"{key}: cannot read {summary_path}") from None
-    suggestion = summary.get("suggestion") or {}
-    base, high = suggestion.get("base_lr"), suggestion.get("max_lr")
-    if summary.get("status") != "completed" or base is None or high is None:
-        raise ConfigError(f"{key}: {run} has no suggested bounds (not a completed range test?)")
-    return [float(base), float(high)]
+        return resolve_bounds_from
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

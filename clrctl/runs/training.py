@@ -17,7 +17,8 @@ from clrctl import interrupts
 from clrctl.files import checkpoint
 
 from clrctl.engine import ddp as distributed
-from clrctl.config.schema import Config, load_config, resolve_bounds_from
+from clrctl.config.schema import Config, load_config
+from clrctl.runs.bounds import resolve_bounds_from
 from clrctl.errors import ClrctlWarning, InputError, Interrupted, RunFailed
 from clrctl.runs.rundir import (NullRunDir, RunDir, WriteFailed, claim, create_group, failure_line, read_json,
                                release, run_info, truncate_csv, utc_now)

@@ -20,9 +20,9 @@ from typing import Any, Optional
 from pydantic import ValidationError
 
 from clrctl.config.messages import describe_validation_error
-from clrctl.config.schema import (Config, SweepConfig, apply_override, locate_paths, read_yaml, resolve_bounds_from,
-                                  validate)
+from clrctl.config.schema import Config, SweepConfig, apply_override, locate_paths, read_yaml, validate
 from clrctl.errors import ConfigError, InputError
+from clrctl.runs.bounds import resolve_bounds_from
 from clrctl.config.seeds import parse_seeds
 from clrctl.sweep.grid import expand, parse_grid_option, point_names, set_key
 
