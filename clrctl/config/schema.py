@@ -495,6 +495,8 @@ class Config(_Section):
     range_test: RangeTestConfig = RangeTestConfig()
     # The config as the user wrote it (YAML plus overrides, before defaults): see as_written().
     _written: Optional[dict[str, Any]] = PrivateAttr(default=None)
+    # The stages of a config with stages:, resolved once (see plan()).
+    _stages: Optional[tuple["Stage", ...]] = PrivateAttr(default=None)
 
     stages: list[StageConfig] = []
     sweep: Optional[SweepConfig] = Field(None, exclude=True)  # not part of a run's config.yaml
@@ -524,10 +526,23 @@ class Config(_Section):
         return bool(self.stages)
 
     def plan(self) -> list[Stage]:
-        """The stages in order, each with its merged policy and optimizer (one without stages:)."""
-        if not self.stages:
+        """The stages in order, each with its merged policy and optimizer (one without stages:).
+
+        Each stage's merged blocks are validated once, when the config is (:func:`validate`),
+        and kept: every later call returns them without validating again."""
+        if not self.stages:  # nothing to merge: always the config's own blocks
             return [Stage("train", self.policy, self.optimizer, self.train.epochs, self.train.steps)]
-        return [_resolve_stage(self, stage) for stage in self.stages]
+        if self._stages is None:
+            self._stages = tuple(_resolve_stage(self, stage) for stage in self.stages)
+        return list(self._stages)
+
+    def model_copy(self, *, update: Optional[dict[str, Any]] = None, deep: bool = False) -> "Config":
+        """pydantic's copy; the resolved stages travel with it only when ``update`` changes
+        nothing but the seed (a seed group's runs), which they do not depend on."""
+        copied = super().model_copy(update=update, deep=deep)
+        if update and set(update) - {"seed"}:
+            copied._stages = None
+        return copied
 
     def stage(self, name: str) -> Stage:
         for stage in self.plan():
@@ -740,16 +755,21 @@ def validate(data: dict[str, Any], source: str = "config") -> Config:
     return config
 
 
+class _StageBlocks(_Section):
+    """A stage's merged optimizer and policy, validated as :class:`Config` validates its own
+    (the same fields in the same order, so the same first error, worded from the same keys)."""
+
+    optimizer: OptimizerConfig
+    policy: PolicyConfig
+
+
 def _resolve_stage(config: Config, stage: StageConfig) -> Stage:
-    """A stage's policy and optimizer: its own keys over the top level's, validated as a
-    whole config so that errors name ``stages.<name>.<key>``."""
-    data = config.to_dict()
-    data.pop("stages")
-    data["train"].update(epochs=None, steps=1)
-    data["policy"] = {**_explicit(config.policy), **(stage.policy or {})}
-    data["optimizer"] = {**data["optimizer"], **(stage.optimizer or {})}
+    """A stage's policy and optimizer: its own keys over the top level's, validated (without
+    validating the rest of the config again) so that errors name ``stages.<name>.<key>``."""
+    data = {"optimizer": {**json.loads(config.optimizer.model_dump_json(by_alias=True)), **(stage.optimizer or {})},
+            "policy": {**_explicit(config.policy), **(stage.policy or {})}}
     try:
-        merged = Config.model_validate(data)
+        merged = _StageBlocks.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"stages.{stage.name}.{describe_validation_error(err, data, Config)}") from None
     known = config.optimizer.group_names()
