@@ -528,8 +528,8 @@ class Config(_Section):
     def plan(self) -> list[Stage]:
         """The stages in order, each with its merged policy and optimizer (one without stages:).
 
-        Each stage's merged blocks are validated once, when the config is (:func:`validate`),
-        and kept: every later call returns them without validating again."""
+        A staged config's merged blocks are validated on the first call (:func:`validate` makes
+        it, so that bad stages fail at load) and kept: later calls return the same stages."""
         if not self.stages:  # nothing to merge: always the config's own blocks
             return [Stage("train", self.policy, self.optimizer, self.train.epochs, self.train.steps)]
         if self._stages is None:
