@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from clrctl.config.schema import Config  # noqa: E402
-from clrctl.data.datasets import DataBundle, TensorSource, epoch_generator  # noqa: E402
+from clrctl.data.sources import DataBundle, TensorSource, epoch_generator  # noqa: E402
 from clrctl.optim.groups import build_groups  # noqa: E402
 from clrctl.model.build import build_model  # noqa: E402
 from clrctl.optim.optimizers import build_optimizer  # noqa: E402

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from clrctl.rangetest import sweep as rt
 from clrctl.config.schema import Config, load_config, validate
-from clrctl.data.datasets import BatchSource, DataBundle, LoaderSource, TensorSource
+from clrctl.data.sources import BatchSource, DataBundle, LoaderSource, TensorSource
 from clrctl.errors import ConfigError
 from clrctl.optim.optimizers import build_optimizer
 from clrctl.engine.setup import Setup

@@ -8,7 +8,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clrctl.config.schema import Config, apply_override, load_config, resolve_bounds_from, resolve_steps, validate
+from clrctl.config.schema import Config, apply_override, load_config, resolve_steps, validate
+from clrctl.runs.bounds import resolve_bounds_from
 from clrctl.errors import ConfigError
 
 from conftest import CONFIGS

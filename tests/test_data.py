@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from clrctl.config.schema import DatasetConfig
-from clrctl.data.datasets import TensorSource, build_data, crop_flip, import_torchvision
+from clrctl.data.datasets import build_data, import_torchvision
+from clrctl.data.sources import TensorSource, crop_flip
 from clrctl.errors import ConfigError
 
 CPU = torch.device("cpu")

@@ -141,7 +141,7 @@ def test_image_folder_shares_of_each_batch_add_up_to_one_process_batches(tmp_pat
     exactly the samples of each one-process batch, in order, also when resumed mid-epoch."""
     import torch
 
-    from clrctl.data.datasets import LoaderSource
+    from clrctl.data.sources import LoaderSource
 
     class Indexed(torch.utils.data.Dataset):  # sample i is the image i: easy to follow
         def __len__(self):

@@ -454,7 +454,7 @@ def test_kill_9_inside_stage_2_then_resume_equals_uninterrupted(cli, tiny_config
 
 
 def test_a_stage_takes_its_bounds_from_a_range_test_run(cli, staged, tmp_path):
-    from clrctl.config.schema import resolve_bounds_from
+    from clrctl.runs.bounds import resolve_bounds_from
 
     assert cli("range-test", staged, "--stage", "all", "--run-dir", tmp_path / "rt", "-q",
                "range_test.steps=60", "range_test.eval_every=5") == 0

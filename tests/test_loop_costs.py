@@ -99,7 +99,7 @@ def test_skip_nonfinite_leaves_the_weights_alone():
 
 def test_skip_nonfinite_run_keeps_training(cli, tiny_config, tmp_path, monkeypatch):
     """A batch with a NaN input is skipped; the model after it still learns."""
-    from clrctl.data.datasets import TensorSource
+    from clrctl.data.sources import TensorSource
 
     real = TensorSource.batches
 

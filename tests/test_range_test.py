@@ -14,7 +14,8 @@ import clrctl.rangetest.sweep as rt
 from clrctl.engine import strategy
 from clrctl.rangetest import suggest
 from clrctl.cli import main
-from clrctl.config.schema import load_config, resolve_bounds_from
+from clrctl.config.schema import load_config
+from clrctl.runs.bounds import resolve_bounds_from
 
 TINY = """
 name: tiny-range-test

@@ -12,7 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from clrctl.app import app, console, say_error
-from clrctl.config.schema import CYCLIC_POLICIES, Config, load_config, resolve_bounds_from, resolve_steps
+from clrctl.config.schema import CYCLIC_POLICIES, Config, load_config, resolve_steps
+from clrctl.runs.bounds import resolve_bounds_from
 from clrctl.errors import ClrctlError, ConfigError, InputError
 from clrctl.track.reporting import RichReporter, say, say_path
 from clrctl.config.seeds import SEEDS_HELP, parse_seeds

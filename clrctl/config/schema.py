@@ -2,15 +2,16 @@
 
 Every default of clrctl is defined here, once. Unknown keys are errors that name the key
 (with a "did you mean"), and every validation failure becomes one :class:`ConfigError` line
-of the form ``<dotted.key>: <what was expected>``. Durations such as ``stepsize`` accept an
-integer number of optimizer steps or ``"N epochs"``; they are resolved to steps by
-:func:`resolve_steps` once the data set (and so the steps per epoch) is known.
+of the form ``<dotted.key>: <what was expected>`` (worded by :mod:`clrctl.config.messages`).
+Durations such as ``stepsize`` accept an integer number of optimizer steps or ``"N epochs"``;
+they are resolved to steps by :func:`resolve_steps` once the data set (and so the steps per
+epoch) is known. A config is validated once, its stages resolved with it (:meth:`Config.plan`);
+``bounds: {from: RUN}`` is read from that run by :mod:`clrctl.runs.bounds`.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import math
 import re
@@ -24,6 +25,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from clrctl.config import yamlsafe
+from clrctl.config.messages import describe_validation_error, did_you_mean
 from clrctl.errors import ClrctlWarning, ConfigError, echo, warn
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
@@ -160,7 +162,7 @@ class ModelConfig(_Section):
             if ":" in name and (not module or not attr):
                 raise ValueError(f"expected 'torchvision:<name>' or 'module:callable' (got {name!r})")
             return name
-        hint = _did_you_mean(name, BUILTIN_MODELS)
+        hint = did_you_mean(name, BUILTIN_MODELS)
         raise ValueError(
             f"unknown model {name!r}{hint}; expected one of {', '.join(BUILTIN_MODELS)}, "
             "torchvision:<name> or module:callable"
@@ -493,6 +495,8 @@ class Config(_Section):
     range_test: RangeTestConfig = RangeTestConfig()
     # The config as the user wrote it (YAML plus overrides, before defaults): see as_written().
     _written: Optional[dict[str, Any]] = PrivateAttr(default=None)
+    # The stages of a config with stages:, resolved once (see plan()).
+    _stages: Optional[tuple["Stage", ...]] = PrivateAttr(default=None)
 
     stages: list[StageConfig] = []
     sweep: Optional[SweepConfig] = Field(None, exclude=True)  # not part of a run's config.yaml
@@ -522,10 +526,23 @@ class Config(_Section):
         return bool(self.stages)
 
     def plan(self) -> list[Stage]:
-        """The stages in order, each with its merged policy and optimizer (one without stages:)."""
-        if not self.stages:
+        """The stages in order, each with its merged policy and optimizer (one without stages:).
+
+        A staged config's merged blocks are validated on the first call (:func:`validate` makes
+        it, so that bad stages fail at load) and kept: later calls return the same stages."""
+        if not self.stages:  # nothing to merge: always the config's own blocks
             return [Stage("train", self.policy, self.optimizer, self.train.epochs, self.train.steps)]
-        return [_resolve_stage(self, stage) for stage in self.stages]
+        if self._stages is None:
+            self._stages = tuple(_resolve_stage(self, stage) for stage in self.stages)
+        return list(self._stages)
+
+    def model_copy(self, *, update: Optional[dict[str, Any]] = None, deep: bool = False) -> "Config":
+        """pydantic's copy; the resolved stages travel with it only when ``update`` changes
+        nothing but the seed (a seed group's runs), which they do not depend on."""
+        copied = super().model_copy(update=update, deep=deep)
+        if update and set(update) - {"seed"}:
+            copied._stages = None
+        return copied
 
     def stage(self, name: str) -> Stage:
         for stage in self.plan():
@@ -733,27 +750,32 @@ def validate(data: dict[str, Any], source: str = "config") -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, data)) from None
+        raise ConfigError(describe_validation_error(err, data, Config)) from None
     config.plan()  # every stage's merged policy and optimizer must validate too
     return config
 
 
+class _StageBlocks(_Section):
+    """A stage's merged optimizer and policy, validated as :class:`Config` validates its own
+    (the same fields in the same order, so the same first error, worded from the same keys)."""
+
+    optimizer: OptimizerConfig
+    policy: PolicyConfig
+
+
 def _resolve_stage(config: Config, stage: StageConfig) -> Stage:
-    """A stage's policy and optimizer: its own keys over the top level's, validated as a
-    whole config so that errors name ``stages.<name>.<key>``."""
-    data = config.to_dict()
-    data.pop("stages")
-    data["train"].update(epochs=None, steps=1)
-    data["policy"] = {**_explicit(config.policy), **(stage.policy or {})}
-    data["optimizer"] = {**data["optimizer"], **(stage.optimizer or {})}
+    """A stage's policy and optimizer: its own keys over the top level's, validated (without
+    validating the rest of the config again) so that errors name ``stages.<name>.<key>``."""
+    data = {"optimizer": {**json.loads(config.optimizer.model_dump_json(by_alias=True)), **(stage.optimizer or {})},
+            "policy": {**_explicit(config.policy), **(stage.policy or {})}}
     try:
-        merged = Config.model_validate(data)
+        merged = _StageBlocks.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"stages.{stage.name}.{describe_validation_error(err, data)}") from None
+        raise ConfigError(f"stages.{stage.name}.{describe_validation_error(err, data, Config)}") from None
     known = config.optimizer.group_names()
     for group in stage.freeze:
         if group not in known:
-            raise ConfigError(f"stages.{stage.name}.freeze: unknown group {group!r}{_did_you_mean(group, known)}; "
+            raise ConfigError(f"stages.{stage.name}.freeze: unknown group {group!r}{did_you_mean(group, known)}; "
                               f"groups: {', '.join(known)}")
     if set(known) <= set(stage.freeze):
         raise ConfigError(f"stages.{stage.name}.freeze: freezes every group ({', '.join(known)}); nothing would train")
@@ -765,129 +787,3 @@ def _explicit(policy: "PolicyConfig") -> dict[str, Any]:
     another policy's defaults by accident)."""
     data = json.loads(policy.model_dump_json(by_alias=True))
     return {key: data[key] for key in policy.model_fields_set if key in data} | {"name": data["name"]}
-
-
-def describe_validation_error(err: ValidationError, data: dict[str, Any]) -> str:
-    """One line: the first problem, naming the dotted key and what was expected."""
-    first = err.errors()[0]
-    kind = first["type"]
-    raw = [str(p) for p in first["loc"]]
-    # An unknown key is the last part of its location, whatever it is called (even "int").
-    last = raw[-1:] if kind == "extra_forbidden" else []
-    loc = [p for p in raw[: len(raw) - len(last)] if not _is_union_branch(p)] + last
-    if kind == "missing" and len(loc) > 1 and loc[-1].isdigit():
-        # A short list for a pair such as bounds: pydantic names the missing position
-        # (policy.bounds.1); the user wrote the list, so name the list and show it.
-        loc = loc[:-1]
-        kind, first = "too_short", {**first, "msg": "expected 2 values", "input": _lookup(data, loc)}
-    elif loc[:2] == ["policy", "bounds"] and len(loc) == 3 and loc[2].isdigit():
-        loc, first = loc[:2], {**first, "input": _lookup(data, loc[:2])}  # e.g. [0.1, 'a']
-    key = ".".join(loc) or "config"
-    if kind == "extra_forbidden":
-        hint = _did_you_mean(loc[-1], _known_keys(loc[:-1]))
-        return f"{key}: unknown key{hint}"
-    msg = first["msg"]
-    msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
-    # Model-level validators start their message with the key they are about.
-    field_msg = re.match(r"^([a-z_]+): (.*)$", msg)
-    if field_msg and field_msg.group(1) in _known_keys(loc):
-        key = ".".join(loc + [field_msg.group(1)])
-        msg = field_msg.group(2)
-    if kind in ("missing",):
-        msg = "required key is missing"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        msg = "expected a section of keys (a mapping such as {name: ...})"
-    msg = _INTERNAL_NAME.sub("a section", msg)  # never name a schema class such as PolicyConfig
-    if key == "policy.bounds" and kind in ("tuple_type", "too_short", "too_long", "float_parsing", "float_type"):
-        msg = "expected [base_lr, max_lr] or {from: <range-test run>}"
-    given = first.get("input")
-    if "got" not in msg and kind != "missing" and not isinstance(given, dict):
-        msg = f"{msg} (got {echo(given)})"
-    return f"{key}: {_shorten(msg)}"
-
-
-# A schema class as pydantic names it in messages ("instance of PolicyConfig").
-_INTERNAL_NAME = re.compile(r"\binstance of \w+|\b\w+Config\b|\bBoundsFrom\b")
-
-
-def _shorten(message: str, limit: int = 400) -> str:
-    """A validator's message cut to ``limit`` characters: it may quote a huge value."""
-    return message if len(message) <= limit else f"{message[: limit - 1]}…"
-
-
-def _lookup(data: Any, loc: list[str]) -> Any:
-    """The user's value at a dotted location (None where there is none)."""
-    for part in loc:
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, (list, tuple)) and part.isdigit() and int(part) < len(data):
-            data = data[int(part)]
-        else:
-            return None
-    return data
-
-
-def _is_union_branch(part: Any) -> bool:
-    # pydantic names union branches in the location, e.g. 'tuple[float, float]' or 'BoundsFrom'.
-    text = str(part)
-    return "[" in text or text in ("BoundsFrom", "int", "str", "function-after[_check_duration()]")
-
-
-def _known_keys(loc: list[str]) -> list[str]:
-    model: Any = Config
-    for part in loc:
-        if part.isdigit():  # a list index: the list's item type follows
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        model = next(
-            (a for a in (getattr(annotation, "__args__", None) or (annotation,)) if hasattr(a, "model_fields")),
-            None,
-        )
-        if model is None:
-            return []
-    return [f.alias or name for name, f in model.model_fields.items()]
-
-
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def resolve_bounds_from(config: Config) -> Config:
-    """Replace ``bounds: {from: RUN}`` (of ``policy`` and of each stage's policy) by the bounds
-    that range-test run suggested."""
-    data = config.to_dict()
-    found = False
-    if isinstance(config.policy.bounds, BoundsFrom):
-        data["policy"]["bounds"], found = _suggested_bounds(config.policy.bounds.from_, "policy.bounds.from"), True
-    for stage in data.get("stages") or []:
-        bounds = (stage.get("policy") or {}).get("bounds")
-        if isinstance(bounds, dict) and "from" in bounds:
-            key = f"stages.{stage['name']}.policy.bounds.from"
-            stage["policy"]["bounds"], found = _suggested_bounds(str(bounds["from"]), key), True
-    if not found:
-        return config
-    resolved = validate(data)
-    resolved._written = config._written
-    return resolved
-
-
-def _suggested_bounds(source: str, key: str) -> list[float]:
-    run = Path(source)
-    summary_path = run / "summary.json"
-    if not run.exists():
-        raise ConfigError(f"{key}: {run} is not a finished run (no such directory){looked_in(source)}")
-    if not summary_path.is_file():
-        raise ConfigError(f"{key}: {run} is not a finished run (no summary.json)")
-    try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError):
-        raise ConfigError(f"{key}: cannot read {summary_path}") from None
-    suggestion = summary.get("suggestion") or {}
-    base, high = suggestion.get("base_lr"), suggestion.get("max_lr")
-    if summary.get("status") != "completed" or base is None or high is None:
-        raise ConfigError(f"{key}: {run} has no suggested bounds (not a completed range test?)")
-    return [float(base), float(high)]

@@ -4,9 +4,9 @@ The callable (imported from the working directory, like ``model.name: module:cal
 returns ``(train, val)``, each either
 
 - an ``(x, y)`` pair of tensors: held on the device and batched there, like digits
-  (:class:`~clrctl.data.datasets.TensorSource`); float features, or uint8 images scaled by 1/255;
+  (:class:`~clrctl.data.sources.TensorSource`); float features, or uint8 images scaled by 1/255;
 - a ``torch.utils.data.Dataset`` of ``(x, y)`` samples: batched by a DataLoader with
-  ``dataset.num_workers`` worker processes (:class:`~clrctl.data.datasets.LoaderSource`).
+  ``dataset.num_workers`` worker processes (:class:`~clrctl.data.sources.LoaderSource`).
 
 Labels are class indices; ``num_classes`` is inferred from them (highest + 1) unless
 ``dataset.num_classes`` is set. Float labels are regression targets ``(N,)`` or ``(N, k)``
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from clrctl.config.schema import DatasetConfig
-from clrctl.data.datasets import DataBundle, LoaderSource, TensorSource, _Arrays, _check_batches, _keep_classes
+from clrctl.data.sources import Arrays, DataBundle, LoaderSource, TensorSource, check_batches, keep_classes
 from clrctl.errors import ConfigError
 from clrctl.model.build import USER_ERRORS, _accepts, _describe, _resolve_callable
 
@@ -86,18 +86,18 @@ def _tensor_data(cfg: DatasetConfig, seed: int, device: torch.device, train, val
         outputs = 1 if y.dim() == 1 else y.shape[1]
         source = TensorSource(x, y, cfg.batch_size, device, shuffle=True, augment=cfg.augment, seed=seed,
                               eval_batch_size=cfg.eval_batch_size, drop_last=cfg.drop_last)
-        _check_batches(source, cfg)
+        check_batches(source, cfg)
         val_source = TensorSource(val_x, val_y, cfg.eval_batch_size, device)
         return DataBundle(source, val_source, tuple(x.shape[1:]), outputs, cfg.name)
-    arrays = _Arrays(x, y, val_x, val_y, _num_classes(cfg, torch.cat([y, val_y])))
+    arrays = Arrays(x, y, val_x, val_y, _num_classes(cfg, torch.cat([y, val_y])))
     if cfg.classes is not None:
-        arrays = _keep_classes(arrays, cfg.classes)
+        arrays = keep_classes(arrays, cfg.classes)
     if cfg.augment and arrays.x.dim() != 4:
         raise ConfigError(f"dataset.augment: random crop and flip need images (N, C, H, W); "
                           f"{cfg.name!r} has samples of shape {tuple(arrays.x.shape[1:])}")
     source = TensorSource(arrays.x, arrays.y, cfg.batch_size, device, shuffle=True, augment=cfg.augment, seed=seed,
                           eval_batch_size=cfg.eval_batch_size, drop_last=cfg.drop_last)
-    _check_batches(source, cfg)
+    check_batches(source, cfg)
     val_source = TensorSource(arrays.val_x, arrays.val_y, cfg.eval_batch_size, device)
     return DataBundle(source, val_source, tuple(arrays.x.shape[1:]), arrays.num_classes, cfg.name)
 
@@ -155,7 +155,7 @@ def _dataset_data(cfg: DatasetConfig, seed: int, device: torch.device, train, va
     common = dict(eval_batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
     source = LoaderSource(train, cfg.batch_size, device, shuffle=True, augment=cfg.augment, seed=seed,
                           drop_last=cfg.drop_last, **common)
-    _check_batches(source, cfg)
+    check_batches(source, cfg)
     val_source = LoaderSource(val, cfg.eval_batch_size, device, **common)
     return DataBundle(source, val_source, shapes[0], num_classes, cfg.name)
 

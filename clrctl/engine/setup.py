@@ -23,7 +23,8 @@ from clrctl.engine import ddp as distributed
 
 from clrctl.track import tensorboard
 from clrctl.config.schema import Config, Stage, warn_stepsize_fit
-from clrctl.data.datasets import DataBundle, build_data
+from clrctl.data.datasets import build_data
+from clrctl.data.sources import DataBundle
 from clrctl.engine.device import seed_everything
 from clrctl.errors import ConfigError, DataError
 from clrctl.optim.groups import ParamGroup, build_groups, check_trainable

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from clrctl.data.datasets import BatchSource
+from clrctl.data.sources import BatchSource
 
 
 def forward_backward(model, optimizer, x, y, loss_fn, scaler=None, weight=None, dtype=None, skip_nonfinite=False):

@@ -18,11 +18,12 @@ from clrctl.files import checkpoint
 
 from clrctl.engine import ddp as distributed
 from clrctl.runs import launch
-from clrctl.config.schema import Config, load_config, resolve_bounds_from
+from clrctl.config.schema import Config, load_config
+from clrctl.runs.bounds import resolve_bounds_from
 from clrctl.errors import ClrctlWarning, InputError, Interrupted, RunFailed
 from clrctl.runs.rundir import (NullRunDir, RunDir, WriteFailed, claim, create_group, failure_line, read_json,
                                release, run_info, truncate_csv, utc_now)
-from clrctl.engine.setup import build_setup
+from clrctl.engine.setup import Setup, build_setup
 from clrctl.engine.callbacks import Callback
 from clrctl.engine.loop import LoopState
 from clrctl.runs.lifecycle import TrainingRun, open_run
@@ -34,11 +35,12 @@ from clrctl.model.weights import few_keys
 
 def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: Optional[str | Path] = None,
                    argv: Optional[list[str]] = None, reporter: Optional[Reporter] = None,
-                   callbacks: tuple[Callback, ...] = ()) -> tuple[Path, dict]:
+                   callbacks: tuple[Callback, ...] = (), setup: Optional[Setup] = None) -> tuple[Path, dict]:
     """Train ``config`` in a new run directory; returns (run path, summary). ``callbacks``
-    watch the loop beside the run's own (:mod:`clrctl.engine.callbacks`)."""
+    watch the loop beside the run's own (:mod:`clrctl.engine.callbacks`); ``setup``: one
+    already built from this config (a seed group's first seed), else it is built here."""
     config = resolve_bounds_from(config)
-    setup = build_setup(config)
+    setup = build_setup(config) if setup is None else setup
     info = {**run_info("train", config.seed, str(setup.device), argv), **model_record(setup), **distributed.record(),
             "train_samples": setup.data.train.num_samples}  # (for plots redrawn from the CSVs)
     run = None
@@ -208,12 +210,13 @@ def train_seeds(config: Config, seeds: list[int], *, runs_root: str | Path = "ru
                 reporter_factory=None) -> tuple[Path, list[dict]]:
     """One run per seed under a group directory (``group.json``, ``config.yaml``, ``seed-K/``)."""
     config = resolve_bounds_from(config)
-    build_setup(config)  # fail on bad input before the group directory exists
+    # Bad input fails here, before the group directory exists; the first seed trains with it.
+    built = {seeds[0]: build_setup(config.model_copy(update={"seed": seeds[0]}))}
     group = None
     try:
         with interrupts.deferred():
             group = create_group(runs_root, config.name, seeds, run_dir, config.to_dict())  # claimed
-        return group, _train_group(group, config, seeds, argv, reporter_factory)
+        return group, _train_group(group, config, seeds, argv, reporter_factory, built)
     except KeyboardInterrupt:
         if group is None:
             raise
@@ -260,13 +263,18 @@ def _finished(path: Path) -> bool:
     return (path / "run.json").is_file() and read_json(path / "run.json").get("status") in ("completed", "diverged")
 
 
-def _train_group(group: Path, config: Config, seeds: list[int], argv, reporter_factory) -> list[dict]:
+def _train_group(group: Path, config: Config, seeds: list[int], argv, reporter_factory,
+                 built: Optional[dict[int, Setup]] = None) -> list[dict]:
+    """Each seed in turn; ``built`` holds setups already built, by seed (each is let go once its
+    seed has used it: one seed's data and model on the device at a time)."""
     summaries = []
+    built = built if built is not None else {}
     for index, seed in enumerate(seeds):
         path = group / f"seed-{seed}"
         reporter = reporter_factory(seed) if reporter_factory else None
         try:
-            summaries.append(_train_seed(path, config.model_copy(update={"seed": seed}), argv, reporter))
+            summaries.append(_train_seed(path, config.model_copy(update={"seed": seed}), argv, reporter,
+                                         built.pop(seed, None)))
         except RunFailed as err:  # a diverged seed must not hide the others' results
             summaries.append({"status": "diverged", "seed": seed, "error": str(err)})
         except (Interrupted, KeyboardInterrupt):
@@ -276,15 +284,16 @@ def _train_group(group: Path, config: Config, seeds: list[int], argv, reporter_f
     return summaries
 
 
-def _train_seed(path: Path, config: Config, argv, reporter) -> dict:
-    """One seed of a group: kept if finished, resumed if started, started otherwise."""
+def _train_seed(path: Path, config: Config, argv, reporter, setup: Optional[Setup] = None) -> dict:
+    """One seed of a group: kept if finished, resumed if started, started otherwise (with
+    ``setup`` when one was built for it)."""
     if (path / "run.json").is_file() and (path / "config.yaml").is_file():
         status = read_json(path / "run.json").get("status")
         if status in ("completed", "diverged"):
             summary = path / "summary.json"
             return read_json(summary) if summary.is_file() else {"status": status, "seed": config.seed}
         return resume_training(path, argv=argv, reporter=reporter)[1]
-    return start_training(config, run_dir=path, argv=argv, reporter=reporter)[1]
+    return start_training(config, run_dir=path, argv=argv, reporter=reporter, setup=setup)[1]
 
 
 def _interrupted(run: RunDir) -> Interrupted:

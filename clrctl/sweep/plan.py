@@ -19,9 +19,10 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from clrctl.config.schema import (SweepConfig, apply_override, describe_validation_error, locate_paths, read_yaml,
-                           resolve_bounds_from, validate)
+from clrctl.config.messages import describe_validation_error
+from clrctl.config.schema import Config, SweepConfig, apply_override, locate_paths, read_yaml, validate
 from clrctl.errors import ConfigError, InputError
+from clrctl.runs.bounds import resolve_bounds_from
 from clrctl.config.seeds import parse_seeds
 from clrctl.sweep.grid import expand, parse_grid_option, point_names, set_key
 
@@ -110,7 +111,7 @@ def _sweep_block(block: Any) -> SweepConfig:
     try:
         return SweepConfig.model_validate(block or {})
     except ValidationError as err:
-        raise ConfigError(f"sweep.{describe_validation_error(err, block)}") from None
+        raise ConfigError(f"sweep.{describe_validation_error(err, block, Config)}") from None
 
 
 def _point(base: dict[str, Any], name: str, values: dict[str, Any], seeds: Optional[str], included: bool) -> Point:
