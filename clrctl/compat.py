@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Optional
 
 import torch
+
+from clrctl.errors import ConfigError
+
+TENSORBOARD_INSTALL = "pip install 'clrctl[tensorboard]'"
 
 # Keeps the stand-in op schemas registered (a Library unregisters them when collected).
 _TORCHVISION_OPS_STUB: Optional[torch.library.Library] = None
@@ -30,3 +35,9 @@ def import_torchvision():
             _TORCHVISION_OPS_STUB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         import torchvision
     return torchvision
+
+
+def require_tensorboard(key: str = "train.tensorboard") -> None:
+    """One line and exit 2 when the ``tensorboard`` package is missing (before any run directory)."""
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(f"{key}: the tensorboard package is not installed; install it with: {TENSORBOARD_INSTALL}")

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from clrctl import interrupts
+from clrctl.compat import require_tensorboard
 
 from clrctl.engine import ddp as distributed
 
-from clrctl.track import tensorboard
 from clrctl.config.schema import Config, Stage, warn_stepsize_fit
 from clrctl.data.datasets import build_data
 from clrctl.data.sources import DataBundle
@@ -81,7 +81,7 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     weights on the device, and its parameter groups; raises ConfigError on bad input."""
     seed = config.seed if seed is None else seed
     if config.train.tensorboard:
-        tensorboard.require()  # a missing package is bad input, before any run directory
+        require_tensorboard()  # a missing package is bad input, before any run directory
     seed_everything(seed)
     device = distributed.join(config)  # config.device resolved; under DDP: this rank's GPU
     data = build_data(config.dataset, seed, device)

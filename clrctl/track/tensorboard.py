@@ -17,24 +17,22 @@ before any run directory exists.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from clrctl.compat import TENSORBOARD_INSTALL, require_tensorboard
 from clrctl.engine.callbacks import Callback
-from clrctl.errors import ConfigError
 
 DIRNAME = "tensorboard"
-INSTALL = "pip install 'clrctl[tensorboard]'"
+INSTALL = TENSORBOARD_INSTALL
 HPARAM_METRICS = ("final_val_acc", "best_val_acc", "final_val_loss", "steps_to_target")
 
 
 def require(key: str = "train.tensorboard") -> None:
     """One line and exit 2 when the ``tensorboard`` package is missing."""
-    if importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError(f"{key}: the tensorboard package is not installed; install it with: {INSTALL}")
+    require_tensorboard(key)
 
 
 def _writer(logdir: Path):
