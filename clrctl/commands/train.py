@@ -12,14 +12,15 @@ from rich.table import Table
 from rich.text import Text
 
 from clrctl.app import app, console
+from clrctl.commands import options
 from clrctl.config.schema import Config, load_config, resolve_bounds_from
 from clrctl.errors import ConfigError, InputError
 from clrctl.optim import preview as preview_maths
 from clrctl.track.reporting import RichReporter, say, say_path
-from clrctl.config.seeds import SEEDS_HELP, parse_seeds
+from clrctl.config.seeds import parse_seeds
 
-CONFIG_ARG = typer.Argument(None, help="YAML config file (see configs/).", show_default=False)
-OVERRIDES_ARG = typer.Argument(None, help="Hydra-style overrides: key.path=value …", show_default=False)
+CONFIG_ARG = options.config_argument()
+OVERRIDES_ARG = options.overrides_argument()
 # The user-model contract (README: "Your own model"); no square brackets: help is rich markup.
 MODEL_CONTRACT = (
     "Your own model: model.name: module:callable (imported from the working directory) is called with "
@@ -30,32 +31,12 @@ MODEL_CONTRACT = (
 )
 
 
-NPROC_HELP = ("Run DistributedDataParallel with N processes on this machine (through torch's elastic "
-              "launcher, as torchrun does; one GPU each on CUDA, gloo on CPU). dataset.batch_size stays the "
-              "global batch and must divide by N. Several machines: torchrun ... -m clrctl train CONFIG.")
-
-
 def is_group_dir(path: Path) -> bool:
     return (Path(path) / "group.json").is_file()
 
 
-def without_nproc(args: list[str]) -> list[str]:
-    """The command line for the workers: these arguments without ``--nproc N``."""
-    out, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            out.append(arg)
-    return out
-
-
 def _load(config: Optional[Path], overrides: Optional[list[str]]) -> Config:
-    if config is None:
-        raise InputError("missing CONFIG (a YAML file, e.g. configs/digits-triangular2.yaml)")
-    return load_config(config, overrides or [])
+    return load_config(options.require_config(config, "configs/digits-triangular2.yaml"), overrides or [])
 
 
 def _print_summary(path: Path, summary: dict[str, Any]) -> None:
@@ -83,15 +64,14 @@ def _group_done(group: Path, summaries: list[dict[str, Any]]) -> None:
 def train(
     config: Optional[Path] = CONFIG_ARG,
     overrides: Optional[list[str]] = OVERRIDES_ARG,
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Put the run exactly here (must be new or empty)."),
-    runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="Parent of timestamped run directories."),
+    run_dir: Optional[Path] = options.run_dir_option(),
+    runs_root: Path = options.runs_root_option(),
     resume: Optional[Path] = typer.Option(None, "--resume",
                                           help="Continue an interrupted run (or seed group) in its directory."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help=SEEDS_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    tensorboard: bool = typer.Option(False, "--tensorboard",
-                                     help="Also write TensorBoard events to RUN/tensorboard/ (train.tensorboard=true)."),
-    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, show_default=False, help=NPROC_HELP),
+    seeds: Optional[str] = options.seeds_option(),
+    quiet: bool = options.quiet_option("No progress bar."),
+    tensorboard: bool = options.tensorboard_option(),
+    nproc: Optional[int] = options.nproc_option(),
 ) -> None:
     """Train with a learning-rate policy; writes config, metrics, summary and plots to a run directory."""
     from clrctl.engine import ddp as distributed
@@ -108,7 +88,7 @@ def train(
         else:
             cfg = _load(config, overrides)
         distributed.check_batch_size(cfg.dataset.batch_size, nproc)  # before any process exists
-        sys.exit(distributed.launch(nproc, without_nproc(sys.argv[1:])))
+        sys.exit(distributed.launch(nproc, options.without_nproc(sys.argv[1:])))
     from clrctl.runs.training import is_group, resume_group, resume_training, start_training, train_seeds
 
     quiet = quiet or not distributed.is_main()
@@ -126,7 +106,7 @@ def train(
         if distributed.is_main():
             _print_summary(path, summary)
         return
-    cfg = _load(config, [*(overrides or []), *(["train.tensorboard=true"] if tensorboard else [])])
+    cfg = _load(config, [*(overrides or []), *options.tensorboard_override(tensorboard)])
     if seeds is not None:
         _group_done(*train_seeds(cfg, parse_seeds(seeds, cfg.seed), runs_root=runs_root, run_dir=run_dir,
                                  argv=argv, reporter_factory=per_seed))
