@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from clrctl.app import app, console, err_console
+from clrctl.commands import options
 from clrctl.errors import InputError, Regression
 
 # clrctl.compare.metrics.GATE_METRICS and clrctl.compare.stats.N_BOOTSTRAP, written out so that
@@ -54,7 +55,7 @@ def compare(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Overlay loss, val acc and LR against step in a PNG."),
     bootstrap: int = typer.Option(N_BOOTSTRAP, "--bootstrap", min=100, help="Bootstrap resamples for groups."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap (results are deterministic)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the verdict line; the exit code tells the rest."),
+    quiet: bool = options.quiet_option("Only the verdict line; the exit code tells the rest."),
 ) -> None:
     """Compare runs or seed groups against a baseline; with --gate, exit 1 on a regression.
     One RUN (or group) alone: its summary table. A sweep directory (clrctl sweep) on its own:

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from clrctl.app import app, console, err_console, say_error
+from clrctl.commands import options
 from clrctl.config.schema import load_config
 from clrctl.errors import InputError, RunFailed
 from clrctl.track.reporting import say, say_path
@@ -26,40 +27,34 @@ ROWS = [  # (candidate name, label in the table)
 
 @app.command("range-test")
 def range_test(
-    config: Optional[Path] = typer.Argument(None, help="YAML config file (see configs/).", show_default=False),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Hydra-style overrides: key.path=value …",
-                                                    show_default=False),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Put the run exactly here (must be new or empty)."),
-    runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="Parent of timestamped run directories."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", show_default=False,
-                                        help=f"{SEEDS_HELP} Repeats the sweep per seed (other init and data "
-                                             "order) and suggests the medians."),
-    quiet: bool = typer.Option(False, "--quiet", "-q",
-                               help="No progress bar: one plain line per seed (also when output is not a terminal)."),
-    tensorboard: bool = typer.Option(False, "--tensorboard",
-                                     help="Also write TensorBoard events to RUN/tensorboard/ (train.tensorboard=true)."),
+    config: Optional[Path] = options.config_argument(),
+    overrides: Optional[list[str]] = options.overrides_argument(),
+    run_dir: Optional[Path] = options.run_dir_option(),
+    runs_root: Path = options.runs_root_option(),
+    seeds: Optional[str] = options.seeds_option(f"{SEEDS_HELP} Repeats the sweep per seed (other init and data "
+                                                "order) and suggests the medians."),
+    quiet: bool = options.quiet_option("No progress bar: one plain line per seed (also when output is not a "
+                                       "terminal)."),
+    tensorboard: bool = options.tensorboard_option(),
     stage: Optional[str] = typer.Option(None, "--stage",
                                         help="Sweep this stage of a config with stages: its frozen groups and LR "
                                              "multipliers (default: the first stage)."),
-    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, show_default=False,
-                                        help="Sweep with DistributedDataParallel in N processes on this machine "
-                                             "(dataset.batch_size is the global batch; see clrctl train --help)."),
+    nproc: Optional[int] = options.nproc_option("Sweep with DistributedDataParallel in N processes on this machine "
+                                                "(dataset.batch_size is the global batch; see clrctl train --help)."),
 ) -> None:
     """LR range test (Smith §3.3): raise the LR, record loss and accuracy, suggest CLR bounds."""
     from clrctl.engine import ddp as distributed
     from clrctl.runs import launch
-    from clrctl.commands.train import without_nproc
     from clrctl.track.progress import SeedProgress
     from clrctl.rangetest.sweep import start_range_test
 
-    if config is None:
-        raise InputError("missing CONFIG (a YAML file, e.g. configs/digits-range-test.yaml)")
-    cfg = load_config(config, [*(overrides or []), *(["train.tensorboard=true"] if tensorboard else [])])
+    config = options.require_config(config, "configs/digits-range-test.yaml")
+    cfg = load_config(config, [*(overrides or []), *options.tensorboard_override(tensorboard)])
     if nproc is not None and nproc > 1:
         if seeds is not None:
             raise InputError("--seeds sweeps one process per seed; drop --nproc")
         distributed.check_batch_size(cfg.dataset.batch_size, nproc)  # before any process exists
-        sys.exit(launch.launch(nproc, without_nproc(sys.argv[1:]), say_error))
+        sys.exit(launch.launch(nproc, options.without_nproc(sys.argv[1:]), say_error))
     quiet = quiet or not distributed.is_main()
     seed_list = parse_seeds(seeds, cfg.seed) if seeds is not None else [cfg.seed]
     progress = SeedProgress(seed_list, quiet)  # bars on a terminal; a plain line per seed with -q or in a log

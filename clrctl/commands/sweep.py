@@ -16,6 +16,7 @@ import typer
 from rich.text import Text
 
 from clrctl.app import app, console, err_console
+from clrctl.commands import options
 from clrctl.errors import InputError, Interrupted, RunFailed
 from clrctl.text import count
 
@@ -44,28 +45,25 @@ HELP = (
 
 @app.command("sweep", help=HELP)
 def sweep(
-    config: Optional[Path] = typer.Argument(None, help="YAML config file (its sweep: block, if any, adds the grid).",
-                                            show_default=False),
-    overrides: Optional[List[str]] = typer.Argument(None, help="Overrides for every point: key.path=value …",
-                                                    show_default=False),
+    config: Optional[Path] = options.config_argument("YAML config file (its sweep: block, if any, adds the grid)."),
+    overrides: Optional[List[str]] = options.overrides_argument("Overrides for every point: key.path=value …"),
     grid: Optional[List[str]] = typer.Option(None, "--grid", "-g", help="KEY=V1,V2,… (repeatable): the values to sweep."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds per point: 3, 0,1,2 or 0..4."),
+    seeds: Optional[str] = options.seeds_option("Seeds per point: 3, 0,1,2 or 0..4."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Runs at once on this machine, each in its own process."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run only the I-th of N shares (needs --run-dir)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="The sweep directory (rerun on it to resume)."),
-    runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="Parent of the default timestamped directory."),
+    run_dir: Optional[Path] = options.run_dir_option("The sweep directory (rerun on it to resume)."),
+    runs_root: Path = options.runs_root_option("Parent of the default timestamped directory."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the points; run nothing."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary."),
-    tensorboard: bool = typer.Option(False, "--tensorboard",
-                                     help="Every run also writes TensorBoard events (train.tensorboard=true)."),
+    quiet: bool = options.quiet_option("Only the final summary."),
+    tensorboard: bool = options.tensorboard_option("Every run also writes TensorBoard events "
+                                                   "(train.tensorboard=true)."),
 ) -> None:
     from clrctl.runs.rundir import default_run_path
     from clrctl.sweep.plan import build_plan
     from clrctl.sweep.runner import Pool, parse_shard
     from clrctl.sweep.store import SweepDir
 
-    if config is None:
-        raise InputError("missing CONFIG (a YAML file, e.g. configs/digits-stepsize-sweep.yaml)")
+    config = options.require_config(config, "configs/digits-stepsize-sweep.yaml")
     shard_spec = parse_shard(shard)
     if shard is not None and run_dir is None:
         raise InputError("--shard needs --run-dir: every shard must write to the same sweep directory")
@@ -73,8 +71,7 @@ def sweep(
         from clrctl.track.tensorboard import require
 
         require("--tensorboard")  # once, before any point runs
-    extra = ["train.tensorboard=true"] if tensorboard else []
-    plan = build_plan(config, [*(overrides or []), *extra], list(grid or []), seeds)
+    plan = build_plan(config, [*(overrides or []), *options.tensorboard_override(tensorboard)], list(grid or []), seeds)
     if dry_run:
         _print_plan(plan)
         return

@@ -12,14 +12,16 @@ from rich.table import Table
 from rich.text import Text
 
 from clrctl.app import app, console, say_error
-from clrctl.config.schema import CYCLIC_POLICIES, Config, load_config, resolve_steps
+from clrctl.commands import options
+from clrctl.config.schema import Config, load_config
+from clrctl.errors import ConfigError, InputError
+from clrctl.optim import preview as preview_maths
 from clrctl.runs.bounds import resolve_bounds_from
-from clrctl.errors import ClrctlError, ConfigError, InputError
 from clrctl.track.reporting import RichReporter, say, say_path
-from clrctl.config.seeds import SEEDS_HELP, parse_seeds
+from clrctl.config.seeds import parse_seeds
 
-CONFIG_ARG = typer.Argument(None, help="YAML config file (see configs/).", show_default=False)
-OVERRIDES_ARG = typer.Argument(None, help="Hydra-style overrides: key.path=value …", show_default=False)
+CONFIG_ARG = options.config_argument()
+OVERRIDES_ARG = options.overrides_argument()
 # The user-model contract (README: "Your own model"); no square brackets: help is rich markup.
 MODEL_CONTRACT = (
     "Your own model: model.name: module:callable (imported from the working directory) is called with "
@@ -30,32 +32,12 @@ MODEL_CONTRACT = (
 )
 
 
-NPROC_HELP = ("Run DistributedDataParallel with N processes on this machine (through torch's elastic "
-              "launcher, as torchrun does; one GPU each on CUDA, gloo on CPU). dataset.batch_size stays the "
-              "global batch and must divide by N. Several machines: torchrun ... -m clrctl train CONFIG.")
-
-
 def is_group_dir(path: Path) -> bool:
     return (Path(path) / "group.json").is_file()
 
 
-def without_nproc(args: list[str]) -> list[str]:
-    """The command line for the workers: these arguments without ``--nproc N``."""
-    out, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            out.append(arg)
-    return out
-
-
 def _load(config: Optional[Path], overrides: Optional[list[str]]) -> Config:
-    if config is None:
-        raise InputError("missing CONFIG (a YAML file, e.g. configs/digits-triangular2.yaml)")
-    return load_config(config, overrides or [])
+    return load_config(options.require_config(config, "configs/digits-triangular2.yaml"), overrides or [])
 
 
 def _print_summary(path: Path, summary: dict[str, Any]) -> None:
@@ -83,15 +65,14 @@ def _group_done(group: Path, summaries: list[dict[str, Any]]) -> None:
 def train(
     config: Optional[Path] = CONFIG_ARG,
     overrides: Optional[list[str]] = OVERRIDES_ARG,
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Put the run exactly here (must be new or empty)."),
-    runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="Parent of timestamped run directories."),
+    run_dir: Optional[Path] = options.run_dir_option(),
+    runs_root: Path = options.runs_root_option(),
     resume: Optional[Path] = typer.Option(None, "--resume",
                                           help="Continue an interrupted run (or seed group) in its directory."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help=SEEDS_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    tensorboard: bool = typer.Option(False, "--tensorboard",
-                                     help="Also write TensorBoard events to RUN/tensorboard/ (train.tensorboard=true)."),
-    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, show_default=False, help=NPROC_HELP),
+    seeds: Optional[str] = options.seeds_option(),
+    quiet: bool = options.quiet_option("No progress bar."),
+    tensorboard: bool = options.tensorboard_option(),
+    nproc: Optional[int] = options.nproc_option(),
 ) -> None:
     """Train with a learning-rate policy; writes config, metrics, summary and plots to a run directory."""
     from clrctl.engine import ddp as distributed
@@ -109,7 +90,7 @@ def train(
         else:
             cfg = _load(config, overrides)
         distributed.check_batch_size(cfg.dataset.batch_size, nproc)  # before any process exists
-        sys.exit(launch.launch(nproc, without_nproc(sys.argv[1:]), say_error))
+        sys.exit(launch.launch(nproc, options.without_nproc(sys.argv[1:]), say_error))
     from clrctl.runs.training import is_group, resume_group, resume_training, start_training, train_seeds
 
     quiet = quiet or not distributed.is_main()
@@ -127,7 +108,7 @@ def train(
         if distributed.is_main():
             _print_summary(path, summary)
         return
-    cfg = _load(config, [*(overrides or []), *(["train.tensorboard=true"] if tensorboard else [])])
+    cfg = _load(config, [*(overrides or []), *options.tensorboard_override(tensorboard)])
     if seeds is not None:
         _group_done(*train_seeds(cfg, parse_seeds(seeds, cfg.seed), runs_root=runs_root, run_dir=run_dir,
                                  argv=argv, reporter_factory=per_seed))
@@ -160,55 +141,54 @@ def preview(
     sweep = cfg.is_range_test if sweep is None else sweep
     if not sweep:
         cfg = resolve_bounds_from(cfg)
-    spe = steps_per_epoch or _preview_steps_per_epoch(cfg, sweep)
+    spe = steps_per_epoch or _steps_per_epoch(cfg, sweep)
+    shown = preview_maths.build_preview(cfg, spe, sweep)
+    trace, total = shown.trace, len(shown.trace)
     if sweep:
-        trace = _sweep_trace(cfg, spe)
         say(f"{_sweep_text(cfg, spe)}{_per_epoch(spe)}")
     else:
-        trace = _policy_trace(cfg, spe)
         if cfg.is_range_test:
             say(_suggested_policy_note(cfg, spe))
-        for line in _stage_lines(cfg, spe, len(trace)):
+        for line in _stage_lines(cfg, spe, total):
             say(line)
-    stages = [name for _, name in _stage_steps(cfg, spe)] if not sweep else [None] * len(trace)
-    groups = {} if sweep else _group_columns(cfg, [lr for _, lr, _ in trace], stages)
-    header = ["step", "epoch", *(["stage"] if cfg.has_stages and not sweep else []), "lr",
-              *(f"lr {g}" for g in groups), "momentum"]
-    total = len(trace)
-    picks = range(total) if rows is None else sorted({round(i * (total - 1) / (rows - 1)) for i in range(rows)})
+    with_stage = cfg.has_stages and not sweep
+    header = ["step", "epoch", *(["stage"] if with_stage else []), "lr", *(f"lr {g}" for g in shown.groups), "momentum"]
+    picks = preview_maths.pick_rows(total, rows)
     cells = []
     for step in picks:
         _, lr, mom = trace[step]
-        # metrics.csv's epoch column: step t is in epoch t // steps_per_epoch + 1.
-        epoch = "-" if spe is None else str(step // spe + 1)
-        stage = [stages[step]] if cfg.has_stages and not sweep else []
-        per_group = ["frozen" if math.isnan(g[step]) else f"{g[step]:.6g}" for g in groups.values()]
-        cells.append([str(step), epoch, *stage, f"{lr:.6g}", *per_group, "-" if mom is None else f"{mom:.4g}"])
+        epoch = preview_maths.epoch_of(step, spe)
+        stage = [shown.stages[step]] if with_stage else []
+        per_group = ["frozen" if math.isnan(g[step]) else f"{g[step]:.6g}" for g in shown.groups.values()]
+        cells.append([str(step), "-" if epoch is None else str(epoch), *stage, f"{lr:.6g}", *per_group,
+                      "-" if mom is None else f"{mom:.4g}"])
     _print_rows(header, cells)
     if len(picks) < total:
         say(f"({len(picks)} of {total} steps; without --rows every step)")
     if plot is not None:
-        from clrctl.plots.train import plot_schedule
-        from clrctl.runs.series import policy_names, stage_starts
-
-        moms = [m for _, _, m in trace]
-        what = f"{cfg.range_test.mode} range test" if sweep else policy_names(cfg)
-        starts = None if sweep or not cfg.has_stages else stage_starts(range(len(stages)), stages)
-        plot_schedule(plot, [s for s, _, _ in trace], [lr for _, lr, _ in trace],
-                      None if moms[0] is None else moms, f"{cfg.name}: {what} (preview)", groups or None, starts)
-        say(f"wrote {plot}", err=True)
+        _plot_preview(plot, cfg, shown, sweep)
 
 
-def _stage_steps(cfg: Config, spe: Optional[int]) -> list[tuple[int, str]]:
-    """(global step, stage name) for every step of the run: one step counter for all stages."""
-    out = []
-    for stage in cfg.plan():
-        out.extend((len(out) + t, stage.name) for t in range(_stage_length(cfg, stage, spe)))
-    return out
+def _steps_per_epoch(cfg: Config, sweep: bool) -> Optional[int]:
+    """:func:`clrctl.optim.preview.steps_per_epoch`; a data set that cannot be loaded points to --steps-per-epoch."""
+    try:
+        return preview_maths.steps_per_epoch(cfg, sweep)
+    except preview_maths.EpochLengthUnknown as err:
+        raise ConfigError(f"{err} (preview needs the steps per epoch: pass --steps-per-epoch N to skip "
+                          "loading the data)") from None
 
 
-def _stage_length(cfg: Config, stage, spe: Optional[int]) -> int:
-    return stage.length(spe or 1)
+def _plot_preview(plot: Path, cfg: Config, shown: preview_maths.Preview, sweep: bool) -> None:
+    from clrctl.plots.train import plot_schedule
+    from clrctl.runs.series import policy_names, stage_starts
+
+    trace, stages = shown.trace, shown.stages
+    moms = [m for _, _, m in trace]
+    what = f"{cfg.range_test.mode} range test" if sweep else policy_names(cfg)
+    starts = None if sweep or not cfg.has_stages else stage_starts(range(len(stages)), stages)
+    plot_schedule(plot, [s for s, _, _ in trace], [lr for _, lr, _ in trace],
+                  None if moms[0] is None else moms, f"{cfg.name}: {what} (preview)", shown.groups or None, starts)
+    say(f"wrote {plot}", err=True)
 
 
 def _print_rows(header: list[str], cells: list[list[str]]) -> None:
@@ -248,20 +228,9 @@ def _stage_lines(cfg: Config, spe: Optional[int], total: int) -> list[str]:
         notes = [f"{policy.base_lr:g}–{policy.max_lr:g}", *_stepsize_text(policy, spe)]
         if stage.freeze:
             notes.append(f"frozen: {', '.join(stage.freeze)}")
-        lines.append(f"  stage {stage.name}: {policy.name}, {_stage_length(cfg, stage, spe)} steps ({', '.join(notes)})")
+        lines.append(f"  stage {stage.name}: {policy.name}, {preview_maths.stage_length(stage, spe)} steps "
+                     f"({', '.join(notes)})")
     return lines
-
-
-def _group_columns(cfg: Config, lr: list[float], stages: list[str]) -> dict[str, list[float]]:
-    """Each configured group's LR (lr_mult x the policy's; NaN where frozen), when some group
-    differs from the policy's own LR column."""
-    from clrctl.runs.series import group_lr_traces
-
-    mults = {g.name: g.lr_mult for g in cfg.optimizer.groups} or {name: 1.0 for name in cfg.optimizer.group_names()}
-    frozen = {stage.name: stage.freeze for stage in cfg.plan()}
-    if all(m == 1 for m in mults.values()) and not any(frozen.values()):
-        return {}
-    return {name: list(trace) for name, trace in group_lr_traces(lr, stages, mults, frozen).items()}
 
 
 def _per_epoch(spe: Optional[int]) -> str:
@@ -270,76 +239,13 @@ def _per_epoch(spe: Optional[int]) -> str:
 
 def _stepsize_text(policy, spe: Optional[int]) -> list[str]:
     """The half-cycle (cyclic policies) or T_0 (sgdr); other policies have no stepsize."""
-    if policy.name not in (*CYCLIC_POLICIES, "sgdr"):
-        return []
-    return [f"stepsize {resolve_steps(policy.stepsize, spe or 1)}"]
+    steps = preview_maths.stepsize_steps(policy, spe)
+    return [] if steps is None else [f"stepsize {steps}"]
 
 
 def _sweep_text(cfg: Config, spe: Optional[int]) -> str:
     rt = cfg.range_test
-    return f"range test: {rt.mode} {rt.start_lr:g} -> {rt.end_lr:g} over {resolve_steps(rt.steps, spe or 1)} steps"
-
-
-def _policy_trace(cfg: Config, spe: Optional[int]) -> list[tuple[int, float, Optional[float]]]:
-    from clrctl.optim.policies import preview as trace_policy
-
-    trace: list[tuple[int, float, Optional[float]]] = []
-    for stage in cfg.plan():  # each stage runs its own policy from its own start
-        for _, lr, momentum in trace_policy(stage.policy, stage.optimizer, spe or 1, stage.length(spe or 1)):
-            trace.append((len(trace), lr, momentum))
-    return trace
-
-
-def _sweep_trace(cfg: Config, spe: Optional[int]) -> list[tuple[int, float, Optional[float]]]:
-    """(step, lr, momentum) of the range test: the LR of ``range_test.lr_at``, constant momentum."""
-    from clrctl.rangetest.sweep import lr_at
-
-    rt, opt = cfg.range_test, cfg.optimizer
-    steps = resolve_steps(rt.steps, spe or 1)
-    momentum = opt.betas[0] if opt.name in ("adam", "adamw") else opt.momentum
-    return [(t, lr_at(t, steps, rt.start_lr, rt.end_lr, rt.mode), momentum) for t in range(steps)]
-
-
-def _in_epochs(duration: Any) -> bool:
-    return isinstance(duration, str) and "epoch" in duration
-
-
-def _needs_epoch_length(cfg: Config, sweep: bool) -> bool:
-    """Whether the schedule to preview has a length in epochs (else the data set is not needed)."""
-    if sweep:
-        return _in_epochs(cfg.range_test.steps)
-    durations: list[Any] = []
-    for stage in cfg.plan():
-        policy = stage.policy
-        durations += list(policy.milestones) if policy.name == "step" else []
-        if policy.name in (*CYCLIC_POLICIES, "sgdr"):
-            durations.append(policy.stepsize)
-        if stage.steps is None:
-            return True
-    return any(_in_epochs(d) for d in durations)
-
-
-def _steps_per_epoch(cfg: Config) -> int:
-    import torch
-
-    from clrctl.data.datasets import build_data
-
-    return len(build_data(cfg.dataset, cfg.seed, torch.device("cpu")).train)
-
-
-def _preview_steps_per_epoch(cfg: Config, sweep: bool) -> Optional[int]:
-    """Steps per epoch from the data set's known size, else by loading it when the schedule
-    needs it; None when nothing is in epochs and the size is not known without the data."""
-    from clrctl.data.datasets import known_steps_per_epoch
-
-    known = known_steps_per_epoch(cfg.dataset)
-    if known is not None or not _needs_epoch_length(cfg, sweep):
-        return known
-    try:
-        return _steps_per_epoch(cfg)
-    except ClrctlError as err:
-        raise ConfigError(f"{err} (preview needs the steps per epoch: pass --steps-per-epoch N to skip "
-                          "loading the data)") from None
+    return f"range test: {rt.mode} {rt.start_lr:g} -> {rt.end_lr:g} over {preview_maths.sweep_steps(cfg, spe)} steps"
 
 
 @app.command("validate", epilog="A range-test config (its name ends in range-test) is described by its sweep. "
