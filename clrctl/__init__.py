@@ -1,9 +1,10 @@
 """clrctl — an experiment runner for cyclical learning rates (Smith, arXiv 1506.01186).
 
-The package is a library first; :mod:`clrctl.cli` is a thin layer over it.
-Modules: config (schema), data, models, optim, policies (LR schedules), trainer,
-range_test + suggest (LR range test), rundir (the only writer of runs/), plots
-(the only matplotlib user), compare (reads runs, never imports torch), cli.
+The package is a library first; :mod:`clrctl.cli` and :mod:`clrctl.commands` are a thin
+layer over it. Packages by layer (docs/architecture.md; pyproject.toml's import-linter
+contracts enforce it): commands > api > sweep, compare > rangetest > runs > track > engine >
+optim > data > model > plots > files, config; and the base modules errors, text,
+interrupts, compat, series, app.
 """
 
 __version__ = "0.1.0"

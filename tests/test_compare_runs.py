@@ -7,7 +7,7 @@ import math
 import pytest
 
 from clrctl.compare.curves import aggregate, train_curves
-from clrctl.runs.series import moving_average
+from clrctl.series import moving_average
 from clrctl.compare.runs import load_side, load_sides, read_columns
 from clrctl.errors import InputError
 from test_compare_support import make_group, make_run

@@ -324,7 +324,7 @@ def test_corrupt_image_met_in_training_fails_the_run(cli, tiny_config, tmp_path,
 
 
 def test_moving_average_weights_steps_by_batch_size():
-    from clrctl.runs.series import batch_sizes, moving_average
+    from clrctl.series import batch_sizes, moving_average
 
     sizes = batch_sizes(np.arange(90), 43, 32, 1347)  # digits: 43 steps per epoch, the last of 3 samples
     assert sizes[40:44].tolist() == [32, 32, 3, 32] and sizes.sum() == 2 * 1347 + 4 * 32
@@ -334,7 +334,7 @@ def test_moving_average_weights_steps_by_batch_size():
 
 
 def test_loss_axis_limits_ignore_a_few_near_zero_losses():
-    from clrctl.runs.series import robust_limits
+    from clrctl.series import robust_limits
 
     curve = 2.0 * np.exp(-np.linspace(0.0, 3.0, 1000))  # 2 -> 0.1
     curve[[100, 400, 700, 999]] = 1e-7

@@ -180,7 +180,7 @@ def _steps_per_epoch(cfg: Config, sweep: bool) -> Optional[int]:
 
 def _plot_preview(plot: Path, cfg: Config, shown: preview_maths.Preview, sweep: bool) -> None:
     from clrctl.plots.train import plot_schedule
-    from clrctl.runs.series import policy_names, stage_starts
+    from clrctl.series import policy_names, stage_starts
 
     trace, stages = shown.trace, shown.stages
     moms = [m for _, _, m in trace]

@@ -16,7 +16,7 @@ import numpy as np
 
 from clrctl.compare.metrics import eval_points
 from clrctl.compare.runs import Run, Side
-from clrctl.runs.series import moving_average
+from clrctl.series import moving_average
 
 LOSS_POINTS = 100  # the loss moving average spans about 1/LOSS_POINTS of the run
 

@@ -27,15 +27,12 @@ from clrctl.compare.metrics import (
     target_from_run,
     train_scalars,
 )
+from clrctl.compare.configdiff import IGNORED_CONFIG_KEYS, IGNORED_SECTIONS, config_diff, flatten  # noqa: F401
 from clrctl.compare.runs import Side
 from clrctl.compare.stats import Tolerance
 from clrctl.errors import InputError
 
 SCHEMA_VERSION = 1
-IGNORED_CONFIG_KEYS = ("name", "seed")  # differ by design between runs that are compared
-# sections a kind of run never reads: a training run ignores the sweep's settings (suggested.yaml
-# keeps them), a range test sweeps its own LR, so the policy and the training length do not apply
-IGNORED_SECTIONS = {"train": ("range_test",), "range-test": ("policy", "train")}
 IDENTITY_KEYS = ("dataset.name", "model.name")  # runs that differ here are not comparable
 # runs that differ here compute another loss (label smoothing adds its term to val_loss too):
 # their losses are reported, not judged
@@ -315,28 +312,6 @@ def _speedup_ci(b_steps, c_steps, pairs, options) -> tuple[float, float]:
         statistic = lambda b, c: stats.median_rows(b) / stats.median_rows(c)  # noqa: E731
     return stats.bootstrap_ci(b_steps, c_steps, pairs is not None, statistic=statistic,
                               n_boot=options.n_boot, confidence=options.confidence, seed=options.seed)
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"policy": {"name": "fixed"}}`` -> ``{"policy.name": "fixed"}``."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
-def config_diff(base: dict[str, Any], cand: dict[str, Any], kind: str = "train") -> list[dict[str, Any]]:
-    """The dotted keys whose values differ (``name``, ``seed`` and the sections ``kind`` never
-    reads, :data:`IGNORED_SECTIONS`, ignored)."""
-    a, b = flatten(base), flatten(cand)
-    sections = IGNORED_SECTIONS.get(kind, ())
-    keys = [k for k in list(a) + [k for k in b if k not in a]
-            if k not in IGNORED_CONFIG_KEYS and k.split(".", 1)[0] not in sections]
-    return [{"key": k, "baseline": a.get(k), "candidate": b.get(k)} for k in keys if a.get(k) != b.get(k)]
 
 
 def _decades(base: dict[str, Any], cand: dict[str, Any], name: str) -> Optional[float]:

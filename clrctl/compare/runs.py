@@ -96,7 +96,7 @@ def load_side(spec: str) -> Side:
 def _checked(side: Side) -> Side:
     """A group is several seeds of one config: refuse a side that repeats a seed or pools runs
     of different configs (a glob over two groups), naming the seed or the first differing key."""
-    from clrctl.compare.report import config_diff  # report imports this module
+    from clrctl.compare.configdiff import config_diff
 
     first = side.runs[0]
     seen: dict[int, Path] = {}

@@ -48,6 +48,13 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 # Batch sources
 
 
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[lo, hi) of rank's share of ``n`` items, as ``torch.tensor_split`` cuts them."""
+    base, extra = divmod(n, world_size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (rank < extra)
+
+
 class BatchSource(ABC):
     """An epoch-indexed stream of ``(x float32, y int64)`` batches already on ``device``.
 
@@ -91,8 +98,6 @@ class BatchSource(ABC):
 
     def _share(self, begin: int) -> tuple[int, int]:
         """[lo, hi) sample positions of this rank's share of the global batch at ``begin``."""
-        from clrctl.engine.ddp import shard_bounds
-
         size = min(self.batch_size, self._end - begin)
         lo, hi = shard_bounds(size, *self.shard)
         return begin + lo, begin + hi

@@ -32,6 +32,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
+from clrctl.data.sources import shard_bounds  # noqa: F401 (the share arithmetic is the data's)
 from clrctl.errors import ConfigError, InputError
 
 TIMEOUT_ENV = "CLRCTL_DDP_TIMEOUT"
@@ -175,13 +176,6 @@ def main_path() -> Path:
 
 # ---------------------------------------------------------------------------------------
 # Data: each rank's share of every global batch
-
-
-def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """[lo, hi) of rank's share of ``n`` items, as ``torch.tensor_split`` cuts them."""
-    base, extra = divmod(n, world_size)
-    lo = rank * base + min(rank, extra)
-    return lo, lo + base + (rank < extra)
 
 
 def shard_data(data) -> None:

@@ -4,6 +4,7 @@ directory, checkpoints and sweeps build on it); stdlib only."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -128,3 +129,9 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(found, dict):
         raise InputError(f"{path}: unreadable (a JSON {type(found).__name__}, not an object)")
     return found
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a run CSV as dicts of strings (blank = no value)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

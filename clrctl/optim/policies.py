@@ -198,3 +198,12 @@ def preview(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, steps_per_epoc
         trace.append((step, schedule.lr(), schedule.momentum()))
         schedule.step()
     return trace
+
+
+# The LR range test's sweep (Smith §3.3: linear; fastai / torch-lr-finder: exponential)
+
+
+def lr_at(step: int, steps: int, start: float, end: float, mode: str) -> float:
+    """LR of step ``step`` of ``steps``: ``start`` at 0, ``end`` at ``steps - 1``."""
+    frac = step / max(steps - 1, 1)
+    return start + frac * (end - start) if mode == "linear" else start * (end / start) ** frac

@@ -80,7 +80,7 @@ def sweep_steps(cfg: Config, steps_per_epoch: Optional[int]) -> int:
 def sweep_trace(cfg: Config, steps_per_epoch: Optional[int]) -> Trace:
     """(step, lr, momentum) of the range test: the LR of ``range_test.lr_at``, constant momentum
     (Adam's beta1 for adam and adamw)."""
-    from clrctl.rangetest.sweep import lr_at
+    from clrctl.optim.policies import lr_at
 
     rt, opt = cfg.range_test, cfg.optimizer
     steps = sweep_steps(cfg, steps_per_epoch)
@@ -98,7 +98,7 @@ def stepsize_steps(policy: Any, steps_per_epoch: Optional[int]) -> Optional[int]
 def group_columns(cfg: Config, lr: list[float], stages: list[Optional[str]]) -> dict[str, list[float]]:
     """Each configured group's LR (lr_mult x the policy's ``lr``; NaN where its stage freezes
     it), or nothing when every group trains at the policy's own LR."""
-    from clrctl.runs.series import group_lr_traces
+    from clrctl.series import group_lr_traces
 
     mults = {g.name: g.lr_mult for g in cfg.optimizer.groups} or {name: 1.0 for name in cfg.optimizer.group_names()}
     frozen = {stage.name: stage.freeze for stage in cfg.plan()}

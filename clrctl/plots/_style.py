@@ -33,7 +33,7 @@ def save(fig, path) -> None:
     previous file or none, never a truncated PNG."""
     from pathlib import Path
 
-    from clrctl.runs.rundir import atomic_file
+    from clrctl.files.atomic import atomic_file
 
     for ax in fig.axes:
         ax.grid(True, alpha=0.3)

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from clrctl.plots._style import new_figure, save
-from clrctl.runs.series import robust_limits
+from clrctl.series import robust_limits
 
 
 def plot_lr(path: Path, steps: Sequence[float], lr: Sequence[float],

@@ -41,6 +41,7 @@ from clrctl.rangetest import suggest as rules
 from clrctl.config.schema import CYCLIC_POLICIES, Config, Stage, resolve_steps
 from clrctl.errors import DataError, InputError, Interrupted, RunFailed
 from clrctl.optim.groups import build_groups
+from clrctl.optim.policies import lr_at  # noqa: F401 (part of the sweep's API)
 from clrctl.optim.stages import stage_optimizer
 from clrctl.optim.optimizers import current_momentum
 from clrctl.runs.rundir import RunDir, WriteFailed, failure_line, holds_no_results, release, run_info
@@ -53,12 +54,6 @@ from clrctl.track.reporter import Reporter
 METRIC_COLUMNS = ["step", "epoch", "lr", "momentum", "loss", "smoothed_loss", "val_loss", "val_acc"]
 FLUSH_EVERY = 25  # rows between fsyncs of metrics.csv
 BOUNDED_POLICIES = CYCLIC_POLICIES + ("one_cycle", "cosine", "sgdr", "linear", "wsd")
-
-
-def lr_at(step: int, steps: int, start: float, end: float, mode: str) -> float:
-    """LR of step ``step`` of ``steps``: ``start`` at 0, ``end`` at ``steps - 1``."""
-    frac = step / max(steps - 1, 1)
-    return start + frac * (end - start) if mode == "linear" else start * (end / start) ** frac
 
 
 def diverged(smoothed: float, best: float, factor: float) -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 from clrctl.config.schema import Config, load_config
 from clrctl.errors import InputError
 from clrctl.runs.rundir import RunDir, claim, holder, is_live, read_csv, read_json, release
-from clrctl.runs.series import batch_sizes, group_lr_traces, moving_average, policy_names, stage_starts
+from clrctl.series import batch_sizes, group_lr_traces, moving_average, policy_names, stage_starts
 
 
 def lacks_plots(path: str | Path) -> bool:

@@ -35,7 +35,7 @@ import yaml
 from clrctl import __version__
 from clrctl.errors import InputError
 from clrctl.files.atomic import (TEMP_SUFFIX, WriteFailed, atomic_file, dumps_strict, failure_line,  # noqa: F401
-                                 finite_or_none, os_reason, read_json, remove_quietly, write_json_atomic, write_text_atomic, writing)
+                                 finite_or_none, os_reason, read_csv, read_json, remove_quietly, write_json_atomic, write_text_atomic, writing)
 
 TERMINAL_STATUSES = ("completed", "diverged", "interrupted", "failed")
 LOCK_NAME = ".lock"  # held (flock) by the process that writes the directory; never removed
@@ -617,12 +617,6 @@ def git_state() -> dict[str, Any]:
     commit = git("rev-parse", "HEAD")
     dirty = None if commit is None else bool(git("status", "--porcelain", "--untracked-files=no"))
     return {"commit": commit, "dirty": dirty}
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a run CSV as dicts of strings (blank = no value)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def create_group(runs_root: str | Path, name: str, seeds: list[int], path: Optional[str | Path] = None,

@@ -186,7 +186,7 @@ def suggestion_text(suggestion: dict[str, Any]) -> str:
 def range_test_events(run_path: Path, summary: dict[str, Any], logdir: Optional[Path] = None) -> None:
     """Events of a range-test run directory (one seed, or ``seeds/seed-K`` each) in
     ``logdir`` (default ``RUN/tensorboard``)."""
-    from clrctl.runs.rundir import read_csv
+    from clrctl.files.atomic import read_csv
 
     run_path = Path(run_path)
     logdir = logdir or run_path / DIRNAME
@@ -213,7 +213,7 @@ def export(path: Path) -> list[Path]:
     existing ``RUN/tensorboard/`` is replaced (written beside it first, then swapped in).
     Raises InputError for what is not a finished run."""
     from clrctl.errors import InputError
-    from clrctl.runs.rundir import read_json
+    from clrctl.files.atomic import read_json
 
     path = Path(path)
     if (path / "group.json").is_file():
@@ -250,7 +250,7 @@ def _remove(path: Path) -> None:
 
 def _train_events(path: Path, info: dict[str, Any], summary: dict[str, Any], logdir: Path) -> None:
     from clrctl.config.schema import load_config
-    from clrctl.runs.rundir import read_csv
+    from clrctl.files.atomic import read_csv
 
     config = load_config(path / "config.yaml")
     log = TrainLogger(path, config, info.get("groups") or [], logdir)

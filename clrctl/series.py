@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from clrctl.config.schema import Config
 
 
 def moving_average(values: np.ndarray, window: int, weights: Optional[np.ndarray] = None) -> np.ndarray:
