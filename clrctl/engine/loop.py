@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -26,9 +26,7 @@ from clrctl.engine.callbacks import LOSS, LR, STEP, VAL_ACC, VAL_LOSS, Callback
 from clrctl.engine.setup import Setup
 from clrctl.engine.step import FastPath, Hits, evaluate
 from clrctl.engine.strategy import Strategy
-from clrctl.optim.groups import load_optimizer_state, torch_param_groups
 from clrctl.optim.stages import StageRun, build_stage
-from clrctl.files import checkpoint
 
 
 @dataclass
@@ -264,27 +262,3 @@ class Loop:
         state.epoch_loss_sum = state.epoch_correct = 0.0
         state.epoch_seen = 0
         self.emit("on_epoch_end", row)
-
-    # -- checkpoints -------------------------------------------------------------------
-    def checkpoint_payload(self) -> dict[str, Any]:
-        """What ``last.pt`` holds: enough to continue bit for bit (see :meth:`restore`)."""
-        state = asdict(self.state)
-        state["elapsed_s"] = self.elapsed()
-        return {
-            "model": self.setup.model.state_dict(), "optimizer": self.stage.optimizer.state_dict(),
-            "schedule": self.stage.schedule.state_dict(), "scaler": self.scaler.state_dict(),
-            "stage": self.stage.index, "state": state, "rng": checkpoint.rng_state(),
-        }
-
-    def restore(self, saved: dict[str, Any]) -> None:
-        """Continue from a ``last.pt``: the optimizer state counts only inside the stage that
-        saved it — a run stopped exactly at a stage boundary starts the next stage afresh."""
-        s = self.setup
-        s.model.load_state_dict(saved["model"])
-        self.scaler.load_state_dict(saved["scaler"])
-        if saved.get("stage", 0) == self.stage.index:
-            stage = self.stage.stage  # (the layout of checkpoints from before alike groups were merged)
-            unmerged = torch_param_groups(s.groups, s.model, stage.optimizer, stage.freeze, merge=False)
-            load_optimizer_state(self.stage.optimizer, saved["optimizer"], unmerged)
-            self.stage.schedule.load_state_dict(saved["schedule"])
-        checkpoint.restore_rng(saved["rng"])

@@ -1,13 +1,16 @@
-"""The checkpoint cadence of a training run, as a loop callback: ``last.pt`` at epoch ends
-(throttled by ``train.checkpoint_every``), ``best.pt`` for the best evaluation so far."""
+"""A training run's checkpoints: what ``last.pt`` holds and how a loop continues from it, and
+the cadence, as a loop callback: ``last.pt`` at epoch ends (throttled by
+``train.checkpoint_every``), ``best.pt`` for the best evaluation so far."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any, Optional
 
 from clrctl.engine.callbacks import Callback
 from clrctl.files import checkpoint
+from clrctl.optim.groups import load_optimizer_state, torch_param_groups
 
 
 class Checkpoints(Callback):
@@ -45,9 +48,34 @@ class Checkpoints(Callback):
             return
         self._saved_at = time.perf_counter()
         self.save_best()
-        self.run.save_checkpoint(loop.checkpoint_payload(), "last.pt")
+        self.run.save_checkpoint(payload(loop), "last.pt")
 
     def save_best(self) -> None:
         if self._best is not None:
             self.run.save_checkpoint(self._best, "best.pt", copy=False)
             self._best = None
+
+
+def payload(loop) -> dict[str, Any]:
+    """What ``last.pt`` holds: enough to continue bit for bit (see :func:`restore`)."""
+    state = asdict(loop.state)
+    state["elapsed_s"] = loop.elapsed()
+    return {
+        "model": loop.setup.model.state_dict(), "optimizer": loop.stage.optimizer.state_dict(),
+        "schedule": loop.stage.schedule.state_dict(), "scaler": loop.scaler.state_dict(),
+        "stage": loop.stage.index, "state": state, "rng": checkpoint.rng_state(),
+    }
+
+
+def restore(loop, saved: dict[str, Any]) -> None:
+    """Continue ``loop`` from a ``last.pt``: the optimizer state counts only inside the stage
+    that saved it — a run stopped exactly at a stage boundary starts the next stage afresh."""
+    s = loop.setup
+    s.model.load_state_dict(saved["model"])
+    loop.scaler.load_state_dict(saved["scaler"])
+    if saved.get("stage", 0) == loop.stage.index:
+        stage = loop.stage.stage  # (the layout of checkpoints from before alike groups were merged)
+        unmerged = torch_param_groups(s.groups, s.model, stage.optimizer, stage.freeze, merge=False)
+        load_optimizer_state(loop.stage.optimizer, saved["optimizer"], unmerged)
+        loop.stage.schedule.load_state_dict(saved["schedule"])
+    checkpoint.restore_rng(saved["rng"])

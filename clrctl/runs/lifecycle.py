@@ -30,7 +30,7 @@ from clrctl.engine.strategy import Strategy, for_process
 from clrctl.errors import DataError, Interrupted, RunFailed
 from clrctl.files.atomic import WriteFailed, failure_line
 from clrctl.runs import launch
-from clrctl.runs.checkpoints import Checkpoints
+from clrctl.runs.checkpoints import Checkpoints, restore
 from clrctl.runs.rundir import NullRunDir, RunDir
 from clrctl.track import tensorboard
 from clrctl.track.csvlog import EpochsLog, MetricsLog, log_columns
@@ -106,7 +106,7 @@ class TrainingRun:
         return self.loop.state
 
     def restore(self, saved: dict[str, Any]) -> None:
-        self.loop.restore(saved)
+        restore(self.loop, saved)
 
     # -- running and ending ----------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
