@@ -157,6 +157,9 @@ def count_one(case: str, loop: str) -> None:
     import gc
     import os
 
+    from clrctl.runs.lifecycle import TrainingRun as _Run
+
+    _Run._plots = lambda self: None  # the loop, not matplotlib: plots are drawn once a run (startup.py)
     setup = make_setup(case)
     train = setup.config.train.model_copy(update={"checkpoint_every": 1e12})
     setup.config = setup.config.model_copy(update={"train": train})

@@ -27,7 +27,7 @@ from clrctl.config.schema import Config, load_config, validate
 from clrctl.data.sources import BatchSource, DataBundle, LoaderSource, TensorSource
 from clrctl.errors import ConfigError
 from clrctl.optim.optimizers import build_optimizer
-from clrctl.engine.setup import Setup
+from clrctl.engine.setup import assemble
 
 RECORD_COLUMNS = ("step", "epoch", "lr", "momentum", "loss", "smoothed_loss", "val_loss", "val_acc")
 
@@ -102,8 +102,8 @@ def lr_find(model: nn.Module, data: Any, *, loss_fn: Optional[Callable] = None,
     dev = torch.device(device) if device is not None else _model_device(model)
     data_bundle = _bundle(data, config, dev, seed)
     moved = model if _model_device(model) == dev else _copy_to(model, dev)
-    setup = Setup(config, seed, dev, data_bundle, moved, [], config.plan(), len(data_bundle.train),
-                  loss_fn=loss_fn if loss_fn is not None else nn.CrossEntropyLoss())
+    setup = assemble(config, seed, dev, data_bundle, moved, groups=[], checked=False,
+                     loss_fn=loss_fn if loss_fn is not None else nn.CrossEntropyLoss())
     sweep_setup = rt.SweepSetup.of(setup, setup.stages[0], rt.resolve_steps(config.range_test.steps, len(data_bundle.train)))
     make = _optimizer_factory(optimizer, model, config.range_test.start_lr)
     devices = [dev] if dev.type == "cuda" else []

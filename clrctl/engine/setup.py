@@ -88,17 +88,30 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     distributed.shard_data(data)
     model = build_model(config.model, data.input_shape, data.num_classes)
     weights = load_weights(model, config.model)
-    model = model.to(device)
-    groups = build_groups(model, config.optimizer)
-    stages = config.plan()
-    for stage in stages:
-        check_trainable(groups, stage.freeze, f"stages.{stage.name}" if config.has_stages else "optimizer")
-    warn_stepsize_fit(stages, len(data.train), config.has_stages)
-    setup = Setup(config, seed, device, data, model, groups, stages, len(data.train), weights, build_loss(config.train))
+    setup = assemble(config, seed, device, data, model.to(device), weights=weights)
     if probe:
         probe_batch(setup)
     interrupts.check()  # a Ctrl-C during these slow steps may have been swallowed
     return setup
+
+
+def assemble(config: Config, seed: int, device: torch.device, data: DataBundle, model: nn.Module, *,
+             weights: Optional[dict[str, Any]] = None, loss_fn: Optional[nn.Module] = None,
+             groups: Optional[list[ParamGroup]] = None, checked: bool = True) -> Setup:
+    """A :class:`Setup` from its built parts (the data and a model on ``device``): parameter
+    groups (``config.optimizer``'s, unless given), the planned stages with their frozen groups
+    checked, the loss (``train.loss``'s, unless given). :func:`build_setup` and the notebook
+    API (:func:`clrctl.api.lr_find`, the caller's own model and data) both end here.
+    ``checked``: refuse a stage that freezes everything, warn of a stepsize that does not fit
+    (off for ``lr_find``, whose optimizer is the caller's and whose policy is the sweep)."""
+    groups = build_groups(model, config.optimizer) if groups is None else groups
+    stages = config.plan()
+    if checked:
+        for stage in stages:
+            check_trainable(groups, stage.freeze, f"stages.{stage.name}" if config.has_stages else "optimizer")
+        warn_stepsize_fit(stages, len(data.train), config.has_stages)
+    return Setup(config, seed, device, data, model, groups, stages, len(data.train), weights,
+                 build_loss(config.train) if loss_fn is None else loss_fn)
 
 
 def probe_batch(setup: Setup) -> None:
