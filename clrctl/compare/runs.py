@@ -24,6 +24,7 @@ import yaml
 
 from clrctl.config import yamlsafe
 from clrctl.errors import InputError
+from clrctl.files.atomic import read_json
 from clrctl.runs.rundir import TERMINAL_STATUSES, holder, is_live
 
 KINDS = ("train", "range-test")
@@ -123,7 +124,7 @@ def group_members(path: Path) -> list[Path]:
     """The run directories of a group: ``group.json``'s ``runs`` or the subdirectories with a run.json."""
     group_file = path / "group.json"
     if group_file.is_file():
-        group = _read_json(group_file)
+        group = read_json(group_file)
         names = group.get("runs")
         if not isinstance(names, list) or not names:
             raise InputError(f"{group_file}: unreadable (expected a non-empty 'runs' list)")
@@ -141,9 +142,9 @@ def load_run(path: str | Path) -> Run:
         raise InputError(f"{path}: no such run directory")
     if not (path / "run.json").is_file():
         raise InputError(f"{path}: not a clrctl run directory (no run.json)")
-    info = _read_json(path / "run.json")
+    info = read_json(path / "run.json")
     _check_info(path, info)
-    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    summary = read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
     metrics_file = path / "metrics.csv"
     if metrics_file.is_file():
         metrics = read_columns(metrics_file)
@@ -227,18 +228,6 @@ def _float(cell: str, path: Path, line: int, column: str) -> float:
         return float(cell)
     except ValueError:
         raise InputError(f"{path}: unreadable (line {line}, column {column}: {cell!r} is not a number)") from None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found") from None
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: unreadable ({err.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: unreadable (expected a JSON object)")
-    return data
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
