@@ -10,6 +10,7 @@ import torch
 from clrctl.errors import ConfigError
 
 TENSORBOARD_INSTALL = "pip install 'clrctl[tensorboard]'"
+SCHEDULEFREE_INSTALL = "pip install 'clrctl[schedulefree]'"
 
 # Keeps the stand-in op schemas registered (a Library unregisters them when collected).
 _TORCHVISION_OPS_STUB: Optional[torch.library.Library] = None
@@ -41,3 +42,9 @@ def require_tensorboard(key: str = "train.tensorboard") -> None:
     """One line and exit 2 when the ``tensorboard`` package is missing (before any run directory)."""
     if importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(f"{key}: the tensorboard package is not installed; install it with: {TENSORBOARD_INSTALL}")
+
+
+def require_schedulefree(key: str = "optimizer.name") -> None:
+    """One line and exit 2 when the ``schedulefree`` package is missing (before any run directory)."""
+    if importlib.util.find_spec("schedulefree") is None:
+        raise ConfigError(f"{key}: the schedulefree package is not installed; install it with: {SCHEDULEFREE_INSTALL}")

@@ -36,6 +36,13 @@ CYCLIC_POLICIES = ("triangular", "triangular2", "exp_range")
 ZERO_BASE_POLICIES = ("linear", "wsd", "cosine")
 WSD_SHAPES = ("linear", "sqrt", "cosine")
 TARGET_METRICS = ("val_acc", "val_loss")
+# Optimizers beside CLR (SPEC "Baselines beside CLR"): Schedule-Free (its own averaging replaces
+# the schedule: policy fixed only) and Muon (2-D hidden weights; AdamW for the rest).
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "schedulefree_sgd", "schedulefree_adamw", "muon")
+SCHEDULE_FREE = ("schedulefree_sgd", "schedulefree_adamw")
+# The momentum an optimizer takes when optimizer.momentum is not set: Schedule-Free SGD's and
+# Muon's own defaults (both need one; clrctl's default of 0 is torch SGD's).
+DEFAULT_MOMENTUM = {"schedulefree_sgd": 0.9, "muon": 0.95}
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(steps?|epochs?)\s*$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -202,8 +209,8 @@ class GroupConfig(_Section):
 
 
 class OptimizerConfig(_Section):
-    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
-    momentum: Float = Field(0.0, ge=0.0, lt=1.0)  # sgd / rmsprop; torch's default is 0
+    name: Literal[OPTIMIZERS] = "sgd"  # type: ignore[valid-type]
+    momentum: Float = Field(0.0, ge=0.0, lt=1.0)  # sgd / rmsprop (0); schedulefree_sgd 0.9, muon 0.95
     nesterov: bool = False
     weight_decay: Float = Field(0.0, ge=0.0, le=10.0)
     betas: tuple[Annotated[Float, Field(ge=0.0, lt=1.0)], Annotated[Float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
@@ -222,6 +229,11 @@ class OptimizerConfig(_Section):
             raise ValueError(f"groups: the group name {duplicate!r} is used twice")
         if REST_GROUP in names:
             raise ValueError(f"groups: {REST_GROUP!r} is reserved for the parameters no group matches")
+        if self.name in DEFAULT_MOMENTUM and "momentum" not in self.model_fields_set:
+            self.momentum = DEFAULT_MOMENTUM[self.name]
+        if self.name == "schedulefree_sgd" and self.momentum <= 0:
+            raise ValueError("momentum: schedulefree_sgd needs 0 < momentum < 1 (its average's interpolation; "
+                             "default 0.9)")
         return self
 
     def group_names(self) -> list[str]:
@@ -337,6 +349,16 @@ class PolicyConfig(_Section):
     @property
     def max_lr(self) -> float:
         return self.bounds[1] if isinstance(self.bounds, tuple) else self.lr  # type: ignore[index]
+
+
+def check_optimizer_policy(optimizer: "OptimizerConfig", policy: "PolicyConfig") -> None:
+    """What an optimizer refuses of a policy (SPEC "Baselines beside CLR"): Schedule-Free takes
+    ``fixed`` only; Muon keeps its momentum (none cycled). A ValueError naming the key."""
+    if optimizer.name in SCHEDULE_FREE and policy.name != "fixed":
+        raise ValueError(f"policy: optimizer {optimizer.name} takes policy: fixed only (its averaging "
+                         f"replaces a schedule), not {policy.name!r}")
+    if optimizer.name == "muon" and policy.momentum is not None:
+        raise ValueError("policy: optimizer muon keeps its own momentum; drop policy.momentum")
 
 
 class TrainConfig(_Section):
@@ -519,6 +541,8 @@ class Config(_Section):
             raise ValueError(f"stages: the stage name {duplicate!r} is used twice")
         if self.stages:  # the default length of train: does not apply
             self.train.epochs = self.train.steps = None
+        else:
+            check_optimizer_policy(self.optimizer, self.policy)
         return self
 
     @property
@@ -761,6 +785,11 @@ class _StageBlocks(_Section):
 
     optimizer: OptimizerConfig
     policy: PolicyConfig
+
+    @model_validator(mode="after")
+    def _fit(self) -> "_StageBlocks":
+        check_optimizer_policy(self.optimizer, self.policy)
+        return self
 
 
 def _resolve_stage(config: Config, stage: StageConfig) -> Stage:

@@ -245,6 +245,14 @@ class Loop:
             state.epoch_correct += sum(hits)
 
     def _evaluate(self) -> None:
+        averaged = self.stage.averaged
+        if averaged is None:
+            self._evaluate_model()
+            return
+        with averaged():  # Schedule-Free: the evaluation, its events (best.pt) see the average
+            self._evaluate_model()
+
+    def _evaluate_model(self) -> None:
         s = self.setup
         val_loss, val_acc = evaluate(s.model, s.data.val, s.loss_fn, self.strategy.eval_reduce)
         self._rows[-1][VAL_LOSS], self._rows[-1][VAL_ACC] = val_loss, val_acc

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from clrctl import interrupts
-from clrctl.compat import require_tensorboard
+from clrctl.compat import require_schedulefree, require_tensorboard
 
 from clrctl.engine import ddp as distributed
 
-from clrctl.config.schema import Config, Stage, warn_stepsize_fit
+from clrctl.config.schema import SCHEDULE_FREE, Config, Stage, warn_stepsize_fit
 from clrctl.data.datasets import build_data
 from clrctl.data.sources import DataBundle
 from clrctl.engine.device import seed_everything
@@ -82,6 +82,9 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     seed = config.seed if seed is None else seed
     if config.train.tensorboard:
         require_tensorboard()  # a missing package is bad input, before any run directory
+    for stage in config.plan():
+        if stage.optimizer.name in SCHEDULE_FREE:
+            require_schedulefree(f"stages.{stage.name}.optimizer.name" if config.has_stages else "optimizer.name")
     seed_everything(seed)
     device = distributed.join(config)  # config.device resolved; under DDP: this rank's GPU
     data = build_data(config.dataset, seed, device)

@@ -127,13 +127,38 @@ def torch_param_groups(groups: list[ParamGroup], model: nn.Module, cfg: Optimize
             if params:
                 out.append({"params": params, "name": group.name, "lr_mult": group.lr_mult,
                             "weight_decay": weight_decay})
+    if cfg.name == "muon":
+        out = _split_muon(out, muon_param_names(model), dict(model.named_parameters()))
     return _merge_alike(out) if merge else out
+
+
+def muon_param_names(model: nn.Module) -> set[str]:
+    """The parameters Muon updates (Jordan et al. 2024; torch.optim.Muon): the 2-D weight
+    matrices of the hidden ``nn.Linear`` layers. The classifier head (:func:`head_module`),
+    embeddings, biases, norms and convolution filters (4-D: torch's Muon takes 2-D only) go
+    to AdamW."""
+    head = head_module(model)
+    return {f"{name}.weight" if name else "weight" for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and name != head and module.weight.ndim == 2}
+
+
+def _split_muon(parts: list[dict[str, Any]], muon: set[str], named: dict[str, nn.Parameter]) -> list[dict[str, Any]]:
+    """Each part split into its Muon parameters (``"muon": True``) and the rest (AdamW), the
+    Muon parts first; a group's ``lr_mult`` and weight decay apply to both halves."""
+    ids = {id(named[n]) for n in muon}
+    first, rest = [], []
+    for part in parts:
+        for flag, into in ((True, first), (False, rest)):
+            params = [p for p in part["params"] if (id(p) in ids) == flag]
+            if params:
+                into.append(dict(part, params=params, muon=flag))
+    return first + rest
 
 
 def _merge_alike(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     merged: dict[tuple[float, float], dict[str, Any]] = {}
     for part in parts:
-        key = (part["lr_mult"], part["weight_decay"])
+        key = (part["lr_mult"], part["weight_decay"], part.get("muon"))
         if key not in merged:
             merged[key] = dict(part, params=list(part["params"]))
             continue

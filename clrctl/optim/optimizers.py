@@ -1,5 +1,7 @@
 """Optimizers: torch's SGD (momentum, Nesterov), Adam, AdamW (Loshchilov & Hutter,
-arXiv 1711.05101: decoupled weight decay) and RMSprop, built from ``optimizer:``."""
+arXiv 1711.05101: decoupled weight decay) and RMSprop, built from ``optimizer:``; beside them
+Schedule-Free SGD/AdamW (:mod:`clrctl.optim.schedulefree`) and Muon with AdamW
+(:mod:`clrctl.optim.muon`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from typing import Any, Iterable
 
 import torch
 
-from clrctl.config.schema import OptimizerConfig
+from clrctl.config.schema import SCHEDULE_FREE, OptimizerConfig
 
 
 def build_optimizer(cfg: OptimizerConfig, params: Iterable[Any], lr: float) -> torch.optim.Optimizer:
@@ -26,6 +28,15 @@ def build_optimizer(cfg: OptimizerConfig, params: Iterable[Any], lr: float) -> t
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, momentum=cfg.momentum, eps=cfg.eps,
                                    weight_decay=cfg.weight_decay)
+    if cfg.name in SCHEDULE_FREE:
+        from clrctl.optim import schedulefree
+
+        return schedulefree.build(cfg, params, lr)
+    if cfg.name == "muon":  # groups marked muon: True/False by torch_param_groups (plain parameters: AdamW)
+        from clrctl.optim.muon import MuonAdamW
+
+        groups = [g if isinstance(g, dict) else {"params": [g]} for g in params]
+        return MuonAdamW(groups, lr, cfg.momentum, cfg.betas, cfg.eps, cfg.weight_decay, fast)
     raise AssertionError(cfg.name)  # the schema admits only the names above
 
 
@@ -38,8 +49,22 @@ def _fast_kernels(params: list[Any]) -> dict[str, bool]:
 
 
 def has_momentum(cfg: OptimizerConfig) -> bool:
-    """Whether the optimizer the user configured has a momentum term to cycle."""
+    """Whether the optimizer the user configured has a momentum term to cycle (Muon and
+    Schedule-Free keep theirs)."""
+    if cfg.name == "muon" or cfg.name in SCHEDULE_FREE:
+        return False
     return cfg.name in ("adam", "adamw") or cfg.momentum > 0
+
+
+def reference_config(cfg: OptimizerConfig) -> OptimizerConfig:
+    """The plain torch optimizer a schedule's one-parameter reference is built as: ``cfg``
+    itself, or for Schedule-Free and Muon the SGD (momentum) / AdamW (betas) of the same
+    hyperparameters (no extra package, no 2-D parameter needed to trace a schedule)."""
+    if cfg.name == "schedulefree_adamw":
+        return OptimizerConfig(name="adamw", betas=cfg.betas, eps=cfg.eps)
+    if cfg.name in SCHEDULE_FREE or cfg.name == "muon":
+        return OptimizerConfig(name="sgd", momentum=cfg.momentum)
+    return cfg
 
 
 def current_momentum(optimizer: torch.optim.Optimizer) -> float | None:

@@ -30,7 +30,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from clrctl.config.schema import CYCLIC_POLICIES, ONE_CYCLE_MOMENTUM, OptimizerConfig, PolicyConfig, resolve_steps
-from clrctl.optim.optimizers import build_optimizer, current_momentum, has_momentum
+from clrctl.optim.optimizers import build_optimizer, current_momentum, has_momentum, reference_config
 
 
 def initial_lr(policy: PolicyConfig) -> float:
@@ -150,7 +150,8 @@ def build_schedule(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, target:
                    steps_per_epoch: int, total_steps: int) -> Schedule:
     """The schedule for ``policy`` over ``total_steps``, driving ``target``'s groups (None: a
     trace only, as for ``preview``)."""
-    optimizer = build_optimizer(optimizer_cfg, [torch.nn.Parameter(torch.zeros(1))], initial_lr(policy))
+    optimizer = build_optimizer(reference_config(optimizer_cfg), [torch.nn.Parameter(torch.zeros(1))],
+                                initial_lr(policy))
     moms = momentum_range(policy, optimizer_cfg)
     stepsize = resolve_steps(policy.stepsize, steps_per_epoch)
     name = policy.name

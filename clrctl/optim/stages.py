@@ -4,6 +4,7 @@ parameter groups (training stages and the range test's sweep alike)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from clrctl.config.schema import Stage
 from clrctl.optim.groups import ParamGroup, set_frozen, torch_param_groups
 from clrctl.optim.optimizers import build_optimizer
 from clrctl.optim.policies import Schedule, build_schedule, initial_lr
+from clrctl.optim.schedulefree import AveragedWeights, averaged_weights
 
 
 def stage_optimizer(groups: list[ParamGroup], model: nn.Module, stage: Stage, lr: float) -> torch.optim.Optimizer:
@@ -24,12 +26,15 @@ def stage_optimizer(groups: list[ParamGroup], model: nn.Module, stage: Stage, lr
 
 @dataclass
 class StageRun:
-    """A stage in progress: its optimizer over the groups it trains, and its schedule."""
+    """A stage in progress: its optimizer over the groups it trains, and its schedule.
+    ``averaged``: for an optimizer that keeps averaged weights (Schedule-Free), the context
+    in which the model holds them — evaluations and checkpoints enter it; None otherwise."""
 
     index: int
     stage: Stage
     optimizer: torch.optim.Optimizer
     schedule: Schedule
+    averaged: Optional[AveragedWeights] = None
 
 
 def build_stage(setup, index: int) -> StageRun:
@@ -39,4 +44,5 @@ def build_stage(setup, index: int) -> StageRun:
     optimizer = stage_optimizer(setup.groups, setup.model, stage, initial_lr(stage.policy))
     schedule = build_schedule(stage.policy, stage.optimizer, optimizer, setup.steps_per_epoch,
                               stage.length(setup.steps_per_epoch))
-    return StageRun(index, stage, optimizer, schedule)
+    averaged = averaged_weights(optimizer, setup.model, setup.data.train)
+    return StageRun(index, stage, optimizer, schedule, averaged)

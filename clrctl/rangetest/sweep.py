@@ -44,6 +44,7 @@ from clrctl.optim.groups import build_groups
 from clrctl.optim.policies import lr_at  # noqa: F401 (part of the sweep's API)
 from clrctl.optim.stages import stage_optimizer
 from clrctl.optim.optimizers import current_momentum
+from clrctl.optim.schedulefree import averaged_weights
 from clrctl.runs.rundir import RunDir, WriteFailed, failure_line, holds_no_results, release, run_info
 from clrctl.engine.setup import Setup, build_setup
 from clrctl.text import count
@@ -112,6 +113,7 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
     reporter = reporter or Reporter()
     model = copy.deepcopy(setup.model).train()
     optimizer = make_optimizer(model) if make_optimizer else sweep_optimizer(setup, model)
+    averaged = averaged_weights(optimizer, model, setup.data.train)
     eval_source = setup.data.val.head(rt.eval_size) if setup.data.val is not None else None
     if eval_source is not None:
         eval_source.shard = setup.data.val.shard  # DDP: each rank its share, sums reduced
@@ -147,7 +149,13 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
                 row["smoothed_loss"], stop_reason = smoother.update(loss)
                 finite = row["smoothed_loss"] is not None
                 if finite and eval_source is not None and (t % rt.eval_every == 0 or t == setup.steps - 1):
-                    row["val_loss"], row["val_acc"] = evaluate(model, eval_source, setup.loss_fn, strategy.eval_reduce)
+                    if averaged is None:
+                        row["val_loss"], row["val_acc"] = evaluate(model, eval_source, setup.loss_fn,
+                                                                   strategy.eval_reduce)
+                    else:  # Schedule-Free: the accuracy of the averaged weights
+                        with averaged():
+                            row["val_loss"], row["val_acc"] = evaluate(model, eval_source, setup.loss_fn,
+                                                                       strategy.eval_reduce)
                 rows.append(row)
                 if on_row:
                     on_row(row)

@@ -60,18 +60,23 @@ def payload(loop) -> dict[str, Any]:
     """What ``last.pt`` holds: enough to continue bit for bit (see :func:`restore`)."""
     state = asdict(loop.state)
     state["elapsed_s"] = loop.elapsed()
-    return {
+    saved = {
         "model": loop.setup.model.state_dict(), "optimizer": loop.stage.optimizer.state_dict(),
         "schedule": loop.stage.schedule.state_dict(), "scaler": loop.scaler.state_dict(),
         "stage": loop.stage.index, "state": state, "rng": checkpoint.rng_state(),
     }
+    if loop.stage.averaged is not None:  # Schedule-Free: "model" is the average; training goes on from y
+        saved["train_model"] = saved["model"]
+        with loop.stage.averaged():
+            saved["model"] = checkpoint.snapshot(loop.setup.model.state_dict())
+    return saved
 
 
 def restore(loop, saved: dict[str, Any]) -> None:
     """Continue ``loop`` from a ``last.pt``: the optimizer state counts only inside the stage
     that saved it — a run stopped exactly at a stage boundary starts the next stage afresh."""
     s = loop.setup
-    s.model.load_state_dict(saved["model"])
+    s.model.load_state_dict(saved.get("train_model", saved["model"]))
     loop.scaler.load_state_dict(saved["scaler"])
     if saved.get("stage", 0) == loop.stage.index:
         stage = loop.stage.stage  # (the layout of checkpoints from before alike groups were merged)
