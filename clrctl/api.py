@@ -26,6 +26,7 @@ from clrctl.rangetest import sweep as rt
 from clrctl.config.schema import Config, load_config, validate
 from clrctl.data.sources import BatchSource, DataBundle, LoaderSource, TensorSource
 from clrctl.errors import ConfigError
+from clrctl.optim.groups import split_muon
 from clrctl.optim.optimizers import build_optimizer
 from clrctl.engine.setup import assemble
 
@@ -175,7 +176,11 @@ def _optimizer_factory(optimizer: Any, model: nn.Module, lr: float) -> Callable[
     if optimizer is None or isinstance(optimizer, (str, dict)):
         block = {"name": optimizer} if isinstance(optimizer, str) else (optimizer or {})
         cfg = _config({"optimizer": block}, "lr_find").optimizer
-        return lambda clone: build_optimizer(cfg, [{"params": list(clone.parameters()), "lr_mult": 1.0}], lr)
+        def make_from(clone: nn.Module) -> torch.optim.Optimizer:
+            params = [{"params": list(clone.parameters()), "lr_mult": 1.0}]
+            return build_optimizer(cfg, split_muon(params, clone) if cfg.name == "muon" else params, lr)
+
+        return make_from
     if isinstance(optimizer, torch.optim.Optimizer):
         return _like(optimizer, model)
     if callable(optimizer):

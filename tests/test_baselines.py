@@ -198,3 +198,13 @@ def test_schedulefree_range_test_evaluates_the_averaged_weights(sf_config, tmp_p
                                      range_test={"steps": 20, "eval_every": 5, "start_lr": 0.01, "end_lr": 5.0}))
     result = sweep.sweep(sweep.prepare(config))
     assert len(entered) == sum("val_acc" in row for row in result.rows) > 0
+
+
+def test_lr_find_with_muon_by_name_splits_the_model_too():
+    from clrctl.api import _optimizer_factory
+
+    model = build_model(ModelConfig(name="mlp", hidden=[16, 16]), (64,), 10)
+    opt = _optimizer_factory("muon", model, 0.01)(model)
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    assert {by_id[id(p)] for g in opt.muon.param_groups for p in g["params"]} == muon_param_names(model) == {
+        "1.weight", "3.weight"}  # (0 flattens; 5 is the head)

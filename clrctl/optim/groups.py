@@ -128,7 +128,7 @@ def torch_param_groups(groups: list[ParamGroup], model: nn.Module, cfg: Optimize
                 out.append({"params": params, "name": group.name, "lr_mult": group.lr_mult,
                             "weight_decay": weight_decay})
     if cfg.name == "muon":
-        out = _split_muon(out, muon_param_names(model), dict(model.named_parameters()))
+        out = split_muon(out, model)
     return _merge_alike(out) if merge else out
 
 
@@ -142,10 +142,12 @@ def muon_param_names(model: nn.Module) -> set[str]:
             if isinstance(module, nn.Linear) and name != head and module.weight.ndim == 2}
 
 
-def _split_muon(parts: list[dict[str, Any]], muon: set[str], named: dict[str, nn.Parameter]) -> list[dict[str, Any]]:
-    """Each part split into its Muon parameters (``"muon": True``) and the rest (AdamW), the
-    Muon parts first; a group's ``lr_mult`` and weight decay apply to both halves."""
-    ids = {id(named[n]) for n in muon}
+def split_muon(parts: list[dict[str, Any]], model: nn.Module) -> list[dict[str, Any]]:
+    """Each torch group of ``model``'s parameters split into its Muon parameters (``"muon":
+    True``) and the rest (AdamW), the Muon parts first; a group's ``lr_mult`` and weight decay
+    apply to both halves."""
+    named = dict(model.named_parameters())
+    ids = {id(named[n]) for n in muon_param_names(model)}
     first, rest = [], []
     for part in parts:
         for flag, into in ((True, first), (False, rest)):
