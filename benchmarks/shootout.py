@@ -7,8 +7,9 @@ budget (same model, epochs and batch), each optimizer at the LR its own range te
    epoch each, on the bundled ``configs/fashion-lenet-one_cycle.yaml`` (its model, data, batch,
    weight decay). The rule from a test to a schedule's LR: schedules between bounds take the
    suggestion's ``[base_lr, max_lr]``; those that decay to zero (cosine, wsd, linear) take
-   ``[0, max_lr]``; a single LR (fixed, step's start, Schedule-Free) is the suggestion's
-   ``max_lr``.
+   ``[0, max_lr]``; SGD's single LR (fixed, step's start) is the suggestion's ``base_lr``
+   (at ``max_lr`` it does not train: ``sgd-fixed-max``); Schedule-Free's is its own test's
+   ``max_lr`` (that test measures the averaged weights).
 2. Every schedule trained with ``--seeds N``: a seed group each under OUT/groups/.
 3. ``clrctl compare`` over the groups (baseline: SGD fixed) with ``--target``: OUT/compare.md
    (markdown) and OUT/compare.json, and OUT/shootout.json (the LRs used, the wall time).
@@ -60,15 +61,19 @@ def schedules(epochs: int) -> dict[str, tuple[str, object]]:
     def to_zero(name):
         return lambda base, top: [f"policy.name={name}", f"policy.bounds=[0, {top:.4g}]", "policy.momentum=null"]
 
-    def single(base, top):
+    def single(base, top):  # Schedule-Free: the LR where its averaged weights' test stops improving
         return SINGLE[:1] + [f"policy.lr={top:.4g}"] + SINGLE[2:]
 
+    def fixed(base, top):  # SGD: max_lr diverges with momentum 0.9 (sgd-fixed-max); base_lr is the LR that trains
+        return SINGLE[:1] + [f"policy.lr={base:.4g}"] + SINGLE[2:]
+
     return {
-        "sgd-fixed": ("sgd", single),
+        "sgd-fixed": ("sgd", fixed),
+        "sgd-fixed-max": ("sgd", single),
         "sgd-triangular2": ("sgd", lambda b, t: ["policy.name=triangular2", f"policy.stepsize={half}",
                                                    "policy.momentum=null"] + bounds(b, t)),
         "sgd-one_cycle": ("sgd", bounds),  # the bundled config: one_cycle, momentum 0.85-0.95
-        "sgd-step": ("sgd", lambda b, t: ["policy.name=step", f"policy.lr={t:.4g}", "policy.bounds=null",
+        "sgd-step": ("sgd", lambda b, t: ["policy.name=step", f"policy.lr={b:.4g}", "policy.bounds=null",
                                           "policy.momentum=null",
                                           f"policy.milestones=[{epochs / 2:g} epochs, {epochs * 3 / 4:g} epochs]"]),
         "sgd-sgdr": ("sgd", lambda b, t: ["policy.name=sgdr", f"policy.stepsize={half}", "policy.momentum=null"]

@@ -208,3 +208,14 @@ def test_lr_find_with_muon_by_name_splits_the_model_too():
     by_id = {id(p): n for n, p in model.named_parameters()}
     assert {by_id[id(p)] for g in opt.muon.param_groups for p in g["params"]} == muon_param_names(model) == {
         "1.weight", "3.weight"}  # (0 flattens; 5 is the head)
+
+
+def test_a_stage_that_names_muon_or_schedulefree_gets_its_momentum_default():
+    config = validate({"optimizer": {"name": "sgd", "weight_decay": 0.01},
+                       "stages": [{"name": "a", "epochs": 1},
+                                  {"name": "b", "epochs": 1, "optimizer": {"name": "muon"},
+                                   "policy": {"name": "one_cycle", "bounds": [0.001, 0.01]}},
+                                  {"name": "c", "epochs": 1, "optimizer": {"name": "schedulefree_sgd"}}]})
+    a, b, c = config.plan()
+    assert (a.optimizer.momentum, b.optimizer.momentum, c.optimizer.momentum) == (0.0, 0.95, 0.9)
+    assert b.optimizer.weight_decay == c.optimizer.weight_decay == 0.01  # the top level's keys still apply

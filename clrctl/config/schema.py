@@ -795,7 +795,10 @@ class _StageBlocks(_Section):
 def _resolve_stage(config: Config, stage: StageConfig) -> Stage:
     """A stage's policy and optimizer: its own keys over the top level's, validated (without
     validating the rest of the config again) so that errors name ``stages.<name>.<key>``."""
-    data = {"optimizer": {**json.loads(config.optimizer.model_dump_json(by_alias=True)), **(stage.optimizer or {})},
+    # (the top level's keys as set: a stage naming another optimizer gets that one's defaults, e.g. muon's momentum)
+    top = json.loads(config.optimizer.model_dump_json(by_alias=True))
+    top = {key: value for key, value in top.items() if key in config.optimizer.model_fields_set}
+    data = {"optimizer": {**top, **(stage.optimizer or {})},
             "policy": {**_explicit(config.policy), **(stage.policy or {})}}
     try:
         merged = _StageBlocks.model_validate(data)
