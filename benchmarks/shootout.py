@@ -37,6 +37,7 @@ CONFIG = ROOT / "configs" / "fashion-lenet-one_cycle.yaml"
 # optimizer -> (config overrides, range-test overrides). The bundled config is SGD momentum 0.9
 # with a one_cycle policy; a range test needs a policy its optimizer accepts (fixed for
 # Schedule-Free, no cycled momentum for Muon).
+BUNDLED_MAX = 0.099  # configs/fashion-lenet-one_cycle.yaml's max_lr (its own 2-epoch range test)
 SINGLE = ["policy.name=fixed", "policy.lr=0.01", "policy.bounds=null", "policy.momentum=null"]
 OPTIMIZERS = {
     "sgd": ([], ["range_test.mode=linear", "range_test.start_lr=0.001", "range_test.end_lr=1.0"]),
@@ -81,6 +82,12 @@ def schedules(epochs: int) -> dict[str, tuple[str, object]]:
         "sgd-cosine": ("sgd", to_zero("cosine")),
         "sgd-wsd": ("sgd", lambda b, t: to_zero("wsd")(b, t) + ["policy.decay=0.2", "policy.decay_shape=sqrt"]),
         "sgd-linear": ("sgd", to_zero("linear")),
+        # Starting at the suggested max_lr with no warmup, SGD momentum does not train LeNet here;
+        # these start at the bundled config's max_lr instead (0.099: its 2-epoch range test).
+        "sgd-cosine-0.099": ("sgd", lambda b, t: to_zero("cosine")(b, BUNDLED_MAX)),
+        "sgd-wsd-0.099": ("sgd", lambda b, t: to_zero("wsd")(b, BUNDLED_MAX) + ["policy.decay=0.2",
+                                                                                 "policy.decay_shape=sqrt"]),
+        "sgd-linear-0.099": ("sgd", lambda b, t: to_zero("linear")(b, BUNDLED_MAX)),
         "adamw-cosine": ("adamw", to_zero("cosine")),
         "adamw-wsd": ("adamw", lambda b, t: to_zero("wsd")(b, t) + ["policy.decay=0.2", "policy.decay_shape=sqrt"]),
         "schedulefree_sgd": ("schedulefree_sgd", single),
