@@ -276,9 +276,14 @@ class Exporter:
     """Writes records to one tracking URI, each MLflow run found again by its ``clrctl.run_id``."""
 
     def __init__(self, uri: str):
+        import logging
+        import os
+
         import mlflow.utils.validation as validation
         from mlflow.tracking import MlflowClient
 
+        if "MLFLOW_LOGGING_LEVEL" not in os.environ:  # ("Creating initial MLflow database tables..." on stderr)
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=uri)
         self.limit = {key: getattr(validation, key, value) for key, value in LIMITS.items()}
 
