@@ -23,6 +23,8 @@ import yaml
 
 from conftest import REPO, run_cli
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*noload.*:DeprecationWarning")  # (MLflow's own SQLAlchemy use)
+
 needs_mlflow = pytest.mark.skipif(
     importlib.util.find_spec("mlflow") is None,
     reason="mlflow is not installed: pip install -e '.[dev]' (or 'clrctl[mlflow]') to run these tests")
