@@ -11,6 +11,7 @@ import typer
 
 from clrctl.app import app
 from clrctl.errors import warn
+from clrctl.track.mlflow import DEFAULT_URI as MLFLOW_URI
 from clrctl.track.reporting import say
 
 export_app = typer.Typer(help="Write existing runs in other formats.", no_args_is_help=True)
@@ -52,7 +53,7 @@ def plots(
 def mlflow(
     runs: list[Path] = typer.Argument(..., help="Run directories, seed groups, range-test runs or sweep directories.",
                                       show_default=False),
-    tracking_uri: str = typer.Option("sqlite:///mlflow.db", "--tracking-uri", metavar="URI",
+    tracking_uri: str = typer.Option(MLFLOW_URI, "--tracking-uri", metavar="URI",
                                      help="Where to write: an MLflow tracking URI (sqlite:///FILE, http://HOST:PORT, …)."),
     experiment: Optional[str] = typer.Option(None, "--experiment", metavar="NAME",
                                              help="The MLflow experiment (created if missing). Default: a sweep's "

@@ -127,6 +127,7 @@ def _record(path: Path, uid: str, name: str, status: str, start: int, end: Optio
 
 
 def _group(node) -> Record:
+    """A seed group: a parent with the group's config and its seeds' median final metrics."""
     group = read_json(node.path / "group.json")
     children = [_run(child.path, child.config, child.live, {}) for child in node.children]
     statuses = {child.status for child in children}
@@ -136,15 +137,16 @@ def _group(node) -> Record:
         for key, value in child.finals.items():
             finals.setdefault(key, []).append(value)
     ends = [child.end_ms for child in children]
-    record = Record(str(group.get("id") or _stable_id(node.path, group.get("created"))), node.path.name, node.path,
-                    status, min([c.start_ms for c in children] or [_ms(group.get("created")) or 0]),
-                    None if status == "running" or None in ends else max(ends, default=None), params(node.config),
-                    {}, {k: statistics.median(v) for k, v in finals.items()},
-                    max([c.final_step for c in children] or [0]),
-                    {"clrctl.path": str(node.path.resolve()), "clrctl.kind": "group",
-                     "clrctl.seeds": json.dumps(group.get("seeds")), **node.tags},
-                    [p for p in (node.config,) if p is not None and p.is_file()], children)
-    return record
+    tags = {"clrctl.path": str(node.path.resolve()), "clrctl.kind": "group",
+            "clrctl.seeds": json.dumps(group.get("seeds")), **node.tags}
+    return Record(
+        uid=str(group.get("id") or _stable_id(node.path, group.get("created"))), name=node.path.name,
+        path=node.path, status=status,
+        start_ms=min([c.start_ms for c in children] or [_ms(group.get("created")) or 0]),
+        end_ms=None if status == "running" or None in ends else max(ends, default=None),
+        params=params(node.config), rows={}, finals={k: statistics.median(v) for k, v in finals.items()},
+        final_step=max([c.final_step for c in children] or [0]), tags=tags,
+        artifacts=[p for p in (node.config,) if p is not None and p.is_file()], children=children)
 
 
 def _rows(path: Path, complete: bool) -> list[dict[str, str]]:
