@@ -86,6 +86,7 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     device = distributed.join(config)  # config.device resolved; under DDP: this rank's GPU
     data = build_data(config.dataset, seed, device)
     distributed.shard_data(data)
+    check_tta(config, data.input_shape)
     model = build_model(config.model, data.input_shape, data.num_classes)
     weights = load_weights(model, config.model)
     model = model.to(device)
@@ -99,6 +100,13 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
         probe_batch(setup)
     interrupts.check()  # a Ctrl-C during these slow steps may have been swallowed
     return setup
+
+
+def check_tta(config: Config, input_shape: tuple[int, ...]) -> None:
+    """``train.tta: hflip`` flips the last axis of images (C, H, W); flat features have none."""
+    if config.train.tta and len(input_shape) != 3:
+        raise ConfigError(f"train.tta: {config.train.tta} needs images of shape (C, H, W); "
+                          f"{config.dataset.name}'s samples have shape {tuple(input_shape)}")
 
 
 def probe_batch(setup: Setup) -> None:
