@@ -182,3 +182,20 @@ def test_tta_on_flat_features_is_refused(cli, tiny_config, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: train.tta: hflip needs images of shape (C, H, W)") and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_two_processes_stop_together_after_the_evaluation_that_asked(cli, tiny_config, tmp_path):
+    """Evaluations every 5 steps, host syncs every 25: the stop must not wait for the next sync."""
+    from test_robustness import spawn
+
+    cfg = tiny_config(train={**STOP, "log_every": 25, "tta": "hflip"})
+    assert cli("train", cfg, "--run-dir", tmp_path / "one", "-q") == 0
+    proc = spawn("train", cfg, "--nproc", "2", "--run-dir", tmp_path / "two", "-q")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    one, two = summary_of(tmp_path / "one"), summary_of(tmp_path / "two")
+    assert one["steps"] % 25 and one["stopped_early"]  # (between two syncs)
+    assert (two["status"], two["steps"], two["stopped_early"]) == ("completed", one["steps"], True)
+    assert two["final_tta_val_acc"] == pytest.approx(one["final_tta_val_acc"], abs=1e-9)
+    assert len(rows(tmp_path / "two" / "metrics.csv")) == two["steps"]
