@@ -291,4 +291,10 @@ def _validate_details(cfg: Config, setup) -> list[str]:
                      + (f" (freshly initialised: {', '.join(fresh)})" if fresh else ""))
     if cfg.has_stages and not cfg.is_range_test:
         lines += _stage_lines(cfg, setup.steps_per_epoch, setup.total_steps)[1:]
+    if cfg.train.tta:
+        lines.append(f"  test-time augmentation: {cfg.train.tta} (epochs.csv tta_val_acc; metrics.csv keeps the plain evaluation)")
+    if cfg.train.early_stop:
+        stop = cfg.train.early_stop
+        lines.append(f"  early stopping: {stop.metric}, patience {stop.patience} evaluation{'s' if stop.patience != 1 else ''}"
+                     f", min_delta {stop.min_delta:g}")
     return lines

@@ -16,16 +16,19 @@ from typing import Any, Optional
 
 from clrctl.engine.callbacks import Callback
 
-KEY = "early_stop"  # in loop.state.extras: {best, best_step, waited, stopped}
+KEY = "early_stop"  # in loop.state.extras: {best, best_step, waited}
 REASON = "early stopping"
 
 
 class EarlyStopping(Callback):
+    """Counts the evaluations since the metric last improved; asks the run to stop at ``patience``."""
+
     def __init__(self, config):
         self.metric, self.patience, self.min_delta = config.metric, config.patience, config.min_delta
+        self.asked = False  # (the run stops after the step that asked: nothing to carry over)
 
     def _counters(self, loop) -> dict[str, Any]:
-        return loop.state.extras.setdefault(KEY, {"best": None, "best_step": None, "waited": 0, "stopped": False})
+        return loop.state.extras.setdefault(KEY, {"best": None, "best_step": None, "waited": 0})
 
     def on_eval(self, loop, step, val_loss, val_acc) -> None:
         counters = self._counters(loop)
@@ -35,7 +38,7 @@ class EarlyStopping(Callback):
         else:
             counters["waited"] += 1
         if counters["waited"] >= self.patience and step < loop.setup.total_steps:  # (at the end: not early)
-            counters["stopped"] = True
+            self.asked = True
             loop.request_stop(self.reason(counters), interrupted=False, agreed=True)
 
     def improved(self, value: Optional[float], best: Optional[float]) -> bool:
@@ -52,4 +55,5 @@ class EarlyStopping(Callback):
                 f"{'s' if self.patience != 1 else ''} (best {best})")
 
     def on_end(self, loop, status, summary) -> None:
-        summary["stopped_early"] = bool(loop.state.extras.get(KEY, {}).get("stopped"))
+        # (a signal that came first makes the run interrupted: it did not stop early, yet)
+        summary["stopped_early"] = self.asked and status == "completed"
