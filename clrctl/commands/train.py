@@ -49,12 +49,24 @@ def _print_summary(path: Path, summary: dict[str, Any]) -> None:
             value = f"{value:g}" if key == "epochs" else f"{value:.1f}" if key == "elapsed_s" else f"{value:.4f}"
         table.add_row(key, Text("-" if value is None else str(value)))
     console.print(table)
+    _say_stopped(summary)
     say_path("run:", path)  # after the table, whole on its own line: it is what one copies next
+
+
+def _say_stopped(summary: dict[str, Any], who: str = "") -> None:
+    """One line when a completed run ended before its planned steps (early stopping), saying why."""
+    if summary.get("stop_reason") and summary.get("status") == "completed":
+        say(f"{who}stopped at step {summary['steps']} of {summary['planned_steps']}: {summary['stop_reason']}")
 
 
 def _group_done(group: Path, summaries: list[dict[str, Any]]) -> None:
     from clrctl.errors import RunFailed
 
+    from clrctl.files.atomic import read_json
+
+    seeds = read_json(group / "group.json").get("seeds") or []
+    for seed, summary in zip(seeds, summaries):
+        _say_stopped(summary, f"seed {seed}: ")
     say_path("seed group:", group)
     failed = [s for s in summaries if s.get("status") != "completed"]
     if failed:
@@ -279,4 +291,10 @@ def _validate_details(cfg: Config, setup) -> list[str]:
                      + (f" (freshly initialised: {', '.join(fresh)})" if fresh else ""))
     if cfg.has_stages and not cfg.is_range_test:
         lines += _stage_lines(cfg, setup.steps_per_epoch, setup.total_steps)[1:]
+    if cfg.train.tta:
+        lines.append(f"  test-time augmentation: {cfg.train.tta} (epochs.csv tta_val_acc; metrics.csv keeps the plain evaluation)")
+    if cfg.train.early_stop:
+        stop = cfg.train.early_stop
+        lines.append(f"  early stopping: {stop.metric}, patience {stop.patience} evaluation{'s' if stop.patience != 1 else ''}"
+                     f", min_delta {stop.min_delta:g}")
     return lines

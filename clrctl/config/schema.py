@@ -36,6 +36,7 @@ CYCLIC_POLICIES = ("triangular", "triangular2", "exp_range")
 ZERO_BASE_POLICIES = ("linear", "wsd", "cosine")
 WSD_SHAPES = ("linear", "sqrt", "cosine")
 TARGET_METRICS = ("val_acc", "val_loss")
+EARLY_STOP_METRICS = ("val_acc", "val_loss")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(steps?|epochs?)\s*$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -339,6 +340,15 @@ class PolicyConfig(_Section):
         return self.bounds[1] if isinstance(self.bounds, tuple) else self.lr  # type: ignore[index]
 
 
+class EarlyStopConfig(_Section):
+    """``train.early_stop``: stop once ``metric`` has not improved by more than ``min_delta``
+    for ``patience`` evaluations in a row (SPEC "Training extras")."""
+
+    metric: Literal[EARLY_STOP_METRICS] = "val_acc"  # type: ignore[valid-type]
+    patience: Int = Field(3, gt=0, le=MAX_STEPS)  # in evaluations
+    min_delta: Float = Field(0.0, ge=0.0)
+
+
 class TrainConfig(_Section):
     epochs: Optional[Int] = Field(None, gt=0, le=MAX_EPOCHS)  # default 8 when neither epochs nor steps is set
     steps: Optional[Int] = Field(None, gt=0, le=MAX_STEPS)
@@ -358,6 +368,8 @@ class TrainConfig(_Section):
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # mse: float regression targets, no accuracy
     label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)  # torch CrossEntropyLoss(label_smoothing); val_loss too
     tensorboard: bool = False  # also write TensorBoard events to RUN/tensorboard/ (extra clrctl[tensorboard])
+    tta: Optional[Literal["hflip"]] = None  # evaluation also averages each image's logits with its flip's
+    early_stop: Optional[EarlyStopConfig] = None  # stop when the metric stops improving
 
     def autocast_dtype(self, device_type: str) -> Optional[str]:
         """"bfloat16"/"float16" to autocast to on ``device_type``, or None (fp32)."""
@@ -376,6 +388,10 @@ class TrainConfig(_Section):
             raise ValueError("label_smoothing: applies to train.loss: cross_entropy only")
         if self.loss == "mse" and self.target and "val_acc" in self.target:
             raise ValueError("target: train.loss: mse measures no accuracy; use {val_loss: ...}")
+        if self.loss == "mse" and self.early_stop and self.early_stop.metric == "val_acc":
+            raise ValueError("early_stop.metric: train.loss: mse measures no accuracy; use metric: val_loss")
+        if self.loss == "mse" and self.tta:
+            raise ValueError("tta: train.loss: mse measures no accuracy for test-time augmentation to improve")
         if self.epochs is not None and self.steps is not None:
             raise ValueError("epochs: give train.epochs or train.steps, not both (on the command line: train.epochs=null train.steps=N)")
         if self.epochs is None and self.steps is None:

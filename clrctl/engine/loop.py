@@ -47,6 +47,9 @@ class LoopState:
     epoch_correct: float = 0.0
     epoch_seen: int = 0
     last_lr: Optional[float] = None  # the LR the latest step trained at
+    # What callbacks keep across a resume, by name (early stopping's patience, the last TTA
+    # accuracy): plain numbers, carried by last.pt with the rest (an older one has none).
+    extras: dict = field(default_factory=dict)
 
 
 class Diverged(Exception):
@@ -99,12 +102,16 @@ class Loop:
         self._t0 = time.perf_counter()
 
     # -- what callbacks and the run may call -------------------------------------------
-    def request_stop(self, reason: str, interrupted: bool = True) -> None:
+    def request_stop(self, reason: str, interrupted: bool = True, agreed: bool = False) -> None:
         """Stop after the current step (under DDP: at the next sync, where every rank agrees).
-        ``interrupted``: the run is to be resumed (a signal); else it ends normally."""
+        ``interrupted``: the run is to be resumed (a signal); else it ends normally.
+        ``agreed``: every process asks at this same step, on numbers that are the same on all
+        of them (an evaluation's, reduced over ranks): the stop needs no sync to agree on and
+        comes after this step under DDP too. (A request one process alone makes, such as a
+        signal's, must not say so: the others would train on.)"""
         if self.stop_reason is None:
             self.stop_reason, self._interrupted = reason, interrupted
-        if self.strategy.stops_at_once:
+        if self.strategy.stops_at_once or agreed:
             self._stop = Stopped(self.stop_reason, self._interrupted)
             self._due = 0
 

@@ -86,6 +86,7 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     device = distributed.join(config)  # config.device resolved; under DDP: this rank's GPU
     data = build_data(config.dataset, seed, device)
     distributed.shard_data(data)
+    check_tta(config, data.input_shape)
     model = build_model(config.model, data.input_shape, data.num_classes)
     weights = load_weights(model, config.model)
     setup = assemble(config, seed, device, data, model.to(device), weights=weights)
@@ -112,6 +113,13 @@ def assemble(config: Config, seed: int, device: torch.device, data: DataBundle, 
         warn_stepsize_fit(stages, len(data.train), config.has_stages)
     return Setup(config, seed, device, data, model, groups, stages, len(data.train), weights,
                  build_loss(config.train) if loss_fn is None else loss_fn)
+
+
+def check_tta(config: Config, input_shape: tuple[int, ...]) -> None:
+    """``train.tta: hflip`` flips the last axis of images (C, H, W); flat features have none."""
+    if config.train.tta and len(input_shape) != 3:
+        raise ConfigError(f"train.tta: {config.train.tta} needs images of shape (C, H, W); "
+                          f"{config.dataset.name}'s samples have shape {tuple(input_shape)}")
 
 
 def probe_batch(setup: Setup) -> None:

@@ -95,15 +95,18 @@ class FastPath:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, source: BatchSource, loss_fn: nn.Module,
-             reduce: Optional[Callable[..., tuple[float, float, int]]] = None) -> tuple[float, float]:
+             reduce: Optional[Callable[..., tuple[float, float, int]]] = None,
+             hflip: bool = False) -> tuple[float, float]:
     """(mean loss, accuracy) over ``source``; one host sync at the end. ``reduce`` (the
     strategy's :meth:`~clrctl.engine.strategy.Strategy.reduce_eval`, None in one process)
-    sums (loss, correct, seen) over the processes that each evaluated a share."""
+    sums (loss, correct, seen) over the processes that each evaluated a share. ``hflip``
+    (``train.tta: hflip``): each image's logits are the mean of its own and its mirror
+    image's (the last axis of (N, C, H, W) reversed), as fastai's TTA averages them."""
     was_training = model.training
     model.eval()
     loss_sum, correct, seen = None, None, 0
     for x, y in source.batches(0):
-        logits = model(x)
+        logits = (model(x) + model(x.flip(-1))) / 2 if hflip else model(x)
         batch_loss = loss_fn(logits, y).float() * len(y)
         batch_correct = (logits.argmax(1) == y).sum() if not y.is_floating_point() else None  # regression: none
         loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss

@@ -9,7 +9,8 @@ from clrctl.engine.callbacks import EPOCH_COLUMNS, METRIC_COLUMNS, Callback
 def log_columns(config) -> tuple[list[str], list[str]]:
     """The columns of metrics.csv and of epochs.csv (with a stage column when there are stages)."""
     extra = ["stage"] if config.has_stages else []
-    return METRIC_COLUMNS + extra, EPOCH_COLUMNS + extra
+    evaluated = ["tta_val_acc"] if config.train.tta else []  # (track/tta.py)
+    return METRIC_COLUMNS + extra, EPOCH_COLUMNS + evaluated + extra
 
 
 class MetricsLog(Callback):
