@@ -89,7 +89,7 @@ def train(
             cfg = load_config(open_resumable(resume)[0].path / "config.yaml")
         else:
             cfg = _load(config, overrides)
-        distributed.check_batch_size(cfg.dataset.batch_size, nproc)  # before any process exists
+        distributed.check_batch_size(cfg.dataset.batch_size, nproc, cfg.train.accumulate)  # before any process exists
         sys.exit(launch.launch(nproc, options.without_nproc(sys.argv[1:]), say_error))
     from clrctl.runs.training import is_group, resume_group, resume_training, start_training, train_seeds
 

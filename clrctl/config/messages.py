@@ -42,10 +42,10 @@ def describe_validation_error(err: ValidationError, data: dict[str, Any], root: 
     msg = first["msg"]
     msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
     # Model-level validators start their message with the key they are about.
-    field_msg = re.match(r"^([a-z_]+): (.*)$", msg)
+    field_msg = re.match(r"^([a-z_]+)((?:\.[a-z_]+)*): (.*)$", msg)  # (a dotted key: train.accumulate)
     if field_msg and field_msg.group(1) in _known_keys(loc, root):
-        key = ".".join(loc + [field_msg.group(1)])
-        msg = field_msg.group(2)
+        key = ".".join(loc + [field_msg.group(1) + field_msg.group(2)])
+        msg = field_msg.group(3)
     if kind in ("missing",):
         msg = "required key is missing"
     if kind in ("model_type", "model_attributes_type", "dict_type"):

@@ -22,7 +22,7 @@ from clrctl.compat import require_tensorboard
 
 from clrctl.engine import ddp as distributed
 
-from clrctl.config.schema import Config, Stage, warn_stepsize_fit
+from clrctl.config.schema import Config, Stage, check_warmup_fit, warn_stepsize_fit
 from clrctl.data.datasets import build_data
 from clrctl.data.sources import DataBundle
 from clrctl.engine.device import seed_everything
@@ -94,6 +94,7 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     for stage in stages:
         check_trainable(groups, stage.freeze, f"stages.{stage.name}" if config.has_stages else "optimizer")
     warn_stepsize_fit(stages, len(data.train), config.has_stages)
+    check_warmup_fit(stages, len(data.train), config.has_stages)
     setup = Setup(config, seed, device, data, model, groups, stages, len(data.train), weights, build_loss(config.train))
     if probe:
         probe_batch(setup)
