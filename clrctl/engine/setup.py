@@ -93,8 +93,8 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     stages = config.plan()
     for stage in stages:
         check_trainable(groups, stage.freeze, f"stages.{stage.name}" if config.has_stages else "optimizer")
-    warn_stepsize_fit(stages, len(data.train), config.has_stages)
     check_warmup_fit(stages, len(data.train), config.has_stages)
+    warn_stepsize_fit(stages, len(data.train), config.has_stages)
     setup = Setup(config, seed, device, data, model, groups, stages, len(data.train), weights, build_loss(config.train))
     if probe:
         probe_batch(setup)
