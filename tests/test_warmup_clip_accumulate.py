@@ -267,3 +267,24 @@ def test_validate_and_preview_describe_what_is_on(cli, tiny_config, capsys):
     assert "warmup 11 steps" in out
     lines = [line.split("\t") for line in out.splitlines() if line[:1].isdigit()]
     assert float(lines[0][2]) == pytest.approx(0.01) and float(lines[11][2]) == pytest.approx(0.1)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_two_processes_accumulating_match_one_process_without(cli, tiny_config, tmp_path):
+    """2 ranks (gloo) x accumulate 4 (micro-batches of 8; digits' last batch of 3 leaves ranks
+    empty micro-batches, which still join the one reduction) = one process, accumulate 1."""
+    from test_robustness import spawn
+
+    base = {"epochs": 1, "eval_every": 10, "clip_grad_norm": 5.0}
+    one = tiny_config("one", train=base)
+    assert cli("train", one, "--run-dir", tmp_path / "one", "-q") == 0
+    two = tiny_config("two", train={**base, "accumulate": 4})
+    proc = spawn("train", two, "--nproc", "2", "--run-dir", tmp_path / "two", "-q")
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    a, b = rows(tmp_path / "one" / "metrics.csv"), rows(tmp_path / "two" / "metrics.csv")
+    assert [r["lr"] for r in a] == [r["lr"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ("loss", "val_acc", "grad_norm"):
+            if ra[key]:
+                assert float(rb[key]) == pytest.approx(float(ra[key]), rel=1e-4, abs=1e-6), key
