@@ -36,13 +36,12 @@ class Strategy:
 
     writes = True
     distributed = False
+    world_size = 1  # processes that step together
     # A signal stops the run after the step it arrived in (under DDP: at the next agreed sync).
     stops_at_once = True
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return model
-
-    world_size = 1
 
     def stepper(self, loss_fn: nn.Module, fast, scaler, skip_nonfinite: bool, source,
                 extras: Optional[StepExtras] = None) -> Stepper:
