@@ -95,6 +95,17 @@ def _check_duration(value: Duration) -> Duration:
     return value
 
 
+def check_micro_batches(batch_size: int, accumulate: int, world_size: int) -> None:
+    """``dataset.batch_size`` is the global batch of one optimizer step: it must divide by
+    ``train.accumulate`` x the processes (each micro-batch is that share). Raises ValueError."""
+    parts = accumulate * world_size
+    if accumulate > 1 and batch_size % parts:
+        procs = f" x the {world_size} processes" if world_size > 1 else ""
+        raise ValueError(f"train.accumulate: dataset.batch_size {batch_size} does not divide by train.accumulate "
+                         f"{accumulate}{procs} (each micro-batch is batch_size / {parts}; try "
+                         f"{max(parts, batch_size // parts * parts)})")
+
+
 def resolve_steps(value: Duration, steps_per_epoch: int) -> int:
     """A duration in optimizer steps: ``2000`` -> 2000, ``"2 epochs"`` -> 2 x steps_per_epoch."""
     if isinstance(value, int):
@@ -264,6 +275,10 @@ class PolicyConfig(_Section):
     three_phase: bool = False  # one_cycle: the paper's 3-phase form
     decay: Optional[float] = Field(None, gt=0.0, le=1.0)  # wsd: share of the run decaying (WSD_DECAY)
     decay_shape: Optional[Literal[WSD_SHAPES]] = None  # type: ignore[valid-type]  # wsd (WSD_DECAY_SHAPE)
+    # A linear ramp over the first ``warmup`` steps of the stage/run from warmup_start x the
+    # policy's first LR to that LR; the policy then runs over the remaining steps.
+    warmup: Optional[Duration] = None
+    warmup_start: Float = Field(0.0, ge=0.0, le=1.0)
 
     @field_validator("stepsize")
     @classmethod
@@ -274,6 +289,11 @@ class PolicyConfig(_Section):
     @classmethod
     def _milestones(cls, values: list[Duration]) -> list[Duration]:
         return [_check_duration(v) for v in values]
+
+    @field_validator("warmup")
+    @classmethod
+    def _warmup(cls, value: Optional[Duration]) -> Optional[Duration]:
+        return None if value is None else _check_duration(value)
 
     @field_validator("bounds")
     @classmethod
@@ -370,6 +390,10 @@ class TrainConfig(_Section):
     tensorboard: bool = False  # also write TensorBoard events to RUN/tensorboard/ (extra clrctl[tensorboard])
     tta: Optional[Literal["hflip"]] = None  # evaluation also averages each image's logits with its flip's
     early_stop: Optional[EarlyStopConfig] = None  # stop when the metric stops improving
+    # torch.nn.utils.clip_grad_norm_ before each optimizer step (metrics.csv: a grad_norm column)
+    clip_grad_norm: Optional[Float] = Field(None, gt=0.0, le=1e12)
+    # micro-batches per optimizer step; dataset.batch_size stays the global batch of one step
+    accumulate: Int = Field(1, ge=1, le=MAX_BATCH)
 
     def autocast_dtype(self, device_type: str) -> Optional[str]:
         """"bfloat16"/"float16" to autocast to on ``device_type``, or None (fp32)."""
@@ -537,6 +561,11 @@ class Config(_Section):
             self.train.epochs = self.train.steps = None
         return self
 
+    @model_validator(mode="after")
+    def _micro_batches(self) -> "Config":
+        check_micro_batches(self.dataset.batch_size, self.train.accumulate, 1)
+        return self
+
     @property
     def has_stages(self) -> bool:
         return bool(self.stages)
@@ -651,6 +680,19 @@ def warn_stepsize_fit(stages: list["Stage"], steps_per_epoch: int, has_stages: b
             effect = "sgdr never restarts" if policy.name == "sgdr" else "the LR only rises, never comes back down"
             warn(f"{key}: {stepsize} steps is not shorter than the {'stage' if has_stages else 'run'} "
                  f"({length} steps): {effect}")
+
+
+def check_warmup_fit(stages: list["Stage"], steps_per_epoch: int, has_stages: bool) -> None:
+    """``policy.warmup`` must leave the policy at least one step of its stage (or run)."""
+    for stage in stages:
+        warmup = stage.policy.warmup
+        if warmup is None:
+            continue
+        steps, length = resolve_steps(warmup, steps_per_epoch), stage.length(steps_per_epoch)
+        if steps >= length:
+            key = f"stages.{stage.name}.policy.warmup" if has_stages else "policy.warmup"
+            raise ConfigError(f"{key}: {steps} steps is not shorter than the {'stage' if has_stages else 'run'} "
+                              f"({length} steps): the policy would never run")
 
 
 # The directories of the config files loaded in this process: searched after the working

@@ -24,7 +24,7 @@ import torch
 
 from clrctl.engine.callbacks import LOSS, LR, STEP, VAL_ACC, VAL_LOSS, Callback
 from clrctl.engine.setup import Setup
-from clrctl.engine.step import FastPath, Hits, evaluate
+from clrctl.engine.step import FastPath, Hits, StepExtras, evaluate
 from clrctl.engine.strategy import Strategy
 from clrctl.optim.stages import StageRun, build_stage
 
@@ -82,7 +82,12 @@ class Loop:
         # The model that trains (checkpoints hold setup.model, unwrapped), compiled when asked.
         self.net = self.fast.model(strategy.wrap(self.fast.model_layout(setup.model)))
         train = setup.config.train
-        self._step = strategy.stepper(setup.loss_fn, self.fast, self.scaler, train.skip_nonfinite, setup.data.train)
+        # train.clip_grad_norm / train.accumulate: another stepper (None: the plain step); the
+        # pre-clip gradient norms it keeps become metrics.csv's grad_norm column at each flush.
+        self.extras = StepExtras.of(train, keep_norms=True)
+        self._step = strategy.stepper(setup.loss_fn, self.fast, self.scaler, train.skip_nonfinite, setup.data.train,
+                                      *([self.extras] if self.extras is not None else []))
+        self._norms = self.extras.norms if self.extras is not None else None
         self._every, self._log_every = train.eval_every, train.log_every
         self._stage_column = setup.config.has_stages
         self._ends = setup.stage_ends  # (a property that sums the stages: once, not per step)
@@ -216,6 +221,11 @@ class Loop:
         losses, hits = self._host_values()
         for held in (self._rows, self._losses, self._sizes):
             held.clear()
+        if self._norms is not None:  # (the last values of the one transfer: a column after the rest)
+            norms, hits = hits[len(hits) - len(rows):], hits[: len(hits) - len(rows)]
+            self._norms.clear()
+            for row, norm in zip(rows, norms):
+                row.append(norm / self.strategy.world_size)  # (DDP: the same norm, summed over ranks)
         skip_nonfinite = self._hits.per_row
         for i, (row, loss) in enumerate(zip(rows, losses)):
             row[LOSS] = loss
@@ -229,6 +239,8 @@ class Loop:
         """Each row's loss (over its global batch) and correct predictions, in one transfer;
         under DDP one all-reduce, the stop request riding along."""
         hits = self._hits.take()
+        if self._norms is not None:
+            hits = hits + [v.float() for v in self._norms]
         losses = self._losses if self._losses[0].dtype == torch.float32 else [v.float() for v in self._losses]
         local = torch.stack(losses + hits)  # one kernel, one transfer (tolist copies to the host)
         n = len(self._rows)

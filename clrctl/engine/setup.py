@@ -22,7 +22,7 @@ from clrctl.compat import require_tensorboard
 
 from clrctl.engine import ddp as distributed
 
-from clrctl.config.schema import Config, Stage, warn_stepsize_fit
+from clrctl.config.schema import Config, Stage, check_warmup_fit, warn_stepsize_fit
 from clrctl.data.datasets import build_data
 from clrctl.data.sources import DataBundle
 from clrctl.engine.device import seed_everything
@@ -110,6 +110,7 @@ def assemble(config: Config, seed: int, device: torch.device, data: DataBundle, 
     if checked:
         for stage in stages:
             check_trainable(groups, stage.freeze, f"stages.{stage.name}" if config.has_stages else "optimizer")
+        check_warmup_fit(stages, len(data.train), config.has_stages)
         warn_stepsize_fit(stages, len(data.train), config.has_stages)
     return Setup(config, seed, device, data, model, groups, stages, len(data.train), weights,
                  build_loss(config.train) if loss_fn is None else loss_fn)
