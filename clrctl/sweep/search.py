@@ -54,6 +54,7 @@ SURPLUS = "clrctl_surplus"  # user attr: asked past --trials in a race; neither 
 WORKER = "clrctl_worker"  # user attr: "host:pid" of the process running it
 RUN = "clrctl_run"  # user attr: the trial's run directory, relative to DIR
 # The spec keys a rerun must repeat (trials, jobs and the storage may change).
+_LAYOUT = ("search.json", "sweep.json", JOURNAL, "trials", "logs", "locks")
 _SAME = ("config", "overrides", "base", "params", "metric", "search")
 
 
@@ -141,7 +142,9 @@ def prepare(search: Search) -> None:
                              "to continue it, or search into a new --run-dir")
         search.storage = search.storage or saved.get("storage")
         search.study = saved.get("study") or search.study
-    elif path.is_dir() and any(path.iterdir()):
+    elif path.is_dir() and any(p.name not in _LAYOUT and not p.name.startswith((".search.json.", ".sweep.json.", JOURNAL))
+                               for p in path.iterdir()):
+        # (only a search's own entries: another worker may be creating them right now)
         raise InputError(f"{path}: exists and is not a search directory (it holds other files)")
     for sub in ("trials", "logs", "locks"):
         (path / sub).mkdir(parents=True, exist_ok=True)
@@ -163,21 +166,29 @@ def storage(search: Search):
 
         file = str(search.path / JOURNAL)
         return optuna.storages.JournalStorage(JournalFileBackend(file, lock_obj=JournalFileOpenLock(file)))
-    try:
-        return optuna.storages.RDBStorage(
-            search.storage, heartbeat_interval=30, grace_period=90,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3))
-    except Exception as err:  # noqa: BLE001 - SQLAlchemy's errors for a bad URL or an unreachable server
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"--storage {search.storage!r}: cannot open it ({first[:200]})") from None
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # (Optuna >= 4.9)
+    callback = ({"heartbeat_stale_trial_callback": retry(max_retry=3)} if retry is not None else
+                {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)})
+    for attempt in range(4):  # workers that start together race to create the schema: the losers retry
+        try:
+            return optuna.storages.RDBStorage(search.storage, heartbeat_interval=30, grace_period=90, **callback)
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy's errors for a bad URL or an unreachable server
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if attempt == 3 or not any(w in first.lower() for w in ("duplicate", "unique", "already exists")):
+                raise InputError(f"--storage {search.storage!r}: cannot open it ({first[:200]})") from None
+            time.sleep(0.5 + attempt)
 
 
 def sampler(search: Search):
     import optuna
 
     if search.search == "grid":
-        space = {p.key: p.grid_values() for p in search.params}
-        return optuna.samplers.GridSampler(space, seed=search.seed)
+        class Grid(optuna.samplers.GridSampler):
+            def after_trial(self, *args, **kwargs) -> None:
+                """(GridSampler stops the study once the grid is done, which only works inside
+                study.optimize; here the workers count the trials, capped at the grid's size.)"""
+
+        return Grid({p.key: p.grid_values() for p in search.params}, seed=search.seed)
     if search.search == "random":
         return optuna.samplers.RandomSampler(seed=search.seed)
     if search.search == "cmaes":
@@ -196,10 +207,22 @@ def pruner(search: Search):
             "hyperband": lambda: optuna.pruners.HyperbandPruner()}[search.prune]()
 
 
-def open_study(search: Search):
+def quiet_optuna() -> None:
+    """Optuna's notes on its experimental heartbeat (used here as study.optimize uses it) and
+    its INFO lines are not the user's business."""
+    import warnings
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def open_study(search: Search):
+    import optuna
+
+    quiet_optuna()
     return optuna.create_study(study_name=search.study, storage=storage(search), sampler=sampler(search),
                                pruner=pruner(search), direction=METRICS[search.metric][0], load_if_exists=True)
 
@@ -237,19 +260,27 @@ def work(search: Search, events: Optional[Events] = None, argv: Optional[list[st
     this worker ran. Ctrl-C: the running trial is interrupted (enqueued again), Interrupted raised."""
     events = events or Events()
     study = open_study(search)
+    trials = search.trials if search.search != "grid" else min(search.trials, grid_size(search))
     ran = 0
     while True:
         fail_orphans(study)
         done, running = progress(study)
-        if done + running >= search.trials:
+        if done + running >= trials:
             return ran
         trial = study.ask({p.key: p.distribution() for p in search.params})
-        if _past_budget(study, trial.number, search.trials):
+        if _past_budget(study, trial.number, trials):
             trial.set_user_attr(SURPLUS, True)
             study.tell(trial, state=_state("FAIL"))
             return ran
         ran += 1
         _run_trial(search, study, trial, events, argv)
+
+
+def grid_size(search: Search) -> int:
+    size = 1
+    for param in search.params:
+        size *= len(param.grid_values())
+    return size
 
 
 def _past_budget(study, number: int, trials: int) -> bool:

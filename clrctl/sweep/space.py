@@ -77,6 +77,8 @@ def parse_param(text: str) -> Param:
     if not match or match.group(1) not in KINDS:
         raise InputError(f"{where}: expected one of {', '.join(k + '(…)' for k in KINDS)}")
     kind, inner = match.groups()
+    if not inner.strip():
+        raise InputError(f"{where}: {kind} needs {'at least one value' if kind == 'choice' else 'two bounds'}")
     try:
         pieces = split_values(inner)
         values = [yamlsafe.load(p) for p in pieces if p]
