@@ -63,9 +63,9 @@ class Diverged(Exception):
 class Stopped(Exception):
     """A stop was requested (a signal, a callback) and every process reached it."""
 
-    def __init__(self, reason: str, interrupted: bool):
+    def __init__(self, reason: str, interrupted: bool, status: Optional[str] = None):
         super().__init__(reason)
-        self.reason, self.interrupted = reason, interrupted
+        self.reason, self.interrupted, self.status = reason, interrupted, status
 
 
 class Loop:
@@ -103,21 +103,24 @@ class Loop:
         self.stop_reason: Optional[str] = None  # asked for, not yet reached (DDP: not yet agreed)
         self._stop: Optional[Stopped] = None  # reached: raised after the current step
         self._interrupted = True
+        self._stop_status: Optional[str] = None
         self.stopping = False  # the stop is being raised: the run is finishing
         self._t0 = time.perf_counter()
 
     # -- what callbacks and the run may call -------------------------------------------
-    def request_stop(self, reason: str, interrupted: bool = True, agreed: bool = False) -> None:
+    def request_stop(self, reason: str, interrupted: bool = True, agreed: bool = False,
+                     status: Optional[str] = None) -> None:
         """Stop after the current step (under DDP: at the next sync, where every rank agrees).
-        ``interrupted``: the run is to be resumed (a signal); else it ends normally.
+        ``interrupted``: the run is to be resumed (a signal); else it ends normally, with
+        ``status`` (e.g. ``pruned``; default ``completed``).
         ``agreed``: every process asks at this same step, on numbers that are the same on all
         of them (an evaluation's, reduced over ranks): the stop needs no sync to agree on and
         comes after this step under DDP too. (A request one process alone makes, such as a
         signal's, must not say so: the others would train on.)"""
         if self.stop_reason is None:
-            self.stop_reason, self._interrupted = reason, interrupted
+            self.stop_reason, self._interrupted, self._stop_status = reason, interrupted, status
         if self.strategy.stops_at_once or agreed:
-            self._stop = Stopped(self.stop_reason, self._interrupted)
+            self._stop = Stopped(self.stop_reason, self._interrupted, self._stop_status)
             self._due = 0
 
     def stop_after(self, step: int) -> None:
@@ -245,8 +248,8 @@ class Loop:
         local = torch.stack(losses + hits)  # one kernel, one transfer (tolist copies to the host)
         n = len(self._rows)
         losses, hits, stop = self.strategy.host_values(local, n, self._sizes, self.stop_reason is not None)
-        if stop and self._stop is None:  # (DDP: every rank agreed, at this very step)
-            self._stop = Stopped(self.stop_reason or "SIGTERM", self._interrupted)  # (or the launcher died)
+        if stop and self._stop is None:  # (DDP: every rank agreed, at this very step; SIGTERM: the launcher died)
+            self._stop = Stopped(self.stop_reason or "SIGTERM", self._interrupted, self._stop_status)
         return losses, hits
 
     def _count_epoch(self, losses: list[float], hits: list[float], sizes: list[int]) -> None:

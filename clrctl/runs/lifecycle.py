@@ -137,7 +137,8 @@ class TrainingRun:
                 if stop.interrupted:
                     self._finish("interrupted", loop.flush, self._checkpoint)
                     raise self._interrupted()
-                summary = self._finish("completed", loop.flush, self._checkpoint, stop_reason=stop.reason)
+                summary = self._finish(stop.status or "completed", loop.flush, self._checkpoint,
+                                       stop_reason=stop.reason)
             except KeyboardInterrupt:  # a second signal ("stop now"), or one raised mid-step: no
                 # checkpoint of a step that may be half done; the last one resumes, rows after it redone
                 self._finish("interrupted")
