@@ -26,6 +26,10 @@ CASES = {
     "schedulefree_sgd": {"optimizer": {"name": "schedulefree_sgd"}, "policy": {"name": "fixed", "lr": 0.5}},
     "schedulefree_adamw": {"optimizer": {"name": "schedulefree_adamw"}, "policy": {"name": "fixed", "lr": 0.005}},
     "muon": {"optimizer": {"name": "muon"}, "policy": {"name": "one_cycle", "bounds": [0.001, 0.01]}},
+    # policy.warmup: the ramp writes the LR, as schedulefree's own warmup_steps would
+    "schedulefree_sgd-warmup": {"optimizer": {"name": "schedulefree_sgd"},
+                                "policy": {"name": "fixed", "lr": 0.5, "warmup": 10}},
+    "muon-warmup-cosine": {"optimizer": {"name": "muon"}, "policy": {"name": "cosine", "bounds": [0, 0.01], "warmup": 8}},
 }
 
 

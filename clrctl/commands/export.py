@@ -1,13 +1,17 @@
 """``clrctl export tensorboard RUN…``: TensorBoard events from the CSVs of existing runs;
-``clrctl export plots RUN…``: a training run's plots drawn again from its CSVs."""
+``clrctl export plots RUN…``: a training run's plots drawn again from its CSVs;
+``clrctl export mlflow RUN…``: runs, seed groups and sweeps as MLflow runs."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from clrctl.app import app
+from clrctl.errors import warn
+from clrctl.track.mlflow import DEFAULT_URI as MLFLOW_URI
 from clrctl.track.reporting import say
 
 export_app = typer.Typer(help="Write existing runs in other formats.", no_args_is_help=True)
@@ -43,3 +47,37 @@ def plots(
         for member in members:
             for written in redraw_plots(member):
                 say(f"wrote {written}", err=True)
+
+
+@export_app.command("mlflow")
+def mlflow(
+    runs: list[Path] = typer.Argument(..., help="Run directories, seed groups, range-test runs or sweep directories.",
+                                      show_default=False),
+    tracking_uri: str = typer.Option(MLFLOW_URI, "--tracking-uri", metavar="URI",
+                                     help="Where to write: an MLflow tracking URI (sqlite:///FILE, http://HOST:PORT, …)."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", metavar="NAME",
+                                             help="The MLflow experiment (created if missing). Default: a sweep's "
+                                                  "directory name, else the run's config name.",
+                                             show_default=False),
+) -> None:
+    """Write each run to MLflow: its config as params, metrics.csv and epochs.csv as metrics by
+    step, summary.json as final metrics, plots/ and config.yaml as artifacts; a seed group is a
+    parent run with one child per seed. Exporting again updates the same runs (tag clrctl.run_id).
+    A run still being written is exported as far as it is, with a warning: export it again later."""
+    from clrctl.runs.targets import target
+    from clrctl.track import mlflow as tracker
+
+    tracker.require()
+    targets = [target(run) for run in runs]  # every path checked before anything is written
+    for found in targets:
+        for point in found.skipped:
+            say(f"{found.path}: point {point} has not started; skipped", err=True)
+        for node in (n for top in found.nodes for n in (top, *top.children)):
+            if node.live:
+                warn(f"{node.path}: still running ({node.live}); exported as far as it is, export it again when it ends")
+    count = 0
+    for record, run_id, created, name in tracker.export(targets, tracking_uri, experiment):
+        count += 1
+        say(f"{'created' if created else 'updated'} {run_id} ({record.path}) in experiment {name}", err=True)
+    say(f"exported {count} MLflow run(s) to {tracking_uri}; look at them: mlflow ui --backend-store-uri {tracking_uri}",
+        err=True)

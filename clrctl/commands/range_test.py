@@ -53,7 +53,7 @@ def range_test(
     if nproc is not None and nproc > 1:
         if seeds is not None:
             raise InputError("--seeds sweeps one process per seed; drop --nproc")
-        distributed.check_batch_size(cfg.dataset.batch_size, nproc)  # before any process exists
+        distributed.check_batch_size(cfg.dataset.batch_size, nproc, cfg.train.accumulate)  # before any process exists
         sys.exit(launch.launch(nproc, options.without_nproc(sys.argv[1:]), say_error))
     quiet = quiet or not distributed.is_main()
     seed_list = parse_seeds(seeds, cfg.seed) if seeds is not None else [cfg.seed]

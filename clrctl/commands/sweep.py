@@ -39,7 +39,15 @@ HELP = (
     "Examples:\n\n"
     "  clrctl sweep configs/digits-triangular.yaml -g 'policy.stepsize=1 epochs,2 epochs' --seeds 3 -j 2\n\n"
     "  clrctl sweep configs/digits-stepsize-sweep.yaml --run-dir runs/stepsize -j 2\n\n"
-    "  clrctl sweep CONFIG --run-dir /shared/sweep --shard $SLURM_ARRAY_TASK_ID/8\n"
+    "  clrctl sweep CONFIG --run-dir /shared/sweep --shard $SLURM_ARRAY_TASK_ID/8\n\n"
+    "A search instead of a grid (Optuna; pip install 'clrctl[search]'): --search tpe|random|cmaes|grid "
+    "--trials N --param KEY=DIST (loguniform(a, b), uniform(a, b), int(a, b), choice(v1, v2, …); a number "
+    "in KEY addresses a list element: policy.bounds.1). Each trial is a run directory under DIR/trials/; "
+    "the study is DIR/optuna.journal, or --storage URL (postgresql://…, sqlite:///…) shared by workers on "
+    "several machines. --prune median|asha|hyperband stops hopeless trials from their evaluations of "
+    "--metric. The same command again continues the study until N trials are finished.\n\n"
+    "  clrctl sweep configs/digits-triangular.yaml --search tpe --trials 20 --prune asha "
+    "--param 'policy.bounds.1=loguniform(0.03, 0.5)' --param 'policy.stepsize=choice(1 epochs, 2 epochs)'\n"
 )
 
 
@@ -57,8 +65,32 @@ def sweep(
     quiet: bool = options.quiet_option("Only the final summary."),
     tensorboard: bool = options.tensorboard_option("Every run also writes TensorBoard events "
                                                    "(train.tensorboard=true)."),
+    search: Optional[str] = typer.Option(None, "--search", show_default=False,
+                                         help="tpe | random | cmaes | grid: an Optuna study instead of a grid."),
+    trials: Optional[int] = typer.Option(None, "--trials", show_default=False,
+                                         help="Trials to finish (with --search; a rerun continues up to N)."),
+    params: Optional[List[str]] = typer.Option(None, "--param", "-p", help="KEY=DIST (repeatable, with --search): "
+                                               "loguniform(a, b), uniform(a, b), int(a, b), choice(v1, …)."),
+    metric: str = typer.Option("val_acc", "--metric", help="val_acc | val_loss: what the search optimises."),
+    prune: str = typer.Option("none", "--prune", help="none | median | asha | hyperband (with --search)."),
+    storage: Optional[str] = typer.Option(None, "--storage", show_default=False,
+                                          help="The study's SQLAlchemy URL (default: DIR/optuna.journal)."),
+    study: Optional[str] = typer.Option(None, "--study", show_default=False,
+                                        help="The study's name in the storage (default: DIR's name)."),
 ) -> None:
     from clrctl.runs.rundir import default_run_path
+
+    if search is not None or params or trials is not None:
+        given = [name for name, value in (("--grid", grid), ("--seeds", seeds), ("--shard", shard),
+                                          ("--dry-run", dry_run)) if value]
+        if given:
+            raise InputError(f"{', '.join(given)}: not with --search (a search samples its trials; run the same "
+                             "command on every machine instead of --shard)")
+        if search is None or trials is None:
+            raise InputError("a search needs --search tpe|random|cmaes|grid and --trials N (and --param KEY=DIST)")
+        _search(config, [*(overrides or []), *options.tensorboard_override(tensorboard)], list(params or []),
+                search, trials, metric, prune, storage, study, jobs, run_dir, runs_root, quiet, tensorboard)
+        return
     from clrctl.sweep.plan import build_plan
     from clrctl.sweep.runner import Pool, parse_shard
     from clrctl.sweep.store import SweepDir
@@ -91,6 +123,64 @@ def sweep(
     if bad:
         names = ", ".join(o.ref.id for o in bad[:3]) + (" …" if len(bad) > 3 else "")
         raise RunFailed(f"{len(bad)} of {len(result.outcomes)} runs did not complete ({names}); see {path}/logs")
+
+
+def _search(config, overrides, params, search, trials, metric, prune, storage, study, jobs, run_dir, runs_root,
+            quiet, tensorboard) -> None:
+    from clrctl.config.schema import read_yaml
+    from clrctl.runs.rundir import default_run_path
+    from clrctl.sweep import search as search_mod
+
+    config = options.require_config(config, "configs/digits-triangular.yaml")
+    search_mod.require_optuna()
+    if tensorboard:
+        from clrctl.track.tensorboard import require
+
+        require("--tensorboard")
+    name = str(read_yaml(config).get("name", "run"))
+    path = run_dir if run_dir is not None else default_run_path(runs_root, f"{name}-search")
+    spec = search_mod.build_search(config, overrides, params, search=search, trials=trials, metric=metric,
+                                   prune=prune, storage=storage, study=study, path=path)
+    search_mod.prepare(spec)
+    argv = ["clrctl", *sys.argv[1:]]
+    store = spec.storage or f"{path}/{search_mod.JOURNAL}"
+    console.print(f"search: {path} — {search} over {len(spec.params)} parameters, {trials} trials, study "
+                  f"{spec.study!r} in {store}", highlight=False, markup=False, soft_wrap=True)
+    t0 = time.monotonic()
+    code = 0
+    try:
+        if jobs == 1:
+            search_mod.work(spec, _TrialPrinter(quiet), argv)
+        else:
+            code = search_mod.run_workers(spec, jobs, quiet)
+    finally:
+        index = search_mod.write_index(spec, argv)
+    counts = ", ".join(f"{n} {state}" for state, n in index["counts"].items()) or "none"
+    best = index.get("best")
+    console.print(f"search {path}: trials {counts} in {time.monotonic() - t0:.1f} s"
+                  + (f"; best trial {best['trial']}: {metric} {best['value']:.4g} ({best['path']})" if best else ""),
+                  highlight=False, markup=False, soft_wrap=True)
+    if code == 130:
+        raise Interrupted(f"search interrupted; run the same command again to continue ({path})")
+    if code:
+        raise RunFailed(f"a search worker failed (exit {code}); see {path}/logs")
+    console.print(f"rank them: clrctl compare {path}", highlight=False, markup=False)
+
+
+class _TrialPrinter:
+    """One line per trial that ends."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def trial(self, number, name, state, value, message, elapsed) -> None:
+        if self.quiet and state == "completed":
+            return
+        style = {"completed": "green", "pruned": "yellow"}.get(state, "red")
+        console.print(Text.assemble(f"trial {number} ", (state, style),
+                                    f" {name}" + (f" {value:.4g}" if value is not None else "")
+                                    + (f" — {message}" if message else "") + f" ({elapsed:.1f} s)"),
+                      highlight=False, soft_wrap=True)
 
 
 class _Printer:

@@ -49,12 +49,24 @@ def _print_summary(path: Path, summary: dict[str, Any]) -> None:
             value = f"{value:g}" if key == "epochs" else f"{value:.1f}" if key == "elapsed_s" else f"{value:.4f}"
         table.add_row(key, Text("-" if value is None else str(value)))
     console.print(table)
+    _say_stopped(summary)
     say_path("run:", path)  # after the table, whole on its own line: it is what one copies next
+
+
+def _say_stopped(summary: dict[str, Any], who: str = "") -> None:
+    """One line when a completed run ended before its planned steps (early stopping), saying why."""
+    if summary.get("stop_reason") and summary.get("status") == "completed":
+        say(f"{who}stopped at step {summary['steps']} of {summary['planned_steps']}: {summary['stop_reason']}")
 
 
 def _group_done(group: Path, summaries: list[dict[str, Any]]) -> None:
     from clrctl.errors import RunFailed
 
+    from clrctl.files.atomic import read_json
+
+    seeds = read_json(group / "group.json").get("seeds") or []
+    for seed, summary in zip(seeds, summaries):
+        _say_stopped(summary, f"seed {seed}: ")
     say_path("seed group:", group)
     failed = [s for s in summaries if s.get("status") != "completed"]
     if failed:
@@ -89,7 +101,7 @@ def train(
             cfg = load_config(open_resumable(resume)[0].path / "config.yaml")
         else:
             cfg = _load(config, overrides)
-        distributed.check_batch_size(cfg.dataset.batch_size, nproc)  # before any process exists
+        distributed.check_batch_size(cfg.dataset.batch_size, nproc, cfg.train.accumulate)  # before any process exists
         sys.exit(launch.launch(nproc, options.without_nproc(sys.argv[1:]), say_error))
     from clrctl.runs.training import is_group, resume_group, resume_training, start_training, train_seeds
 
@@ -238,9 +250,29 @@ def _per_epoch(spe: Optional[int]) -> str:
 
 
 def _stepsize_text(policy, spe: Optional[int]) -> list[str]:
-    """The half-cycle (cyclic policies) or T_0 (sgdr); other policies have no stepsize."""
+    """The half-cycle (cyclic policies) or T_0 (sgdr), and a warmup; other policies have no stepsize."""
     steps = preview_maths.stepsize_steps(policy, spe)
-    return [] if steps is None else [f"stepsize {steps}"]
+    return ([] if steps is None else [f"stepsize {steps}"]) + _warmup_text(policy, spe)
+
+
+def _warmup_text(policy, spe: Optional[int]) -> list[str]:
+    if policy.warmup is None:
+        return []
+    from clrctl.config.schema import resolve_steps
+
+    return [f"warmup {resolve_steps(policy.warmup, spe or 1)} steps from {policy.warmup_start:g} x the first LR"]
+
+
+def _extras_text(cfg: Config, world_size: int = 1) -> list[str]:
+    """Gradient clipping and accumulation, when on."""
+    train, notes = cfg.train, []
+    if train.clip_grad_norm is not None:
+        notes.append(f"gradients clipped to norm {train.clip_grad_norm:g} (metrics.csv: grad_norm)")
+    if train.accumulate > 1:
+        micro = cfg.dataset.batch_size // (train.accumulate * world_size)
+        notes.append(f"{train.accumulate} micro-batches of {micro} per optimizer step "
+                     f"(batch {cfg.dataset.batch_size})")
+    return [f"  {note}" for note in notes]
 
 
 def _sweep_text(cfg: Config, spe: Optional[int]) -> str:
@@ -279,4 +311,12 @@ def _validate_details(cfg: Config, setup) -> list[str]:
                      + (f" (freshly initialised: {', '.join(fresh)})" if fresh else ""))
     if cfg.has_stages and not cfg.is_range_test:
         lines += _stage_lines(cfg, setup.steps_per_epoch, setup.total_steps)[1:]
-    return lines
+    elif cfg.policy.warmup is not None and not cfg.is_range_test:
+        lines += [f"  {note}" for note in _warmup_text(cfg.policy, setup.steps_per_epoch)]
+    if cfg.train.tta:
+        lines.append(f"  test-time augmentation: {cfg.train.tta} (epochs.csv tta_val_acc; metrics.csv keeps the plain evaluation)")
+    if cfg.train.early_stop:
+        stop = cfg.train.early_stop
+        lines.append(f"  early stopping: {stop.metric}, patience {stop.patience} evaluation{'s' if stop.patience != 1 else ''}"
+                     f", min_delta {stop.min_delta:g}")
+    return lines + _extras_text(cfg)

@@ -42,9 +42,9 @@ def describe_validation_error(err: ValidationError, data: dict[str, Any], root: 
     msg = first["msg"]
     msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
     # Model-level validators start their message with the key they are about.
-    field_msg = re.match(r"^([a-z_]+): (.*)$", msg)
-    if field_msg and field_msg.group(1) in _known_keys(loc, root):
-        key = ".".join(loc + [field_msg.group(1)])
+    field_msg = re.match(r"^([a-z_]+(?:\.[a-z_]+)*): (.*)$", msg)  # (a dotted key: a sub-section's)
+    if field_msg and field_msg.group(1).split(".")[0] in _known_keys(loc, root):
+        key = ".".join(loc + field_msg.group(1).split("."))
         msg = field_msg.group(2)
     if kind in ("missing",):
         msg = "required key is missing"

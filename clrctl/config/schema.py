@@ -43,6 +43,7 @@ SCHEDULE_FREE = ("schedulefree_sgd", "schedulefree_adamw")
 # The momentum an optimizer takes when optimizer.momentum is not set: Schedule-Free SGD's and
 # Muon's own defaults (both need one; clrctl's default of 0 is torch SGD's).
 DEFAULT_MOMENTUM = {"schedulefree_sgd": 0.9, "muon": 0.95}
+EARLY_STOP_METRICS = ("val_acc", "val_loss")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(steps?|epochs?)\s*$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -99,6 +100,17 @@ def _check_duration(value: Duration) -> Duration:
     if amount > limit:
         raise ValueError(f"at most {limit:.0e} {unit} (got {echo(value)})")
     return value
+
+
+def check_micro_batches(batch_size: int, accumulate: int, world_size: int) -> None:
+    """``dataset.batch_size`` is the global batch of one optimizer step: it must divide by
+    ``train.accumulate`` x the processes (each micro-batch is that share). Raises ValueError."""
+    parts = accumulate * world_size
+    if accumulate > 1 and batch_size % parts:
+        procs = f" x the {world_size} processes" if world_size > 1 else ""
+        raise ValueError(f"train.accumulate: dataset.batch_size {batch_size} does not divide by train.accumulate "
+                         f"{accumulate}{procs} (each micro-batch is batch_size / {parts}; try "
+                         f"{max(parts, batch_size // parts * parts)})")
 
 
 def resolve_steps(value: Duration, steps_per_epoch: int) -> int:
@@ -275,6 +287,10 @@ class PolicyConfig(_Section):
     three_phase: bool = False  # one_cycle: the paper's 3-phase form
     decay: Optional[float] = Field(None, gt=0.0, le=1.0)  # wsd: share of the run decaying (WSD_DECAY)
     decay_shape: Optional[Literal[WSD_SHAPES]] = None  # type: ignore[valid-type]  # wsd (WSD_DECAY_SHAPE)
+    # A linear ramp over the first ``warmup`` steps of the stage/run from warmup_start x the
+    # policy's first LR to that LR; the policy then runs over the remaining steps.
+    warmup: Optional[Duration] = None
+    warmup_start: Float = Field(0.0, ge=0.0, le=1.0)
 
     @field_validator("stepsize")
     @classmethod
@@ -285,6 +301,11 @@ class PolicyConfig(_Section):
     @classmethod
     def _milestones(cls, values: list[Duration]) -> list[Duration]:
         return [_check_duration(v) for v in values]
+
+    @field_validator("warmup")
+    @classmethod
+    def _warmup(cls, value: Optional[Duration]) -> Optional[Duration]:
+        return None if value is None else _check_duration(value)
 
     @field_validator("bounds")
     @classmethod
@@ -361,6 +382,15 @@ def check_optimizer_policy(optimizer: "OptimizerConfig", policy: "PolicyConfig")
         raise ValueError("policy: optimizer muon keeps its own momentum; drop policy.momentum")
 
 
+class EarlyStopConfig(_Section):
+    """``train.early_stop``: stop once ``metric`` has not improved by more than ``min_delta``
+    for ``patience`` evaluations in a row (SPEC "Training extras")."""
+
+    metric: Literal[EARLY_STOP_METRICS] = "val_acc"  # type: ignore[valid-type]
+    patience: Int = Field(3, gt=0, le=MAX_STEPS)  # in evaluations
+    min_delta: Float = Field(0.0, ge=0.0)
+
+
 class TrainConfig(_Section):
     epochs: Optional[Int] = Field(None, gt=0, le=MAX_EPOCHS)  # default 8 when neither epochs nor steps is set
     steps: Optional[Int] = Field(None, gt=0, le=MAX_STEPS)
@@ -380,6 +410,12 @@ class TrainConfig(_Section):
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # mse: float regression targets, no accuracy
     label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)  # torch CrossEntropyLoss(label_smoothing); val_loss too
     tensorboard: bool = False  # also write TensorBoard events to RUN/tensorboard/ (extra clrctl[tensorboard])
+    tta: Optional[Literal["hflip"]] = None  # evaluation also averages each image's logits with its flip's
+    early_stop: Optional[EarlyStopConfig] = None  # stop when the metric stops improving
+    # torch.nn.utils.clip_grad_norm_ before each optimizer step (metrics.csv: a grad_norm column)
+    clip_grad_norm: Optional[Float] = Field(None, gt=0.0, le=1e12)
+    # micro-batches per optimizer step; dataset.batch_size stays the global batch of one step
+    accumulate: Int = Field(1, ge=1, le=MAX_BATCH)
 
     def autocast_dtype(self, device_type: str) -> Optional[str]:
         """"bfloat16"/"float16" to autocast to on ``device_type``, or None (fp32)."""
@@ -398,6 +434,10 @@ class TrainConfig(_Section):
             raise ValueError("label_smoothing: applies to train.loss: cross_entropy only")
         if self.loss == "mse" and self.target and "val_acc" in self.target:
             raise ValueError("target: train.loss: mse measures no accuracy; use {val_loss: ...}")
+        if self.loss == "mse" and self.early_stop and self.early_stop.metric == "val_acc":
+            raise ValueError("early_stop.metric: train.loss: mse measures no accuracy; use metric: val_loss")
+        if self.loss == "mse" and self.tta:
+            raise ValueError("tta: train.loss: mse measures no accuracy for test-time augmentation to improve")
         if self.epochs is not None and self.steps is not None:
             raise ValueError("epochs: give train.epochs or train.steps, not both (on the command line: train.epochs=null train.steps=N)")
         if self.epochs is None and self.steps is None:
@@ -545,6 +585,11 @@ class Config(_Section):
             check_optimizer_policy(self.optimizer, self.policy)
         return self
 
+    @model_validator(mode="after")
+    def _micro_batches(self) -> "Config":
+        check_micro_batches(self.dataset.batch_size, self.train.accumulate, 1)
+        return self
+
     @property
     def has_stages(self) -> bool:
         return bool(self.stages)
@@ -659,6 +704,19 @@ def warn_stepsize_fit(stages: list["Stage"], steps_per_epoch: int, has_stages: b
             effect = "sgdr never restarts" if policy.name == "sgdr" else "the LR only rises, never comes back down"
             warn(f"{key}: {stepsize} steps is not shorter than the {'stage' if has_stages else 'run'} "
                  f"({length} steps): {effect}")
+
+
+def check_warmup_fit(stages: list["Stage"], steps_per_epoch: int, has_stages: bool) -> None:
+    """``policy.warmup`` must leave the policy at least one step of its stage (or run)."""
+    for stage in stages:
+        warmup = stage.policy.warmup
+        if warmup is None:
+            continue
+        steps, length = resolve_steps(warmup, steps_per_epoch), stage.length(steps_per_epoch)
+        if steps >= length:
+            key = f"stages.{stage.name}.policy.warmup" if has_stages else "policy.warmup"
+            raise ConfigError(f"{key}: {steps} steps is not shorter than the {'stage' if has_stages else 'run'} "
+                              f"({length} steps): the policy would never run")
 
 
 # The directories of the config files loaded in this process: searched after the working

@@ -44,10 +44,12 @@ class Callback:
         """A stage finished: ``record`` is its ``{name, steps, final_val_acc}``."""
 
     def on_epoch_end(self, loop: "Loop", row: dict[str, Any]) -> None:
-        """An epoch finished: ``row`` is its epochs.csv row (the counters are already reset)."""
+        """An epoch finished: ``row`` is its epochs.csv row (the counters are already reset); a
+        callback that owns a column of it (``log_columns``) fills it in, before the log writes."""
 
     def on_end(self, loop: "Loop", status: str, summary: dict[str, Any]) -> None:
-        """The run ended with ``status``; ``summary`` is summary.json's content. Each callback's
+        """The run ended with ``status``; ``summary`` is summary.json's content (written after
+        every ``on_end``: a callback may add its own keys). Each callback's
         ``on_end`` runs even when an earlier one failed (a full disk)."""
 
 

@@ -70,9 +70,16 @@ def is_main() -> bool:
     return world().is_main
 
 
-def check_batch_size(batch_size: int, world_size: int) -> None:
-    """``dataset.batch_size`` is the global batch: it must divide by the world size.
-    Called before any process group exists (exit 2)."""
+def check_batch_size(batch_size: int, world_size: int, accumulate: int = 1) -> None:
+    """``dataset.batch_size`` is the global batch: it must divide by the world size (and by
+    ``train.accumulate`` x the world size). Called before any process group exists (exit 2)."""
+    if world_size > 1 and accumulate > 1:
+        from clrctl.config.schema import check_micro_batches
+
+        try:
+            check_micro_batches(batch_size, accumulate, world_size)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if world_size > 1 and batch_size % world_size:
         raise ConfigError(f"dataset.batch_size: {batch_size} does not divide by the {world_size} processes "
                           f"(it is the global batch; try {max(world_size, batch_size // world_size * world_size)})")
@@ -191,7 +198,7 @@ def join(config):
     is checked first, so a bad one exits 2 before any process group exists."""
     from clrctl.engine.device import resolve_device
 
-    check_batch_size(config.dataset.batch_size, world().world_size)
+    check_batch_size(config.dataset.batch_size, world().world_size, config.train.accumulate)
     stop_with_launcher()
     device = place(resolve_device(config.device))
     init(device)

@@ -24,7 +24,7 @@ import torch
 
 from clrctl.engine.callbacks import LOSS, LR, STEP, VAL_ACC, VAL_LOSS, Callback
 from clrctl.engine.setup import Setup
-from clrctl.engine.step import FastPath, Hits, evaluate
+from clrctl.engine.step import FastPath, Hits, StepExtras, evaluate
 from clrctl.engine.strategy import Strategy
 from clrctl.optim.stages import StageRun, build_stage
 
@@ -47,6 +47,9 @@ class LoopState:
     epoch_correct: float = 0.0
     epoch_seen: int = 0
     last_lr: Optional[float] = None  # the LR the latest step trained at
+    # What callbacks keep across a resume, by name (early stopping's patience, the last TTA
+    # accuracy): plain numbers, carried by last.pt with the rest (an older one has none).
+    extras: dict = field(default_factory=dict)
 
 
 class Diverged(Exception):
@@ -60,9 +63,9 @@ class Diverged(Exception):
 class Stopped(Exception):
     """A stop was requested (a signal, a callback) and every process reached it."""
 
-    def __init__(self, reason: str, interrupted: bool):
+    def __init__(self, reason: str, interrupted: bool, status: Optional[str] = None):
         super().__init__(reason)
-        self.reason, self.interrupted = reason, interrupted
+        self.reason, self.interrupted, self.status = reason, interrupted, status
 
 
 class Loop:
@@ -79,7 +82,12 @@ class Loop:
         # The model that trains (checkpoints hold setup.model, unwrapped), compiled when asked.
         self.net = self.fast.model(strategy.wrap(self.fast.model_layout(setup.model)))
         train = setup.config.train
-        self._step = strategy.stepper(setup.loss_fn, self.fast, self.scaler, train.skip_nonfinite, setup.data.train)
+        # train.clip_grad_norm / train.accumulate: another stepper (None: the plain step); the
+        # pre-clip gradient norms it keeps become metrics.csv's grad_norm column at each flush.
+        self.extras = StepExtras.of(train, keep_norms=True)
+        self._step = strategy.stepper(setup.loss_fn, self.fast, self.scaler, train.skip_nonfinite, setup.data.train,
+                                      *([self.extras] if self.extras is not None else []))
+        self._norms = self.extras.norms if self.extras is not None else None
         self._every, self._log_every = train.eval_every, train.log_every
         self._stage_column = setup.config.has_stages
         self._ends = setup.stage_ends  # (a property that sums the stages: once, not per step)
@@ -95,17 +103,24 @@ class Loop:
         self.stop_reason: Optional[str] = None  # asked for, not yet reached (DDP: not yet agreed)
         self._stop: Optional[Stopped] = None  # reached: raised after the current step
         self._interrupted = True
+        self._stop_status: Optional[str] = None
         self.stopping = False  # the stop is being raised: the run is finishing
         self._t0 = time.perf_counter()
 
     # -- what callbacks and the run may call -------------------------------------------
-    def request_stop(self, reason: str, interrupted: bool = True) -> None:
+    def request_stop(self, reason: str, interrupted: bool = True, agreed: bool = False,
+                     status: Optional[str] = None) -> None:
         """Stop after the current step (under DDP: at the next sync, where every rank agrees).
-        ``interrupted``: the run is to be resumed (a signal); else it ends normally."""
+        ``interrupted``: the run is to be resumed (a signal); else it ends normally, with
+        ``status`` (e.g. ``pruned``; default ``completed``).
+        ``agreed``: every process asks at this same step, on numbers that are the same on all
+        of them (an evaluation's, reduced over ranks): the stop needs no sync to agree on and
+        comes after this step under DDP too. (A request one process alone makes, such as a
+        signal's, must not say so: the others would train on.)"""
         if self.stop_reason is None:
-            self.stop_reason, self._interrupted = reason, interrupted
-        if self.strategy.stops_at_once:
-            self._stop = Stopped(self.stop_reason, self._interrupted)
+            self.stop_reason, self._interrupted, self._stop_status = reason, interrupted, status
+        if self.strategy.stops_at_once or agreed:
+            self._stop = Stopped(self.stop_reason, self._interrupted, self._stop_status)
             self._due = 0
 
     def stop_after(self, step: int) -> None:
@@ -209,6 +224,11 @@ class Loop:
         losses, hits = self._host_values()
         for held in (self._rows, self._losses, self._sizes):
             held.clear()
+        if self._norms is not None:  # (the last values of the one transfer: a column after the rest)
+            norms, hits = hits[len(hits) - len(rows):], hits[: len(hits) - len(rows)]
+            self._norms.clear()
+            for row, norm in zip(rows, norms):
+                row.append(norm / self.strategy.world_size)  # (DDP: the same norm, summed over ranks)
         skip_nonfinite = self._hits.per_row
         for i, (row, loss) in enumerate(zip(rows, losses)):
             row[LOSS] = loss
@@ -222,12 +242,14 @@ class Loop:
         """Each row's loss (over its global batch) and correct predictions, in one transfer;
         under DDP one all-reduce, the stop request riding along."""
         hits = self._hits.take()
+        if self._norms is not None:
+            hits = hits + [v.float() for v in self._norms]
         losses = self._losses if self._losses[0].dtype == torch.float32 else [v.float() for v in self._losses]
         local = torch.stack(losses + hits)  # one kernel, one transfer (tolist copies to the host)
         n = len(self._rows)
         losses, hits, stop = self.strategy.host_values(local, n, self._sizes, self.stop_reason is not None)
-        if stop and self._stop is None:  # (DDP: every rank agreed, at this very step)
-            self._stop = Stopped(self.stop_reason or "SIGTERM", self._interrupted)  # (or the launcher died)
+        if stop and self._stop is None:  # (DDP: every rank agreed, at this very step; SIGTERM: the launcher died)
+            self._stop = Stopped(self.stop_reason or "SIGTERM", self._interrupted, self._stop_status)
         return losses, hits
 
     def _count_epoch(self, losses: list[float], hits: list[float], sizes: list[int]) -> None:

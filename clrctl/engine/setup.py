@@ -22,7 +22,7 @@ from clrctl.compat import require_schedulefree, require_tensorboard
 
 from clrctl.engine import ddp as distributed
 
-from clrctl.config.schema import SCHEDULE_FREE, Config, Stage, warn_stepsize_fit
+from clrctl.config.schema import SCHEDULE_FREE, Config, Stage, check_warmup_fit, warn_stepsize_fit
 from clrctl.data.datasets import build_data
 from clrctl.data.sources import DataBundle
 from clrctl.engine.device import seed_everything
@@ -89,6 +89,7 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     device = distributed.join(config)  # config.device resolved; under DDP: this rank's GPU
     data = build_data(config.dataset, seed, device)
     distributed.shard_data(data)
+    check_tta(config, data.input_shape)
     model = build_model(config.model, data.input_shape, data.num_classes)
     weights = load_weights(model, config.model)
     setup = assemble(config, seed, device, data, model.to(device), weights=weights)
@@ -112,9 +113,17 @@ def assemble(config: Config, seed: int, device: torch.device, data: DataBundle, 
     if checked:
         for stage in stages:
             check_trainable(groups, stage.freeze, f"stages.{stage.name}" if config.has_stages else "optimizer")
+        check_warmup_fit(stages, len(data.train), config.has_stages)
         warn_stepsize_fit(stages, len(data.train), config.has_stages)
     return Setup(config, seed, device, data, model, groups, stages, len(data.train), weights,
                  build_loss(config.train) if loss_fn is None else loss_fn)
+
+
+def check_tta(config: Config, input_shape: tuple[int, ...]) -> None:
+    """``train.tta: hflip`` flips the last axis of images (C, H, W); flat features have none."""
+    if config.train.tta and len(input_shape) != 3:
+        raise ConfigError(f"train.tta: {config.train.tta} needs images of shape (C, H, W); "
+                          f"{config.dataset.name}'s samples have shape {tuple(input_shape)}")
 
 
 def probe_batch(setup: Setup) -> None:

@@ -8,6 +8,7 @@ strategy (:mod:`clrctl.engine.strategy`).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import torch
@@ -39,6 +40,80 @@ def forward_backward(model, optimizer, x, y, loss_fn, scaler=None, weight=None, 
     else:
         optimizer.step()
     return loss.detach(), logits.detach()
+
+
+class StepExtras:
+    """``train.clip_grad_norm`` and ``train.accumulate``: what a step does beyond
+    :func:`forward_backward` (which stays the step when neither is on). ``norms`` (None: not
+    kept) receives each step's pre-clip total gradient norm, a device tensor read at the flush."""
+
+    def __init__(self, clip: Optional[float] = None, accumulate: int = 1, keep_norms: bool = False):
+        self.clip, self.accumulate = clip, accumulate
+        self.norms: Optional[list[torch.Tensor]] = [] if keep_norms and clip is not None else None
+
+    @classmethod
+    def of(cls, train_cfg, keep_norms: bool = False) -> Optional["StepExtras"]:
+        """The extras of ``train_cfg`` (a TrainConfig), or None when neither is on."""
+        if train_cfg.clip_grad_norm is None and train_cfg.accumulate == 1:
+            return None
+        return cls(train_cfg.clip_grad_norm, train_cfg.accumulate, keep_norms)
+
+
+def accumulated_step(model, optimizer, x, y, loss_fn, extras: StepExtras, scaler=None, per_sample=None, dtype=None,
+                     skip_nonfinite=False, no_sync=None):
+    """One optimizer step over ``extras.accumulate`` micro-batches (contiguous slices of ``x, y``),
+    the gradients clipped to ``extras.clip`` before it: (the sum of the batch's per-sample
+    losses, the logits), detached device tensors.
+
+    Each micro-batch's mean loss is weighted by its share, ``n_k x per_sample`` (one process:
+    1 / n; DDP: world / global batch, :func:`clrctl.engine.ddp.loss_weight`), so the gradient
+    is the whole batch's mean-loss gradient, a last partial batch included. ``no_sync`` (DDP's
+    ``model.no_sync``): gradients are reduced once, on the last micro-batch; every rank runs
+    that one, even with nothing in it. Under fp16 the gradients are unscaled before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    amp = scaler is not None and scaler.is_enabled()
+    dtype = dtype or (torch.float16 if amp else None)
+    parts = extras.accumulate
+    n = y.shape[0]
+    scale = per_sample if per_sample is not None else 1.0 / max(n, 1)
+    xs, ys = (x.tensor_split(parts), y.tensor_split(parts)) if parts > 1 else ((x,), (y,))
+    total, outputs = None, []
+    for k in range(parts):
+        xk, yk = xs[k], ys[k]
+        nk, last = yk.shape[0], k == parts - 1
+        if not nk and (no_sync is None or not last):
+            continue  # nothing to learn from (a last, partial batch shorter than accumulate)
+        with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+            if dtype is None:
+                logits = model(xk)
+                loss = loss_fn(logits, yk)
+            else:
+                with torch.autocast(xk.device.type, dtype=dtype):
+                    logits = model(xk)
+                    loss = loss_fn(logits, yk)
+            backprop = loss * (nk * scale) if nk else logits.sum() * 0.0
+            (scaler.scale(backprop) if amp else backprop).backward()
+        outputs.append(logits.detach())
+        if nk:
+            term = loss.detach().float() * nk
+            total = term if total is None else total + term
+    if extras.clip is not None:
+        if amp:
+            scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, extras.clip, foreach=True)
+        if extras.norms is not None:
+            extras.norms.append(norm)
+    if total is None:
+        total = torch.zeros((), device=y.device)
+    if skip_nonfinite and not _finite(optimizer, None if per_sample is not None else total):
+        optimizer.zero_grad(set_to_none=True)
+    elif amp:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return total, outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 def _forward(model, x, y, loss_fn, weight):
@@ -95,15 +170,18 @@ class FastPath:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, source: BatchSource, loss_fn: nn.Module,
-             reduce: Optional[Callable[..., tuple[float, float, int]]] = None) -> tuple[float, float]:
+             reduce: Optional[Callable[..., tuple[float, float, int]]] = None,
+             hflip: bool = False) -> tuple[float, float]:
     """(mean loss, accuracy) over ``source``; one host sync at the end. ``reduce`` (the
     strategy's :meth:`~clrctl.engine.strategy.Strategy.reduce_eval`, None in one process)
-    sums (loss, correct, seen) over the processes that each evaluated a share."""
+    sums (loss, correct, seen) over the processes that each evaluated a share. ``hflip``
+    (``train.tta: hflip``): each image's logits are the mean of its own and its mirror
+    image's (the last axis of (N, C, H, W) reversed), as fastai's TTA averages them."""
     was_training = model.training
     model.eval()
     loss_sum, correct, seen = None, None, 0
     for x, y in source.batches(0):
-        logits = model(x)
+        logits = (model(x) + model(x.flip(-1))) / 2 if hflip else model(x)
         batch_loss = loss_fn(logits, y).float() * len(y)
         batch_correct = (logits.argmax(1) == y).sum() if not y.is_floating_point() else None  # regression: none
         loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss

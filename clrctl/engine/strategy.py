@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from clrctl.engine import ddp
-from clrctl.engine.step import forward_backward
+from clrctl.engine.step import StepExtras, accumulated_step, forward_backward
 
 # (loss term, logits, global batch size) of one step: what the loop keeps until its flush
 StepResult = tuple[torch.Tensor, torch.Tensor, int]
@@ -36,16 +36,27 @@ class Strategy:
 
     writes = True
     distributed = False
+    world_size = 1  # processes that step together
     # A signal stops the run after the step it arrived in (under DDP: at the next agreed sync).
     stops_at_once = True
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return model
 
-    def stepper(self, loss_fn: nn.Module, fast, scaler, skip_nonfinite: bool, source) -> Stepper:
+    def stepper(self, loss_fn: nn.Module, fast, scaler, skip_nonfinite: bool, source,
+                extras: Optional[StepExtras] = None) -> Stepper:
         """A function ``(net, optimizer, x, y, batch_index) -> (loss term, logits, batch size)``:
-        one optimizer step on the batch ``x, y`` (the ``batch_index``-th of its epoch)."""
+        one optimizer step on the batch ``x, y`` (the ``batch_index``-th of its epoch);
+        ``extras``: gradient clipping and accumulation (None: neither, the plain step)."""
         dtype, inputs = fast.dtype, fast.inputs
+        if extras is not None:
+            def accumulate(net, optimizer, x, y, batch_index):
+                n = y.shape[0]
+                total, logits = accumulated_step(net, optimizer, inputs(x), y, loss_fn, extras, scaler, None, dtype,
+                                                 skip_nonfinite)
+                return total / n, logits, n
+
+            return accumulate
 
         def step(net, optimizer, x, y, batch_index):
             loss, logits = forward_backward(net, optimizer, inputs(x), y, loss_fn, scaler, None, dtype, skip_nonfinite)
@@ -81,13 +92,28 @@ class DistributedStrategy(Strategy):
     def __init__(self, device: torch.device):
         self.device = device
         self.writes = ddp.is_main()
+        self.world_size = ddp.world().world_size
+        self._wrapped: Optional[nn.Module] = None
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        return ddp.wrap(model, self.device)
+        self._wrapped = ddp.wrap(model, self.device)
+        return self._wrapped
 
-    def stepper(self, loss_fn: nn.Module, fast, scaler, skip_nonfinite: bool, source) -> Stepper:
+    def stepper(self, loss_fn: nn.Module, fast, scaler, skip_nonfinite: bool, source,
+                extras: Optional[StepExtras] = None) -> Stepper:
         dtype, inputs = fast.dtype, fast.inputs
         global_size = source.global_batch_size
+        if extras is not None:
+            world = self.world_size
+
+            def accumulate(net, optimizer, x, y, batch_index):
+                size = global_size(batch_index)
+                no_sync = (self._wrapped or net).no_sync if extras.accumulate > 1 else None
+                total, logits = accumulated_step(net, optimizer, inputs(x), y, loss_fn, extras, scaler, world / size,
+                                                 dtype, skip_nonfinite, no_sync)
+                return total, logits, size
+
+            return accumulate
 
         def step(net, optimizer, x, y, batch_index):
             size, n = global_size(batch_index), y.shape[0]

@@ -19,6 +19,11 @@ is ``log lr; optimizer.step(); schedule.step()``, so optimizer step t trains at 
 Momentum is cycled inversely to the LR only when asked for (``policy.momentum``), and by
 default for one_cycle when the optimizer has a momentum term — never switched on silently
 (torch's CyclicLR does that by default; we pass ``cycle_momentum`` explicitly).
+
+``policy.warmup`` (any policy, :class:`Warmup`): W steps of LambdaLR's linear ramp from
+``warmup_start x f(0)`` to ``f(0)`` (torch's LinearLR, which refuses a start of 0), then
+the policy's own torch class built over the remaining ``total - W`` steps, from its step 0.
+A cycled momentum stays at the policy's first momentum during the ramp.
 """
 
 from __future__ import annotations
@@ -110,16 +115,8 @@ class Schedule:
 
     def apply(self) -> None:
         """Write the reference LR (and a cycled momentum) into the real optimizer's groups."""
-        if self.target is None:
-            return
-        lr, ref = self.lr(), self.reference.param_groups[0]
-        for group in self.target.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)
-            if self.cycles_momentum:
-                if "betas" in group:
-                    group["betas"] = (ref["betas"][0], group["betas"][1])
-                elif "momentum" in group:
-                    group["momentum"] = ref["momentum"]
+        if self.target is not None:
+            _write(self.target, self.lr(), self.reference.param_groups[0] if self.cycles_momentum else None)
 
     def state_dict(self) -> dict[str, Any]:
         hyper = {k: v for k, v in self.reference.param_groups[0].items() if k != "params"}
@@ -146,10 +143,82 @@ class Schedule:
             group["momentum"] = value
 
 
+def _write(target: torch.optim.Optimizer, lr: float, momentum_group: Optional[dict[str, Any]]) -> None:
+    """``lr_mult x lr`` into each of ``target``'s groups, and the momentum of ``momentum_group``
+    (a reference optimizer's group; None: leave the momentum alone)."""
+    for group in target.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+        if momentum_group is not None:
+            if "betas" in group:
+                group["betas"] = (momentum_group["betas"][0], group["betas"][1])
+            elif "momentum" in group:
+                group["momentum"] = momentum_group["momentum"]
+
+
+class Warmup:
+    """``policy.warmup``: ``ramp`` (a :class:`Schedule` of W steps) then ``policy`` (the
+    policy's :class:`Schedule`, built over the remaining steps, not stepped during the ramp).
+
+    Both run on reference optimizers and this writes into ``target``, as :class:`Schedule`
+    does. Its state is the step count and each part's own state: nothing of torch's
+    ``SequentialLR`` (whose ``load_state_dict`` restores the wrong LR) is involved."""
+
+    def __init__(self, ramp: Schedule, policy: Schedule, steps: int, target: Optional[torch.optim.Optimizer]):
+        self.ramp, self.policy, self.steps, self.target = ramp, policy, steps, target
+        self.cycles_momentum = policy.cycles_momentum
+        self.done = 0  # optimizer steps taken
+        self.apply()
+
+    def _active(self) -> Schedule:
+        return self.ramp if self.done < self.steps else self.policy
+
+    def step(self) -> None:
+        self._active().step()
+        self.done += 1
+        if self.target is not None:
+            self.apply()
+
+    def lr(self) -> float:
+        return self._active().lr()
+
+    def momentum(self) -> Optional[float]:
+        return current_momentum(self.policy.reference if self.target is None else self.target)
+
+    def apply(self) -> None:
+        if self.target is not None:
+            _write(self.target, self.lr(), self.policy.reference.param_groups[0] if self.cycles_momentum else None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"warmup_done": self.done, "ramp": self.ramp.state_dict(), "policy": self.policy.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.done = int(state["warmup_done"])
+        self.ramp.load_state_dict(state["ramp"])
+        self.policy.load_state_dict(state["policy"])
+        self.apply()
+
+
+def warmup_steps(policy: PolicyConfig, steps_per_epoch: int) -> int:
+    """``policy.warmup`` in steps (0: none)."""
+    return 0 if policy.warmup is None else resolve_steps(policy.warmup, steps_per_epoch)
+
+
 def build_schedule(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, target: Optional[torch.optim.Optimizer],
-                   steps_per_epoch: int, total_steps: int) -> Schedule:
+                   steps_per_epoch: int, total_steps: int) -> Schedule | Warmup:
     """The schedule for ``policy`` over ``total_steps``, driving ``target``'s groups (None: a
-    trace only, as for ``preview``)."""
+    trace only, as for ``preview``); with ``policy.warmup``, a :class:`Warmup` first."""
+    warmup = warmup_steps(policy, steps_per_epoch)
+    if not warmup:
+        return _policy_schedule(policy, optimizer_cfg, target, steps_per_epoch, total_steps)
+    main = _policy_schedule(policy, optimizer_cfg, None, steps_per_epoch, total_steps - warmup)
+    optimizer = build_optimizer(reference_config(optimizer_cfg), [torch.nn.Parameter(torch.zeros(1))], main.lr())
+    start = policy.warmup_start
+    ramp = lr_scheduler.LambdaLR(optimizer, lambda t: start + (1.0 - start) * min(t, warmup) / warmup)
+    return Warmup(Schedule(ramp, optimizer), main, warmup, target)
+
+
+def _policy_schedule(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, target: Optional[torch.optim.Optimizer],
+                     steps_per_epoch: int, total_steps: int) -> Schedule:
     optimizer = build_optimizer(reference_config(optimizer_cfg), [torch.nn.Parameter(torch.zeros(1))],
                                 initial_lr(policy))
     moms = momentum_range(policy, optimizer_cfg)

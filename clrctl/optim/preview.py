@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from clrctl.config.schema import CYCLIC_POLICIES, Config, Stage, resolve_steps
+from clrctl.config.schema import CYCLIC_POLICIES, Config, Stage, check_warmup_fit, resolve_steps
 from clrctl.errors import ClrctlError, ConfigError
 
 # (step, lr, momentum) for every step; momentum is None for an optimizer without one.
@@ -42,6 +42,7 @@ def build_preview(cfg: Config, steps_per_epoch: Optional[int], sweep: bool) -> P
     if sweep:
         trace = sweep_trace(cfg, steps_per_epoch)
         return Preview(trace, [None] * len(trace), {})
+    check_warmup_fit(cfg.plan(), steps_per_epoch or 1, cfg.has_stages)
     trace = policy_trace(cfg, steps_per_epoch)
     stages: list[Optional[str]] = [name for _, name in stage_steps(cfg, steps_per_epoch)]
     return Preview(trace, stages, group_columns(cfg, [lr for _, lr, _ in trace], stages))
@@ -122,6 +123,8 @@ def needs_epoch_length(cfg: Config, sweep: bool) -> bool:
         durations += list(policy.milestones) if policy.name == "step" else []
         if policy.name in (*CYCLIC_POLICIES, "sgdr"):
             durations.append(policy.stepsize)
+        if policy.warmup is not None:
+            durations.append(policy.warmup)
         if stage.steps is None:
             return True
     return any(in_epochs(d) for d in durations)

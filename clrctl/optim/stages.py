@@ -12,7 +12,7 @@ from torch import nn
 from clrctl.config.schema import Stage
 from clrctl.optim.groups import ParamGroup, set_frozen, torch_param_groups
 from clrctl.optim.optimizers import build_optimizer
-from clrctl.optim.policies import Schedule, build_schedule, initial_lr
+from clrctl.optim.policies import Schedule, Warmup, build_schedule, initial_lr
 from clrctl.optim.schedulefree import AveragedWeights, averaged_weights
 
 
@@ -33,7 +33,7 @@ class StageRun:
     index: int
     stage: Stage
     optimizer: torch.optim.Optimizer
-    schedule: Schedule
+    schedule: Schedule | Warmup
     averaged: Optional[AveragedWeights] = None
 
 

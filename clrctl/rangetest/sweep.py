@@ -48,7 +48,7 @@ from clrctl.optim.schedulefree import averaged_weights
 from clrctl.runs.rundir import RunDir, WriteFailed, failure_line, holds_no_results, release, run_info
 from clrctl.engine.setup import Setup, build_setup
 from clrctl.text import count
-from clrctl.engine.step import FastPath, evaluate
+from clrctl.engine.step import FastPath, StepExtras, evaluate
 from clrctl.engine.strategy import for_process
 from clrctl.track.reporter import Reporter
 
@@ -121,7 +121,8 @@ def sweep(setup: SweepSetup, on_row: Optional[Callable[[dict[str, Any]], None]] 
     scaler = fast.scaler()
     strategy = for_process(setup.device)
     net = fast.model(strategy.wrap(fast.model_layout(model)))
-    step = strategy.stepper(setup.loss_fn, fast, scaler, False, setup.data.train)
+    extras = StepExtras.of(setup.config.train)  # clipping and accumulation, as the run will
+    step = strategy.stepper(setup.loss_fn, fast, scaler, False, setup.data.train, *([extras] if extras else []))
     stop = {"signal": False}
     smoother = _StopRule(rt.smoothing, rt.diverge_factor)
     rows: list[dict[str, Any]] = []

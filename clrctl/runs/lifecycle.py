@@ -34,7 +34,9 @@ from clrctl.runs.checkpoints import Checkpoints, restore
 from clrctl.runs.rundir import NullRunDir, RunDir
 from clrctl.track import tensorboard
 from clrctl.track.csvlog import EpochsLog, MetricsLog, log_columns
+from clrctl.track.early_stopping import EarlyStopping
 from clrctl.track.evaluations import Evaluations
+from clrctl.track.tta import FlipEvaluation
 from clrctl.track.reporter import Progress, Reporter
 
 
@@ -92,6 +94,10 @@ class TrainingRun:
         first (the checkpoints read it), files next, the progress display last."""
         s, train = self.setup, self.setup.config.train
         found: list[Callback] = [Evaluations(train.target)]
+        if train.tta:  # (on every rank: its evaluation is reduced over them)
+            found.append(FlipEvaluation())
+        if train.early_stop:
+            found.append(EarlyStopping(train.early_stop))
         if self.strategy.writes:
             metric_columns, epoch_columns = log_columns(s.config)
             self.checkpoints = Checkpoints(self.run, train.checkpoint_every)
@@ -131,7 +137,8 @@ class TrainingRun:
                 if stop.interrupted:
                     self._finish("interrupted", loop.flush, self._checkpoint)
                     raise self._interrupted()
-                summary = self._finish("completed", loop.flush, self._checkpoint, stop_reason=stop.reason)
+                summary = self._finish(stop.status or "completed", loop.flush, self._checkpoint,
+                                       stop_reason=stop.reason)
             except KeyboardInterrupt:  # a second signal ("stop now"), or one raised mid-step: no
                 # checkpoint of a step that may be half done; the last one resumes, rows after it redone
                 self._finish("interrupted")

@@ -86,16 +86,29 @@ def expand(grid: dict[str, list[Any]], include: list[dict[str, Any]]) -> list[di
 
 
 def set_key(data: dict[str, Any], key: str, value: Any, where: str) -> None:
-    """``data[a][b] = value`` for ``key = "a.b"`` (the walk of :func:`clrctl.config.schema.apply_override`)."""
-    node, parts = data, key.split(".")
-    for i, part in enumerate(parts[:-1]):
+    """``data[a][b] = value`` for ``key = "a.b"``; a number addresses a list element
+    (``policy.bounds.1``), as in :func:`clrctl.config.schema.apply_override`."""
+    node: Any = data
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{where}: {part!r} is not an index of {'.'.join(parts[:i])} (a list of {len(node)})")
+            if last:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {'.'.join(parts[:i])} is not a section")
+        if last:
+            node[part] = value
+            return
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
-    node[parts[-1]] = value
 
 
 # ---------------------------------------------------------------------------------------

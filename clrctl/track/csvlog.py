@@ -9,7 +9,10 @@ from clrctl.engine.callbacks import EPOCH_COLUMNS, METRIC_COLUMNS, Callback
 def log_columns(config) -> tuple[list[str], list[str]]:
     """The columns of metrics.csv and of epochs.csv (with a stage column when there are stages)."""
     extra = ["stage"] if config.has_stages else []
-    return METRIC_COLUMNS + extra, EPOCH_COLUMNS + extra
+    evaluated = ["tta_val_acc"] if config.train.tta else []  # (track/tta.py)
+    # train.clip_grad_norm: each step's pre-clip total gradient norm, the last column
+    norm = ["grad_norm"] if config.train.clip_grad_norm is not None else []
+    return METRIC_COLUMNS + extra + norm, EPOCH_COLUMNS + evaluated + extra
 
 
 class MetricsLog(Callback):

@@ -1,0 +1,181 @@
+"""clrctl sweep --search: real Optuna studies of tiny trials, no mocks. The journal file study
+and its rerun, bad --param refused before anything runs, an invalid sample failed with its
+reason, pruning that stops a hopeless trial (status ``pruned``, files complete), and two
+concurrent workers on a PostgreSQL server this test starts that finish exactly --trials."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, run_cli
+
+optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip install 'clrctl[search]')")
+
+TINY = {
+    "name": "tiny", "seed": 0, "device": "cpu",
+    "dataset": {"name": "digits", "batch_size": 64},
+    "model": {"name": "mlp", "hidden": [32]},
+    "optimizer": {"name": "sgd", "momentum": 0.9},
+    "policy": {"name": "fixed", "lr": 0.05},
+    "train": {"epochs": 1, "eval_every": 5},
+}
+
+
+def write_config(path: Path, **sections) -> Path:
+    path.write_text(yaml.safe_dump({**TINY, **sections}, sort_keys=False))
+    return path
+
+
+def index(path: Path) -> dict:
+    return json.loads((path / "sweep.json").read_text())
+
+
+def statuses(path: Path) -> list[str]:
+    return sorted(json.loads((d / "run.json").read_text())["status"] for d in (path / "trials").iterdir())
+
+
+def test_journal_study_then_a_rerun_continues_to_trials(tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml")
+    out = tmp_path / "search"
+    args = ["sweep", config, "--search", "tpe", "--param", "policy.lr=loguniform(0.01, 0.2)",
+            "--param", "model.hidden.0=choice(16, 32)", "--run-dir", out, "-q"]
+    assert run_cli(*args, "--trials", "2") == 0
+    assert (out / "optuna.journal").is_file() and statuses(out) == ["completed"] * 2
+    first = {d.name: (d / "run.json").stat().st_mtime_ns for d in (out / "trials").iterdir()}
+    trial = next((out / "trials").iterdir())
+    assert {"run.json", "config.yaml", "metrics.csv", "summary.json"} <= {p.name for p in trial.iterdir()}
+    assert run_cli(*args, "--trials", "3") == 0  # continues: one more, the first two untouched
+    assert statuses(out) == ["completed"] * 3
+    assert all((out / "trials" / n / "run.json").stat().st_mtime_ns == t for n, t in first.items())
+    idx = index(out)
+    assert idx["counts"] == {"completed": 3} and idx["best"]["value"] == max(p["value"] for p in idx["points"])
+    saved = yaml.safe_load((out / idx["best"]["config"]).read_text())
+    assert saved["policy"]["lr"] == idx["best"]["overrides"]["policy.lr"]
+    assert saved["model"]["hidden"] == [idx["best"]["overrides"]["model.hidden.0"]]  # a list element
+    assert run_cli(*args, "--trials", "3") == 0 and statuses(out) == ["completed"] * 3  # done: nothing runs
+    capsys.readouterr()
+    assert run_cli("compare", out) == 0
+    assert "3 points ranked" in capsys.readouterr().out.replace("\n", " ")
+
+
+@pytest.mark.parametrize("param, says", [
+    ("policy.lrr=uniform(0.1, 0.2)", "unknown key policy.lrr"),
+    ("model.hidden.3=choice(8, 16)", "'3' is not an index of model.hidden"),
+    ("policy.lr=uniform(0.2, 0.1)", "empty range"),
+    ("policy.lr=gauss(0.1, 0.2)", "expected one of loguniform"),
+    ("policy.lr=loguniform(0, 1)", "low > 0"),
+    ("policy.lr=int(1.5, 3)", "int bounds must be integers"),
+    ("policy.lr=choice()", "choice needs at least one value"),
+    ("policy.lr", "expected KEY=DIST"),
+])
+def test_a_bad_param_exits_2_before_anything_runs(tmp_path, capsys, param, says):
+    out = tmp_path / "search"
+    code = run_cli("sweep", write_config(tmp_path / "c.yaml"), "--search", "random", "--trials", "2",
+                   "--param", param, "--run-dir", out)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and says in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_an_invalid_sample_fails_with_its_reason_and_the_study_goes_on(tmp_path):
+    config = write_config(tmp_path / "c.yaml", policy={"name": "triangular", "bounds": [0.02, 0.1], "stepsize": 7})
+    out = tmp_path / "search"
+    assert run_cli("sweep", config, "--search", "grid", "--trials", "2", "--param", "policy.bounds.0=choice(0.01, 0.5)",
+                   "--run-dir", out, "-q") == 0
+    idx = index(out)
+    assert idx["counts"] == {"completed": 1, "failed": 1} and len(idx["points"]) == 1  # no run dir for the bad one
+    study = optuna.load_study(study_name="search", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal"))))
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(failed) == 1 and failed[0].params == {"policy.bounds.0": "0.5"}
+    assert "invalid sample" in failed[0].user_attrs["clrctl_failed"] and "bounds" in failed[0].user_attrs["clrctl_failed"]
+
+
+def test_pruning_stops_a_hopeless_trial_with_its_files_complete(tmp_path):
+    db = f"sqlite:///{tmp_path / 'study.db'}"  # an RDB storage too; the trials' order is ours
+    study = optuna.create_study(study_name="p", storage=db, direction="maximize")
+    for lr in ("0.05", "0.1", "1.0e-06"):  # (the choices' YAML text)  # two good trials first (the median pruner's start), then a hopeless one
+        study.enqueue_trial({"policy.lr": lr})
+    out = tmp_path / "search"
+    config = write_config(tmp_path / "c.yaml", train={"epochs": 2, "eval_every": 5})
+    assert run_cli("sweep", config, "--search", "random", "--trials", "3", "--param", "policy.lr=choice(0.05, 0.1, 0.000001)",
+                   "--prune", "median", "--storage", db, "--study", "p", "--run-dir", out, "-q") == 0
+    states = [t.state.name for t in optuna.load_study(study_name="p", storage=db).trials]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
+    pruned = next(d for d in (out / "trials").iterdir() if d.name.startswith("2-"))
+    run = json.loads((pruned / "run.json").read_text())
+    summary = json.loads((pruned / "summary.json").read_text())
+    assert run["status"] == "pruned" and summary["status"] == "pruned" and summary["stop_reason"] == "pruned"
+    assert summary["steps"] < summary["planned_steps"]
+    assert (pruned / "checkpoints" / "last.pt").is_file() and list(pruned.glob("plots/*.png"))
+    assert index(out)["counts"] == {"completed": 2, "pruned": 1}
+
+
+# ---------------------------------------------------------------------------------------
+# PostgreSQL: a real server started here, two workers sharing it
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _as_postgres(*cmd: str) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else list(cmd)
+
+
+@pytest.fixture
+def postgres():
+    """A PostgreSQL server in a temporary directory, on a Unix socket only; its URL."""
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install psycopg2-binary)")
+    if not (PG_BIN / "initdb").is_file() or not (PG_BIN / "pg_ctl").is_file():
+        pytest.skip(f"PostgreSQL's initdb / pg_ctl are not in {PG_BIN} (apt-get install postgresql)")
+    if os.geteuid() == 0 and (shutil.which("runuser") is None or subprocess.run(
+            ["id", "postgres"], capture_output=True).returncode != 0):
+        pytest.skip("running as root, and there is no postgres user (or runuser) to run the server as")
+    root = Path(tempfile.mkdtemp(prefix="clrctl-pg-", dir="/tmp"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+    run = lambda *cmd: subprocess.run(_as_postgres(*cmd), capture_output=True, text=True, timeout=120)  # noqa: E731
+    try:
+        made = run(str(PG_BIN / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres")
+        if made.returncode:
+            pytest.skip(f"initdb failed: {made.stderr.strip()[-200:]}")
+        started = run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                      f"-k {sock} -c listen_addresses='' -c fsync=off", "start")
+        if started.returncode:
+            pytest.skip(f"pg_ctl start failed: {started.stderr.strip()[-200:]}")
+        created = run(str(PG_BIN / "createdb"), "-h", str(sock), "-U", "postgres", "optuna")
+        assert created.returncode == 0, created.stderr
+        yield f"postgresql+psycopg2://postgres@/optuna?host={sock}"
+    finally:
+        run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_on_postgresql_finish_exactly_trials(tmp_path, postgres):
+    config = write_config(tmp_path / "c.yaml")
+    out = tmp_path / "search"
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "clrctl", "sweep", str(config), "--search", "random", "--trials", "3",
+           "--param", "policy.lr=loguniform(0.01, 0.2)", "--storage", postgres, "--study", "shared",
+           "--run-dir", str(out), "-q"]
+    workers = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(outputs)
+    trials = optuna.load_study(study_name="shared", storage=postgres).trials
+    finished = [t for t in trials if t.state.name == "COMPLETE"]
+    surplus = [t for t in trials if "clrctl_surplus" in t.user_attrs]
+    assert len(finished) == 3 and len(trials) == 3 + len(surplus)
+    assert statuses(out) == ["completed"] * 3  # each finished trial ran once, in its own run directory
+    workers_seen = {t.user_attrs["clrctl_worker"] for t in finished}
+    assert len(workers_seen) >= 1
