@@ -4,6 +4,7 @@ without rerunning finished runs, Ctrl-C gives 130, and two concurrent shards run
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,17 +51,29 @@ def attempts(sweep: Path) -> dict[str, int]:
             for log in (sweep / "logs").glob("*.log")}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def done_sweep(tmp_path_factory):
-    """A 2-point sweep run once for the tests below (two real workers at once)."""
-    root = tmp_path_factory.mktemp("sweep")
-    config = write_config(root / "tiny.yaml")
-    sweep = root / "sweep"
-    with pytest.MonkeyPatch.context() as patch:  # the workers' threads are the sweep's to set (conftest sets 1)
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            patch.delenv(var, raising=False)
-        code = run_cli("sweep", config, "--grid", "policy.name=triangular,triangular2", "--run-dir", sweep, "-j", "2")
-    return code, sweep, config
+    """A 2-point sweep (two real workers at once) run once for the tests below, by the first
+    xdist worker that needs it (the others wait for it and read the same one). The tests only
+    read it: test_rerun_skips_completed_runs reruns a copy."""
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # (this session's, shared by its workers)
+    root = shared / "done-sweep"
+    with open(shared / "done-sweep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "code").is_file():
+            root.mkdir(exist_ok=True)
+            config = write_config(root / "tiny.yaml")
+            with pytest.MonkeyPatch.context() as patch:  # the workers' threads are the sweep's to set (conftest: 1)
+                for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                    patch.delenv(var, raising=False)
+                code = run_cli("sweep", config, "--grid", "policy.name=triangular,triangular2", "--run-dir",
+                               root / "sweep", "-j", "2")
+            (root / "code").write_text(str(code))
+    return int((root / "code").read_text()), root / "sweep", root / "tiny.yaml"
 
 
 def test_a_tiny_sweep_completes(done_sweep):
@@ -122,8 +135,9 @@ def test_run_json_records_the_threads_and_the_documented_rerun_reproduces_a_poin
     assert json.loads((tmp_path / "again/run.json").read_text())["threads"] == threads
 
 
-def test_rerun_skips_completed_runs(done_sweep, capsys):
-    _, sweep, config = done_sweep
+def test_rerun_skips_completed_runs(done_sweep, capsys, tmp_path):
+    _, done, config = done_sweep
+    sweep = shutil.copytree(done, tmp_path / "sweep")  # (a copy: this test writes it)
     before = {p: (sweep / p / "run.json").stat().st_mtime_ns for p in statuses(sweep)}
     capsys.readouterr()
     assert run_cli("sweep", config, "--grid", "policy.name=triangular,triangular2", "--run-dir", sweep) == 0
