@@ -1,17 +1,28 @@
-"""Shared fixtures: run the real CLI in-process, and tiny configs that train in about a second."""
+"""Shared fixtures: run the real CLI in-process, tiny configs that train in about a second,
+reference runs trained once per session, and a signal sent at an exact step.
+
+Torch runs on one CPU thread here (``OMP_NUM_THREADS=1`` unless set; the subprocesses the
+tests start inherit it): the models are tiny, and two or more threads per process on a
+small, shared machine (pytest-xdist runs two workers) spend most of a step waiting for each
+other. Results depend on the thread count only through its being the same in the runs a
+test compares, which it is (``OMP_NUM_THREADS=2 pytest`` runs the suite on two)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
 import yaml
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # (before torch is imported: it reads this once)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+TESTS = Path(__file__).resolve().parent
 
 
 def run_cli(*args: str) -> int:
@@ -53,3 +64,102 @@ def tiny_config(tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """``reference_run(CONFIG, *ARGS)``: the directory of a finished ``clrctl train CONFIG
+    ARGS -q`` (in-process), trained once per session (per xdist worker) for each config text
+    and arguments — the uninterrupted run that interrupted, killed and resumed runs are
+    compared with. Read it only; :func:`copy_run` gives a copy to change."""
+    root = tmp_path_factory.mktemp("references")
+    done: dict[tuple, Path] = {}
+
+    def get(config: Path, *args: str) -> Path:
+        key = (Path(config).read_text(), tuple(map(str, args)))
+        if key not in done:
+            run = root / f"ref-{len(done)}"
+            with pytest.MonkeyPatch.context() as patch:
+                patch.syspath_prepend(str(TESTS))  # (slow_model:build and the like)
+                assert run_cli("train", config, *args, "--run-dir", run, "-q") == 0
+            done[key] = run
+        return done[key]
+
+    return get
+
+
+class Hold:
+    """Holds the slow_model runs of processes started with ``env=hold.env``: each training
+    forward after the first ``after`` waits until :meth:`release` (see tests/slow_model.py)."""
+
+    def __init__(self, path: Path, after: int):
+        self.path = path
+        path.touch()
+        self.env = {"SLOW_MODEL_HOLD": str(path), "SLOW_MODEL_AFTER": str(after)}
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def engage(self) -> None:
+        """Hold again (a process past ``after`` forwards waits from its next one)."""
+        self.path.touch()
+
+
+@pytest.fixture
+def hold(tmp_path):
+    """``hold(AFTER)``: a :class:`Hold`, released at the end of the test whatever happens."""
+    made: list[Hold] = []
+
+    def make(after: int) -> Hold:
+        made.append(Hold(tmp_path / f"hold-{len(made)}", after))
+        return made[-1]
+
+    yield make
+    for held in made:
+        held.release()
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A copy of the run directory ``run`` at ``to`` (its lock file free, as one left by a
+    process that is gone)."""
+    shutil.copytree(run, to)
+    return to
+
+
+class SignalAt:
+    """A reporter wrapper: sends this process ``signals`` (in turn) right after step ``step``
+    of the trainer's ``Reporter.advance`` — an interrupt from outside, in-process and at an
+    exact step. Fires once."""
+
+    def __init__(self, step: int, *signals: int):
+        self.step, self.signals, self.fired = step, signals or (signal.SIGINT,), False
+
+    def __call__(self, steps_done: int) -> None:
+        if steps_done == self.step and not self.fired:
+            self.fired = True
+            for sig in self.signals:
+                signal.raise_signal(sig)
+
+
+@pytest.fixture
+def signal_cli_at(monkeypatch):
+    """``signal_cli_at(STEP, *SIGNALS, label="train")``: the next in-process ``clrctl train``
+    of this test gets SIGNALS (default SIGINT) right after global step STEP of its run
+    labelled ``label`` ("train", "resume", "seed N") — as a Ctrl-C or ``kill`` would."""
+    import clrctl.commands.train as train_command
+
+    real = train_command.RichReporter
+
+    def arm(step: int, *signals: int, label: str = "train") -> SignalAt:
+        fire = SignalAt(step, *signals)
+
+        class Signalling(real):
+            def advance(self, steps_done, lr):
+                super().advance(steps_done, lr)
+                if self.label == label:
+                    fire(steps_done)
+
+        monkeypatch.setattr(train_command, "RichReporter", Signalling)
+        return fire
+
+    return arm

@@ -59,13 +59,15 @@ def test_two_processes_match_one(cli, tiny_config, tmp_path):
     assert float(two[-1]["val_acc"]) == val_acc
 
 
-def test_sigterm_to_launcher_interrupts_and_resume_completes(tiny_config, tmp_path):
+def test_sigterm_to_launcher_interrupts_and_resume_completes(tiny_config, tmp_path, hold):
     cfg = tiny_config("slow", model={"name": "slow_model:build", "args": {"delay_s": 0.02}},
                       train={"epochs": 2, "eval_every": 5, "log_every": 5})
     run = tmp_path / "run"
-    proc = spawn("train", cfg, "--nproc", "2", "--run-dir", run, "-q")
+    held = hold(20)  # (both ranks: not past step 20 before the signal)
+    proc = spawn("train", cfg, "--nproc", "2", "--run-dir", run, "-q", env=held.env)
     wait_for_rows(run / "metrics.csv", 10, proc, timeout=90)
     proc.send_signal(signal.SIGTERM)
+    held.release()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert run_json(run)["status"] == "interrupted"
@@ -222,16 +224,18 @@ def test_a_bad_timeout_is_refused_before_any_process_starts(cli, tiny_config, tm
 
 
 @linux_only
-def test_killing_the_launcher_stops_its_workers(tiny_config, tmp_path):
+def test_killing_the_launcher_stops_its_workers(tiny_config, tmp_path, hold):
     cfg = tiny_config("slow", model={"name": "slow_model:build", "args": {"delay_s": 0.02}},
                       train={"epochs": 4, "eval_every": 5, "log_every": 5})
     run = tmp_path / "run"
-    proc = spawn("train", cfg, "--nproc", "2", "--run-dir", run, "-q")
+    held = hold(20)
+    proc = spawn("train", cfg, "--nproc", "2", "--run-dir", run, "-q", env=held.env)
     wait_for_rows(run / "metrics.csv", 10, proc, timeout=90)
     workers = workers_of(proc)
     assert sorted(workers) == [0, 1]
     proc.kill()
     proc.wait()
+    held.release()
     assert wait_until_gone(workers.values()), "workers still running after their launcher was killed"
     info = run_json(run)
     assert info["status"] == "interrupted"  # stopped together, at a step rank 0 checkpointed
@@ -240,13 +244,15 @@ def test_killing_the_launcher_stops_its_workers(tiny_config, tmp_path):
 
 
 @linux_only
-def test_rank_0_killed_marks_the_run_failed(tiny_config, tmp_path):
+def test_rank_0_killed_marks_the_run_failed(tiny_config, tmp_path, hold):
     cfg = tiny_config("slow", model={"name": "slow_model:build", "args": {"delay_s": 0.02}},
                       train={"epochs": 4, "eval_every": 5, "log_every": 5})
     run = tmp_path / "run"
-    proc = spawn("train", cfg, "--nproc", "2", "--run-dir", run, "-q")
+    held = hold(20)
+    proc = spawn("train", cfg, "--nproc", "2", "--run-dir", run, "-q", env=held.env)
     wait_for_rows(run / "metrics.csv", 10, proc, timeout=90)
     os.kill(workers_of(proc)[0], signal.SIGKILL)
+    held.release()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     assert "rank 0 (killed by SIGKILL)" in err and "Connection closed" not in err

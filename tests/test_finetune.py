@@ -224,17 +224,17 @@ def test_a_frozen_group_is_bit_identical_after_its_frozen_stage(staged, tmp_path
 
 @pytest.mark.parametrize("stop_at", [22, 30])  # the stage boundary; inside stage 2
 def test_interrupt_at_the_stage_boundary_or_inside_stage_2_then_resume_equals_uninterrupted(staged, tmp_path,
-                                                                                                 stop_at):
+                                                                                                 stop_at, reference_run):
     from clrctl.runs.training import resume_training, start_training
 
     config = load_config(staged)
-    start_training(config, run_dir=tmp_path / "ref")
+    reference = reference_run(staged)  # (the same run as start_training(config): trained once for both)
     with pytest.raises(Interrupted):
         start_training(config, run_dir=tmp_path / "cut", callbacks=(StopAt(stop_at),))
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"] == stop_at
     resume_training(tmp_path / "cut")
-    assert (tmp_path / "cut" / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
-    ref, cut = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("ref", "cut"))
+    assert (tmp_path / "cut" / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
+    ref, cut = (json.loads((d / "summary.json").read_text()) for d in (reference, tmp_path / "cut"))
     assert cut["stages"] == ref["stages"]
 
 
@@ -423,7 +423,8 @@ def test_torchvision_model_on_an_image_folder_fine_tunes_from_a_state_dict(cli, 
     assert [r["stage"] for r in rows(tmp_path / "run" / "metrics.csv")] == ["head", "head", "all", "all"]
 
 
-def test_kill_9_inside_stage_2_then_resume_equals_uninterrupted(cli, tiny_config, tmp_path, monkeypatch):
+@pytest.mark.slow  # the same, in-process: the test below (a real kill -9: test_robustness's)
+def test_kill_9_inside_stage_2_then_resume_equals_uninterrupted(cli, tiny_config, tmp_path, monkeypatch, hold):
     import subprocess
     import sys
     import time
@@ -435,7 +436,8 @@ def test_kill_9_inside_stage_2_then_resume_equals_uninterrupted(cli, tiny_config
                       train={"epochs": None, "eval_every": 5, "log_every": 5, "checkpoint_every": 0},
                       stages=[{**STAGES[0], "freeze": ["body"]}, {**STAGES[1], "epochs": 2}])
     assert cli("train", cfg, "--run-dir", tmp_path / "ref", "-q") == 0
-    env = {**os.environ, "PYTHONPATH": f"{tests}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    held = hold(55)  # (not past step 55 before the kill)
+    env = {**os.environ, "PYTHONPATH": f"{tests}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **held.env}
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "clrctl", "train", str(cfg), "--run-dir", str(killed), "-q"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -447,10 +449,37 @@ def test_kill_9_inside_stage_2_then_resume_equals_uninterrupted(cli, tiny_config
         time.sleep(0.02)
     proc.kill()
     proc.wait(timeout=30)
+    held.release()
     assert cli("train", "--resume", killed, "-q") == 0
     assert (killed / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
     ref, got = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "ref", killed))
     assert got["stages"] == ref["stages"]
+
+
+def test_a_run_dying_inside_stage_2_then_resume_equals_uninterrupted(tiny_config, tmp_path):
+    """The test above in-process: what a kill -9 leaves is the run directory as it is on disk
+    at that moment, so a copy of it taken mid-step-50 (stage 2 is epochs 2-3, epoch 2's
+    checkpoint is done) is a killed run; the run itself goes on to be the uninterrupted one."""
+    from conftest import copy_run
+    from clrctl.runs.training import resume_training, start_training
+
+    cfg = tiny_config("stages", train={"epochs": None, "eval_every": 5, "log_every": 5, "checkpoint_every": 0},
+                      stages=[{**STAGES[0], "freeze": ["body"]}, {**STAGES[1], "epochs": 2}])
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+
+    class CopyAt(Reporter):
+        def advance(self, steps_done, lr):
+            if steps_done == 50:
+                copy_run(ref, killed)
+
+    start_training(load_config(cfg), run_dir=ref, reporter=CopyAt())
+    assert json.loads((killed / "run.json").read_text())["status"] == "running"
+    assert len(rows(killed / "epochs.csv")) == 2
+    resume_training(killed)
+    assert (killed / "metrics.csv").read_bytes() == (ref / "metrics.csv").read_bytes()
+    ref_summary, got = (json.loads((d / "summary.json").read_text()) for d in (ref, killed))
+    assert got["stages"] == ref_summary["stages"]
+    assert json.loads((killed / "run.json").read_text())["resumed"][0]["step"] == 44  # from epoch 2's checkpoint
 
 
 def test_a_stage_takes_its_bounds_from_a_range_test_run(cli, staged, tmp_path):

@@ -80,13 +80,16 @@ def test_signal_during_startup_exits_130_with_one_line(tiny_config, tmp_path, co
     check_left_behind(run)
 
 
-def test_signal_once_the_run_dir_exists_leaves_it_resumable(cli, tiny_config, tmp_path, slow_models_importable):
+def test_signal_once_the_run_dir_exists_leaves_it_resumable(cli, tiny_config, tmp_path, slow_models_importable,
+                                                            hold):
     cfg = tiny_config("slow", model={"name": "slow_model:build", "args": {"delay_s": 0.02}},
                       train={"epochs": 1, "eval_every": 5})
     run = tmp_path / "run"
-    proc = spawn("train", cfg, "--run-dir", run, "-q")
+    held = hold(5)  # (not done before the signal)
+    proc = spawn("train", cfg, "--run-dir", run, "-q", env=held.env)
     wait_until((run / "run.json").is_file, proc, "run.json")
     proc.send_signal(signal.SIGTERM)
+    held.release()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip().endswith(f"resume with: clrctl train --resume {run}") and "Traceback" not in err, err
@@ -198,16 +201,35 @@ def test_a_directory_with_results_or_not_ours_is_never_reused(tmp_path):
 # -- item 2: an interrupted seed group is finishable ----------------------------------------
 
 
+@pytest.mark.slow  # the same, in-process: the test below (a real SIGINT: test_robustness's)
 def test_interrupted_seed_group_resumes_and_runs_the_rest(cli, tiny_config, tmp_path, slow_models_importable,
-                                                          capsys):
+                                                          capsys, reference_run, hold):
     cfg = slow_config(tiny_config)
-    assert cli("train", cfg, "--run-dir", tmp_path / "ref", "-q") == 0
+    ref = reference_run(cfg)
     group = tmp_path / "g"
-    proc = spawn("train", cfg, "--seeds", "2", "--run-dir", group, "-q")
+    held = hold(50)
+    proc = spawn("train", cfg, "--seeds", "2", "--run-dir", group, "-q", env=held.env)
     wait_for_rows(group / "seed-0" / "metrics.csv", 30, proc)
     proc.send_signal(signal.SIGINT)
+    held.release()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
+    check_the_rest_of_the_group_runs(cli, capsys, group, ref, err)
+
+
+def test_a_seed_group_stopped_in_seed_0_resumes_and_runs_the_rest(cli, tiny_config, tmp_path, capsys, reference_run,
+                                                                   signal_cli_at):
+    """The test above in-process: SIGINT right after step 30 of seed 0."""
+    cfg = tiny_config(train={"epochs": 3, "eval_every": 5})
+    ref = reference_run(cfg)
+    group = tmp_path / "g"
+    signal_cli_at(30, signal.SIGINT, label="seed 0")
+    capsys.readouterr()
+    assert cli("train", cfg, "--seeds", "2", "--run-dir", group, "-q") == 130
+    check_the_rest_of_the_group_runs(cli, capsys, group, ref, capsys.readouterr().err)
+
+
+def check_the_rest_of_the_group_runs(cli, capsys, group: Path, ref: Path, err: str) -> None:
     assert err.strip().endswith(f"resume with: clrctl train --resume {group}") and "seed 1" in err, err
     assert not (group / "seed-1").exists()
 
@@ -216,8 +238,8 @@ def test_interrupted_seed_group_resumes_and_runs_the_rest(cli, tiny_config, tmp_
     for seed in (0, 1):
         info = json.loads((group / f"seed-{seed}" / "run.json").read_text())
         assert info["status"] == "completed" and info["seed"] == seed
-    assert (group / "seed-0" / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
-    assert without_elapsed(group / "seed-0" / "epochs.csv") == without_elapsed(tmp_path / "ref" / "epochs.csv")
+    assert (group / "seed-0" / "metrics.csv").read_bytes() == (ref / "metrics.csv").read_bytes()
+    assert without_elapsed(group / "seed-0" / "epochs.csv") == without_elapsed(ref / "epochs.csv")
     assert cli("compare", group, group) == 0
     assert cli("train", "--resume", group) == 2
     assert "already finished" in capsys.readouterr().err

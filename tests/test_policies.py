@@ -237,7 +237,8 @@ def test_a_schedule_resumed_mid_run_from_its_checkpoint_gives_the_same_trace(pol
     assert first + record(target, schedule, 13) == uninterrupted
 
 
-def test_wsd_run_interrupted_mid_decay_resumes_on_the_same_trace(cli, tiny_config, tmp_path):
+@pytest.mark.slow  # the same, in-process: the test below (a real SIGINT: test_robustness's)
+def test_wsd_run_interrupted_mid_decay_resumes_on_the_same_trace(cli, tiny_config, tmp_path, hold):
     """The real thing: a training subprocess stopped by SIGINT in its cooldown, then --resume;
     metrics.csv's LR column is preview's trace, float for float (the generic exactness of
     resume, batches and weights, is test_robustness's)."""
@@ -251,9 +252,11 @@ def test_wsd_run_interrupted_mid_decay_resumes_on_the_same_trace(cli, tiny_confi
     policy = {"name": "wsd", "bounds": [0, 0.1], "decay": 0.5}
     cfg = slow_config(tiny_config, policy=policy)
     run = tmp_path / "stopped"
-    proc = spawn("train", cfg, "--run-dir", run, "-q")
+    held = hold(55)
+    proc = spawn("train", cfg, "--run-dir", run, "-q", env=held.env)
     wait_for_rows(run / "metrics.csv", 40, proc)  # 66 steps, the decay starts at step 33
     proc.send_signal(signal.SIGINT)
+    held.release()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     sys.path.insert(0, str(TESTS))  # slow_model:build, in-process
@@ -261,6 +264,25 @@ def test_wsd_run_interrupted_mid_decay_resumes_on_the_same_trace(cli, tiny_confi
         assert cli("train", "--resume", run, "-q") == 0
     finally:
         sys.path.remove(str(TESTS))
+    with open(run / "metrics.csv", newline="") as handle:
+        lrs = [float(row["lr"]) for row in csv.DictReader(handle)]
+    assert json.loads((run / "run.json").read_text())["resumed"][0]["step"] > 33  # resumed mid-decay
+    assert lrs == trace(policy, 66, spe=22)[0]
+    assert lrs[:33] == [0.1] * 33 and lrs[33:] == pytest.approx([0.1 * (1 - math.sqrt(k / 33)) for k in range(33)])
+
+
+def test_wsd_run_stopped_mid_decay_resumes_on_the_same_trace(cli, tiny_config, tmp_path, signal_cli_at):
+    """The test above in-process: SIGINT right after step 40 (66 steps, the decay starts at 33)."""
+    import csv
+    import json
+    import signal
+
+    policy = {"name": "wsd", "bounds": [0, 0.1], "decay": 0.5}
+    cfg = tiny_config(policy=policy, train={"epochs": 3, "eval_every": 5})
+    run = tmp_path / "stopped"
+    signal_cli_at(40, signal.SIGINT)
+    assert cli("train", cfg, "--run-dir", run, "-q") == 130
+    assert cli("train", "--resume", run, "-q") == 0
     with open(run / "metrics.csv", newline="") as handle:
         lrs = [float(row["lr"]) for row in csv.DictReader(handle)]
     assert json.loads((run / "run.json").read_text())["resumed"][0]["step"] > 33  # resumed mid-decay

@@ -22,8 +22,10 @@ def slow_config(tiny_config, delay_s=0.01, **sections):
     return tiny_config("slow", model={"name": "slow_model:build", "args": {"delay_s": delay_s}}, **sections)
 
 
-def spawn(*args):
-    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "MPLBACKEND": "Agg"}
+def spawn(*args, env=None):
+    """``python -m clrctl ARGS`` with tests/ importable; ``env``: more environment (a hold's)."""
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "MPLBACKEND": "Agg",
+           **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "clrctl", *map(str, args)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -49,35 +51,44 @@ def slow_models_importable(monkeypatch):
     monkeypatch.syspath_prepend(str(TESTS))
 
 
-def test_kill_9_then_resume_equals_uninterrupted(cli, tiny_config, tmp_path, slow_models_importable):
+def test_kill_9_then_resume_equals_uninterrupted(cli, tiny_config, tmp_path, slow_models_importable, reference_run,
+                                                hold):
     # last.pt at every epoch end (by default at most every 10 s): resumed from the first one
     cfg = slow_config(tiny_config, train={"checkpoint_every": 0})
-    assert cli("train", cfg, "--run-dir", tmp_path / "ref", "-q") == 0
+    ref = reference_run(cfg)
 
-    proc = spawn("train", cfg, "--run-dir", tmp_path / "killed", "-q")
+    held = hold(50)  # (not past step 50 before the kill)
+    proc = spawn("train", cfg, "--run-dir", tmp_path / "killed", "-q", env=held.env)
     wait_for_rows(tmp_path / "killed" / "epochs.csv", 1, proc)  # one epoch (and its checkpoint) done
     wait_for_rows(tmp_path / "killed" / "metrics.csv", 30, proc)  # and part of the next
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    held.release()
     killed = tmp_path / "killed"
     assert json.loads((killed / "run.json").read_text())["status"] == "running"
 
     assert cli("train", "--resume", killed, "-q") == 0
-    assert (killed / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
-    assert without_elapsed(killed / "epochs.csv") == without_elapsed(tmp_path / "ref" / "epochs.csv")
+    assert (killed / "metrics.csv").read_bytes() == (ref / "metrics.csv").read_bytes()
+    assert without_elapsed(killed / "epochs.csv") == without_elapsed(ref / "epochs.csv")
     info = json.loads((killed / "run.json").read_text())
     assert info["status"] == "completed" and info["resumed"][0]["step"] in (22, 44)  # an epoch boundary
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_stops_cleanly_with_130_and_resumes_exactly(cli, tiny_config, tmp_path, slow_models_importable, sig):
+# A real signal from outside (another process): SIGINT here; SIGTERM's subprocess test is
+# test_lifecycle's test_signal_once_the_run_dir_exists_leaves_it_resumable, and the in-process
+# test below checks all of this for both signals at an exact step.
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
+def test_signal_stops_cleanly_with_130_and_resumes_exactly(cli, tiny_config, tmp_path, slow_models_importable, sig,
+                                                          reference_run, hold):
     cfg = slow_config(tiny_config)
-    assert cli("train", cfg, "--run-dir", tmp_path / "ref", "-q") == 0
+    ref = reference_run(cfg)
 
     run = tmp_path / "stopped"
-    proc = spawn("train", cfg, "--run-dir", run, "-q")
+    held = hold(50)
+    proc = spawn("train", cfg, "--run-dir", run, "-q", env=held.env)
     wait_for_rows(run / "metrics.csv", 30, proc)  # mid second epoch
     proc.send_signal(sig)
+    held.release()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "resume with: clrctl train --resume" in err and "Traceback" not in err
@@ -89,8 +100,33 @@ def test_signal_stops_cleanly_with_130_and_resumes_exactly(cli, tiny_config, tmp
     assert len(rows) == summary["steps"]  # every finished step was flushed
 
     assert cli("train", "--resume", run, "-q") == 0  # resumes mid-epoch
-    assert (run / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
-    assert without_elapsed(run / "epochs.csv") == without_elapsed(tmp_path / "ref" / "epochs.csv")
+    assert (run / "metrics.csv").read_bytes() == (ref / "metrics.csv").read_bytes()
+    assert without_elapsed(run / "epochs.csv") == without_elapsed(ref / "epochs.csv")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_at_a_step_stops_cleanly_with_130_and_resumes_exactly(cli, tiny_config, tmp_path, capsys, sig,
+                                                                       reference_run, signal_cli_at):
+    """The test above in-process: the signal lands right after step 30 (mid second epoch)."""
+    cfg = tiny_config(train={"epochs": 3, "eval_every": 5})
+    ref = reference_run(cfg)
+
+    run = tmp_path / "stopped"
+    signal_cli_at(30, sig)
+    capsys.readouterr()
+    assert cli("train", cfg, "--run-dir", run, "-q") == 130
+    err = capsys.readouterr().err
+    assert "resume with: clrctl train --resume" in err and "Traceback" not in err
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 30 <= summary["steps"] < 66
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "plots" / "loss.png").is_file()
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == summary["steps"]  # every finished step was flushed
+
+    assert cli("train", "--resume", run, "-q") == 0  # resumes mid-epoch
+    assert (run / "metrics.csv").read_bytes() == (ref / "metrics.csv").read_bytes()
+    assert without_elapsed(run / "epochs.csv") == without_elapsed(ref / "epochs.csv")
 
 
 def test_divergence_is_kept_and_reported(cli, tiny_config, tmp_path, capsys):

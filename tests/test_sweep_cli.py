@@ -4,6 +4,7 @@ without rerunning finished runs, Ctrl-C gives 130, and two concurrent shards run
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,8 +33,9 @@ def write_config(path: Path, **sections) -> Path:
     return path
 
 
-def spawn(*args, **kwargs):
-    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "MPLBACKEND": "Agg"}
+def spawn(*args, env=None, **kwargs):
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "MPLBACKEND": "Agg",
+           **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "clrctl", *map(str, args)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
@@ -49,14 +51,29 @@ def attempts(sweep: Path) -> dict[str, int]:
             for log in (sweep / "logs").glob("*.log")}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def done_sweep(tmp_path_factory):
-    """A 2-point sweep run once for the tests below (two real workers at once)."""
-    root = tmp_path_factory.mktemp("sweep")
-    config = write_config(root / "tiny.yaml")
-    sweep = root / "sweep"
-    code = run_cli("sweep", config, "--grid", "policy.name=triangular,triangular2", "--run-dir", sweep, "-j", "2")
-    return code, sweep, config
+    """A 2-point sweep (two real workers at once) run once for the tests below, by the first
+    xdist worker that needs it (the others wait for it and read the same one). The tests only
+    read it: test_rerun_skips_completed_runs reruns a copy."""
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # (this session's, shared by its workers)
+    root = shared / "done-sweep"
+    with open(shared / "done-sweep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "code").is_file():
+            root.mkdir(exist_ok=True)
+            config = write_config(root / "tiny.yaml")
+            with pytest.MonkeyPatch.context() as patch:  # the workers' threads are the sweep's to set (conftest: 1)
+                for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                    patch.delenv(var, raising=False)
+                code = run_cli("sweep", config, "--grid", "policy.name=triangular,triangular2", "--run-dir",
+                               root / "sweep", "-j", "2")
+            (root / "code").write_text(str(code))
+    return int((root / "code").read_text()), root / "sweep", root / "tiny.yaml"
 
 
 def test_a_tiny_sweep_completes(done_sweep):
@@ -101,8 +118,9 @@ def test_compare_ranks_a_sweep_in_every_format(done_sweep, capsys, tmp_path):
     assert "--gate: not for a sweep" in capsys.readouterr().err
 
 
-def test_run_json_records_the_threads_and_the_documented_rerun_reproduces_a_point(done_sweep, tmp_path):
+def test_run_json_records_the_threads_and_the_documented_rerun_reproduces_a_point(done_sweep, tmp_path, monkeypatch):
     _, sweep, _ = done_sweep
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # as when done_sweep ran
     run = sweep / "points/policy-triangular2"
     threads = json.loads((run / "run.json").read_text())["threads"]
     share = str(max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) // 2))
@@ -117,8 +135,9 @@ def test_run_json_records_the_threads_and_the_documented_rerun_reproduces_a_poin
     assert json.loads((tmp_path / "again/run.json").read_text())["threads"] == threads
 
 
-def test_rerun_skips_completed_runs(done_sweep, capsys):
-    _, sweep, config = done_sweep
+def test_rerun_skips_completed_runs(done_sweep, capsys, tmp_path):
+    _, done, config = done_sweep
+    sweep = shutil.copytree(done, tmp_path / "sweep")  # (a copy: this test writes it)
     before = {p: (sweep / p / "run.json").stat().st_mtime_ns for p in statuses(sweep)}
     capsys.readouterr()
     assert run_cli("sweep", config, "--grid", "policy.name=triangular,triangular2", "--run-dir", sweep) == 0
@@ -185,17 +204,29 @@ def rows(path: Path) -> int:
     return sum(1 for _ in open(path)) - 1 if path.exists() else 0
 
 
-def test_kill_9_then_rerun_completes_without_rerunning_finished_runs(tmp_path, monkeypatch):
+def status_of(run: Path):
+    try:
+        return json.loads((run / "run.json").read_text())["status"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_kill_9_then_rerun_completes_without_rerunning_finished_runs(tmp_path, monkeypatch, hold):
     monkeypatch.setenv("PYTHONPATH", f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     args = slow_sweep_args(tmp_path)
     sweep = tmp_path / "s"
     first, second = sweep / "points/policy-triangular", sweep / "points/policy-triangular2"
-    proc = spawn(*args)
+    held = hold(50)
+    held.release()  # held once the first run is done: the second run's worker stops at step 50 until killed
+    proc = spawn(*args, env=held.env)
+    wait_until(lambda: status_of(first) == "completed", proc)
+    held.engage()
     wait_until(lambda: rows(second / "epochs.csv") >= 1 and rows(second / "metrics.csv") >= 30, proc)
     lock = json.loads((sweep / "locks" / "policy-triangular2.lock").read_text())
     for pid in (proc.pid, lock["worker"]):  # the whole sweep: the sweep process and its worker
         os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    held.release()
     assert json.loads((first / "run.json").read_text())["status"] == "completed"
     # killed mid-run ("running"), or just checkpointed if its SIGTERM-on-parent-death came first
     assert json.loads((second / "run.json").read_text())["status"] in ("running", "interrupted")
@@ -208,11 +239,13 @@ def test_kill_9_then_rerun_completes_without_rerunning_finished_runs(tmp_path, m
     assert rows(second / "metrics.csv") == 66 and set(statuses(sweep).values()) == {"completed"}
 
 
-def test_ctrl_c_stops_the_workers_cleanly_with_130(tmp_path):
+def test_ctrl_c_stops_the_workers_cleanly_with_130(tmp_path, hold):
     sweep = tmp_path / "s"
-    proc = spawn(*slow_sweep_args(tmp_path, "-j", "2"))
+    held = hold(40)
+    proc = spawn(*slow_sweep_args(tmp_path, "-j", "2"), env=held.env)
     wait_until(lambda: rows(sweep / "points/policy-triangular2/metrics.csv") >= 10, proc)
     proc.send_signal(signal.SIGINT)
+    held.release()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "run the same command again to resume" in err and "Traceback" not in err

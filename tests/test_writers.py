@@ -41,15 +41,17 @@ def one_line(err: str) -> str:
 # -- part 2: one writer per run directory -------------------------------------------------
 
 
-def test_a_second_train_on_a_live_run_dir_is_refused_and_changes_nothing(tiny_config, tmp_path):
+def test_a_second_train_on_a_live_run_dir_is_refused_and_changes_nothing(tiny_config, tmp_path, hold):
     # No row reaches metrics.csv before the epoch ends: the directory "holds no results" while
     # the first process trains, which is what let a second one clear and reuse it.
-    cfg = slow_config(tiny_config, delay_s=0.2, train={"epochs": 1, "eval_every": 100, "log_every": 100})
+    cfg = slow_config(tiny_config, train={"epochs": 1, "eval_every": 100, "log_every": 100})
     run = tmp_path / "run"
-    first = spawn("train", cfg, "--run-dir", run, "-q")
+    held = hold(5)  # the first one trains until the second has been refused
+    first = spawn("train", cfg, "--run-dir", run, "-q", env=held.env)
     wait_until((run / "config.yaml").is_file, first, "config.yaml")
     second = spawn("train", cfg, "--run-dir", run, "-q")
     _, err = second.communicate(timeout=120)
+    held.release()
     assert second.returncode == 2, err
     assert f"in use by pid {first.pid} on {socket.gethostname()}" in one_line(err)
     _, err = first.communicate(timeout=120)
@@ -68,10 +70,11 @@ def test_two_trains_started_together_one_wins(tiny_config, tmp_path):
 
 
 def test_resume_of_a_live_run_is_refused_and_kill_9_frees_the_lock(cli, tiny_config, tmp_path, capsys,
-                                                                  slow_models_importable):
+                                                                  slow_models_importable, hold):
     cfg = slow_config(tiny_config, delay_s=0.02, train={"checkpoint_every": 0})
     run = tmp_path / "run"
-    proc = spawn("train", cfg, "--run-dir", run, "-q")
+    held = hold(30)  # (alive, in epoch 2, until killed)
+    proc = spawn("train", cfg, "--run-dir", run, "-q", env=held.env)
     wait_for_rows(run / "epochs.csv", 1, proc)
     assert rundir.is_live(run)
     resumer = spawn("train", "--resume", run, "-q")
@@ -81,6 +84,7 @@ def test_resume_of_a_live_run_is_refused_and_kill_9_frees_the_lock(cli, tiny_con
 
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    held.release()
     assert status(run) == "running" and not rundir.is_live(run)  # left running by a process that is gone
     other = tmp_path / "other"
     assert cli("train", cfg, "--run-dir", other, "-q") == 0
@@ -210,13 +214,17 @@ def burst(proc, count: int, gap_s: float = 0.005) -> None:
         time.sleep(gap_s)
 
 
-@pytest.mark.parametrize("count", [2, 400])
+# Real signals from outside, at whatever moment they land; two at an exact step, in-process:
+# the test below.
+@pytest.mark.parametrize("count", [pytest.param(2, marks=pytest.mark.slow), 400])
 def test_any_number_of_signals_exit_130_with_the_files_complete(cli, tiny_config, tmp_path, count,
-                                                                slow_models_importable):
+                                                                slow_models_importable, hold):
     run = tmp_path / "run"
-    proc = spawn("train", slow_config(tiny_config, delay_s=0.02), "--run-dir", run, "-q")
+    held = hold(50)  # (a second signal may cut the hold short: "stop now")
+    proc = spawn("train", slow_config(tiny_config, delay_s=0.02), "--run-dir", run, "-q", env=held.env)
     wait_for_rows(run / "metrics.csv", 30, proc)
     burst(proc, count)
+    held.release()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "resume with: clrctl train --resume" in one_line(err)
@@ -226,12 +234,29 @@ def test_any_number_of_signals_exit_130_with_the_files_complete(cli, tiny_config
     assert cli("train", "--resume", run, "-q") == 0 and steps(run) == list(range(66))
 
 
-def test_signals_in_a_burst_stop_a_range_test_with_its_files_complete(tiny_config, tmp_path):
+def test_a_second_signal_right_after_the_first_exits_130_with_the_files_complete(cli, tiny_config, tmp_path, capsys,
+                                                                                  signal_cli_at):
+    """The test above with two signals, in-process: SIGINT then SIGTERM right after step 30
+    (the second one "stop now", inside the step)."""
+    run = tmp_path / "run"
+    signal_cli_at(30, signal.SIGINT, signal.SIGTERM)
+    capsys.readouterr()
+    assert cli("train", tiny_config(train={"epochs": 3, "eval_every": 5}), "--run-dir", run, "-q") == 130
+    assert "resume with: clrctl train --resume" in one_line(capsys.readouterr().err)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" == status(run)
+    assert all((run / "plots" / name).stat().st_size > 0 for name in ("lr.png", "loss.png", "accuracy.png"))
+    assert cli("train", "--resume", run, "-q") == 0 and steps(run) == list(range(66))
+
+
+def test_signals_in_a_burst_stop_a_range_test_with_its_files_complete(tiny_config, tmp_path, hold):
     run = tmp_path / "rt"
     cfg = slow_config(tiny_config, delay_s=0.02, range_test={"steps": 200})
-    proc = spawn("range-test", cfg, "--run-dir", run, "-q")
+    held = hold(60)  # (metrics.csv is flushed every 25 rows)
+    proc = spawn("range-test", cfg, "--run-dir", run, "-q", env=held.env)
     wait_for_rows(run / "metrics.csv", 30, proc)
     burst(proc, 400)
+    held.release()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "partial results in" in one_line(err), err
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted" == status(run)
