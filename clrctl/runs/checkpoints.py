@@ -64,7 +64,14 @@ def payload(loop) -> dict[str, Any]:
         "model": loop.setup.model.state_dict(), "optimizer": loop.stage.optimizer.state_dict(),
         "schedule": loop.stage.schedule.state_dict(), "scaler": loop.scaler.state_dict(),
         "stage": loop.stage.index, "state": state, "rng": checkpoint.rng_state(),
+        # what callbacks keep of their own (averaged weights: "ema", "swa", "snapshots")
+        **{callback.checkpoint_key: callback.state_dict() for callback in _parts(loop)},
     }
+
+
+def _parts(loop) -> list:
+    """The callbacks whose state a checkpoint carries (a ``checkpoint_key`` and a state_dict)."""
+    return [callback for callback in loop.callbacks if getattr(callback, "checkpoint_key", None)]
 
 
 def restore(loop, saved: dict[str, Any]) -> None:
@@ -79,3 +86,6 @@ def restore(loop, saved: dict[str, Any]) -> None:
         load_optimizer_state(loop.stage.optimizer, saved["optimizer"], unmerged)
         loop.stage.schedule.load_state_dict(saved["schedule"])
     checkpoint.restore_rng(saved["rng"])
+    for callback in _parts(loop):  # (a checkpoint without a part: that callback starts afresh)
+        if isinstance(saved.get(callback.checkpoint_key), dict):
+            callback.load_state_dict(saved[callback.checkpoint_key])

@@ -4,12 +4,13 @@ appended and flushed so that a killed run keeps what it logged (SPEC.md, "Run di
 from __future__ import annotations
 
 from clrctl.engine.callbacks import EPOCH_COLUMNS, METRIC_COLUMNS, Callback
+from clrctl.track.averaging import epoch_columns
 
 
 def log_columns(config) -> tuple[list[str], list[str]]:
     """The columns of metrics.csv and of epochs.csv (with a stage column when there are stages)."""
     extra = ["stage"] if config.has_stages else []
-    return METRIC_COLUMNS + extra, EPOCH_COLUMNS + extra
+    return METRIC_COLUMNS + extra, EPOCH_COLUMNS + epoch_columns(config) + extra
 
 
 class MetricsLog(Callback):
