@@ -250,3 +250,15 @@ def test_compare_knows_the_averaged_metrics(cli, tiny_config, tmp_path, capsys):
     assert values["ensemble_val_acc"] == done["ensemble_val_acc"]
     assert values["swa_val_acc"] == done["swa_val_acc"]
     assert values["final_ema_val_acc"] == done["final_ema_val_acc"]
+
+
+def test_averaging_leaves_the_raw_training_as_it_was(tiny_config, tmp_path):
+    """The averages watch the run: metrics.csv (the raw model's numbers) is the same bytes."""
+    from clrctl.runs.training import start_training
+
+    plain = load_config(tiny_config("plain"))
+    extras = load_config(tiny_config("extras", train={"ema": 0.9, "swa": {"start": 14}, "snapshots": True}))
+    a, _ = start_training(plain, run_dir=tmp_path / "plain")
+    b, _ = start_training(extras, run_dir=tmp_path / "extras")
+    assert (a / "metrics.csv").read_bytes() == (b / "metrics.csv").read_bytes()
+    assert [r["val_acc"] for r in rows(a / "epochs.csv")] == [r["val_acc"] for r in rows(b / "epochs.csv")]

@@ -149,7 +149,9 @@ def preview(
     else:
         if cfg.is_range_test:
             say(_suggested_policy_note(cfg, spe))
-        for line in _stage_lines(cfg, spe, total):
+        from clrctl.optim.cycles import describe_averaging
+
+        for line in _stage_lines(cfg, spe, total) + describe_averaging(cfg.train, cfg.plan(), spe):
             say(line)
     with_stage = cfg.has_stages and not sweep
     header = ["step", "epoch", *(["stage"] if with_stage else []), "lr", *(f"lr {g}" for g in shown.groups), "momentum"]
@@ -279,4 +281,8 @@ def _validate_details(cfg: Config, setup) -> list[str]:
                      + (f" (freshly initialised: {', '.join(fresh)})" if fresh else ""))
     if cfg.has_stages and not cfg.is_range_test:
         lines += _stage_lines(cfg, setup.steps_per_epoch, setup.total_steps)[1:]
+    if not cfg.is_range_test:
+        from clrctl.optim.cycles import describe_averaging
+
+        lines += describe_averaging(cfg.train, setup.stages, setup.steps_per_epoch)
     return lines

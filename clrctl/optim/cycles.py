@@ -76,3 +76,26 @@ def _cycle_length(stage: Stage, steps_per_epoch: int) -> int:
 def _ends_text(stages: list[Stage], steps_per_epoch: int) -> Optional[str]:
     ends = swa_steps(stages, steps_per_epoch, 0)
     return ", ".join(map(str, ends[-4:])) if ends else "nowhere"
+
+
+def describe_averaging(train: TrainConfig, stages: list[Stage], steps_per_epoch: Optional[int]) -> list[str]:
+    """What ``validate`` and ``preview`` say of the averaging keys that are on (nothing when off)."""
+    if train.ema is None and train.swa is None and not train.snapshots:
+        return []
+    parts = []
+    if train.ema is not None:
+        parts.append(f"EMA of the weights (decay {train.ema:g}, every step)")
+    if train.swa is not None:
+        where = (f"steps {_few(swa_steps(stages, steps_per_epoch, resolve_steps(train.swa.start, steps_per_epoch)))}"
+                 if steps_per_epoch else f"cycle or epoch ends from {train.swa.start}")
+        parts.append(f"SWA at {where}")
+    if train.snapshots:
+        where = f"steps {_few(snapshot_steps(stages, steps_per_epoch))}" if steps_per_epoch else "each cycle end"
+        size = f"the last {train.snapshot_ensemble}" if train.snapshot_ensemble else "all of them"
+        parts.append(f"snapshots at {where} (ensemble of {size})")
+    return ["  averaging: " + "; ".join(parts)]
+
+
+def _few(steps: list[int], n: int = 6) -> str:
+    shown = ", ".join(map(str, steps[:n]))
+    return shown + (f" and {len(steps) - n} more" if len(steps) > n else "")
