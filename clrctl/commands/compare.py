@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from clrctl.compare.report import Options
     from clrctl.compare.runs import Side
 
-GATE_METRICS = ("final_val_acc", "best_val_acc", "final_val_loss", "steps_to_target", "auc_val_acc", "elapsed_s")
+GATE_METRICS = ("final_val_acc", "best_val_acc", "final_val_loss", "steps_to_target", "auc_val_acc", "elapsed_s",
+                "ensemble_val_acc", "swa_val_acc", "final_ema_val_acc")
 N_BOOTSTRAP = 4000
 
 

@@ -161,7 +161,9 @@ def preview(
     else:
         if cfg.is_range_test:
             say(_suggested_policy_note(cfg, spe))
-        for line in _stage_lines(cfg, spe, total):
+        from clrctl.optim.cycles import describe_averaging
+
+        for line in _stage_lines(cfg, spe, total) + describe_averaging(cfg.train, cfg.plan(), spe):
             say(line)
     with_stage = cfg.has_stages and not sweep
     header = ["step", "epoch", *(["stage"] if with_stage else []), "lr", *(f"lr {g}" for g in shown.groups), "momentum"]
@@ -319,4 +321,8 @@ def _validate_details(cfg: Config, setup) -> list[str]:
         stop = cfg.train.early_stop
         lines.append(f"  early stopping: {stop.metric}, patience {stop.patience} evaluation{'s' if stop.patience != 1 else ''}"
                      f", min_delta {stop.min_delta:g}")
+    if not cfg.is_range_test:
+        from clrctl.optim.cycles import describe_averaging
+
+        lines += describe_averaging(cfg.train, setup.stages, setup.steps_per_epoch)
     return lines + _extras_text(cfg)

@@ -51,6 +51,10 @@ TRAIN_METRICS = {
         Metric("steps_to_target", "steps to target", LOWER, "steps", "5%"),
         Metric("auc_val_acc", "AUC val acc", HIGHER, "acc", "0.005"),
         Metric("elapsed_s", "elapsed", LOWER, "seconds", "20%"),
+        # averaged weights and snapshot ensembles (summary.json; shown only where a run has them)
+        Metric("ensemble_val_acc", "snapshot ensemble val acc", HIGHER, "acc", "0.005"),
+        Metric("swa_val_acc", "SWA val acc", HIGHER, "acc", "0.005"),
+        Metric("final_ema_val_acc", "final EMA val acc", HIGHER, "acc", "0.005"),
     )
 }
 RANGE_METRICS = {
@@ -179,6 +183,9 @@ def train_scalars(run: Run, target: Optional[Target], budget: float) -> dict[str
         "steps_to_target": steps_to_target(run, target),
         "auc_val_acc": auc(run, budget),
         "elapsed_s": _first(run.summary.get("elapsed_s"), _last(run.epochs.get("elapsed_s"))),
+        "ensemble_val_acc": _number(run.summary.get("ensemble_val_acc")),
+        "swa_val_acc": _number(run.summary.get("swa_val_acc")),
+        "final_ema_val_acc": _first(run.summary.get("final_ema_val_acc"), _last(run.epochs.get("ema_val_acc"))),
     }
 
 

@@ -391,6 +391,17 @@ class EarlyStopConfig(_Section):
     min_delta: Float = Field(0.0, ge=0.0)
 
 
+class SwaConfig(_Section):
+    """``train.swa``: stochastic weight averaging from ``start`` on (SPEC "Training extras")."""
+
+    start: Duration  # steps or "N epochs": the first cycle end (or epoch end) averaged
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, value: Duration) -> Duration:
+        return _check_duration(value)
+
+
 class TrainConfig(_Section):
     epochs: Optional[Int] = Field(None, gt=0, le=MAX_EPOCHS)  # default 8 when neither epochs nor steps is set
     steps: Optional[Int] = Field(None, gt=0, le=MAX_STEPS)
@@ -416,6 +427,11 @@ class TrainConfig(_Section):
     clip_grad_norm: Optional[Float] = Field(None, gt=0.0, le=1e12)
     # micro-batches per optimizer step; dataset.batch_size stays the global batch of one step
     accumulate: Int = Field(1, ge=1, le=MAX_BATCH)
+    # Averaged weights and snapshot ensembles (SPEC "Training extras"; clrctl.track.averaging)
+    ema: Optional[Float] = Field(None, gt=0.0, lt=1.0)  # decay of an EMA of the weights, each step
+    swa: Optional[SwaConfig] = None  # {start: N epochs}: SWA at cycle ends (or epoch ends)
+    snapshots: bool = False  # a snapshot of the weights at each cycle's end
+    snapshot_ensemble: Optional[Int] = Field(None, gt=0, le=1000)  # ensemble of the last K (default: all)
 
     def autocast_dtype(self, device_type: str) -> Optional[str]:
         """"bfloat16"/"float16" to autocast to on ``device_type``, or None (fp32)."""
@@ -442,6 +458,10 @@ class TrainConfig(_Section):
             raise ValueError("epochs: give train.epochs or train.steps, not both (on the command line: train.epochs=null train.steps=N)")
         if self.epochs is None and self.steps is None:
             self.epochs = 8
+        if self.snapshots and self.loss == "mse":
+            raise ValueError("snapshots: an ensemble of snapshots is judged by accuracy; train.loss: mse has none")
+        if self.snapshot_ensemble is not None and not self.snapshots:
+            raise ValueError("snapshot_ensemble: needs train.snapshots: true")
         return self
 
     @field_validator("target")

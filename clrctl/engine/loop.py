@@ -100,6 +100,7 @@ class Loop:
         self._flushed_at = self.state.step  # the step of the last flush
         self._due = 0  # the next step at which the loop must look up (0: at once)
         self._stop_at: Optional[int] = None
+        self._sync_steps: list[int] = []  # steps after which a callback asked for a flush (sync_at)
         self.stop_reason: Optional[str] = None  # asked for, not yet reached (DDP: not yet agreed)
         self._stop: Optional[Stopped] = None  # reached: raised after the current step
         self._interrupted = True
@@ -127,6 +128,27 @@ class Loop:
         """Stop as interrupted once ``step`` steps are done (the in-process stop seam)."""
         self._stop_at = step
         self._due = min(self._due, step)
+
+    def sync_at(self, steps) -> None:
+        """Flush after each of ``steps`` (step counts): the callbacks' ``on_flush`` then sees
+        ``loop.state.step`` equal to it (a snapshot at a cycle's end). Free when unused: the
+        steps only join the due-step computation done at each sync."""
+        self._sync_steps = sorted(set(self._sync_steps) | {s for s in steps if s > self.state.step})
+        if self._sync_steps:
+            self._due = min(self._due, self._sync_steps[0])
+
+    def after_each_step(self, function) -> None:
+        """Call ``function()`` after every optimizer step (an EMA of the weights). The stepper
+        itself is wrapped, so a loop without such a function runs exactly the step it ran
+        before: no per-step check at all, not even an ``if``."""
+        inner = self._step
+
+        def step(net, optimizer, x, y, index):
+            result = inner(net, optimizer, x, y, index)
+            function()
+            return result
+
+        self._step = step
 
     def elapsed(self) -> float:
         return self.state.elapsed_s + time.perf_counter() - self._t0
@@ -189,7 +211,10 @@ class Loop:
                       "final_val_acc": state.final_val_acc}
             state.stages.append(record)
             self.emit("on_stage_end", record)
-        if epoch_end or len(self._rows) >= self._log_every:
+        requested = self._sync_steps and self._sync_steps[0] <= state.step
+        if requested:
+            del self._sync_steps[0]
+        if epoch_end or requested or len(self._rows) >= self._log_every:
             self.flush()
         if self._stop_at is not None and state.step >= self._stop_at and self._stop is None:
             self._stop_at = None
@@ -207,6 +232,8 @@ class Loop:
             due.append((step // every + 1) * every)
         if self._stop_at is not None:
             due.append(self._stop_at)
+        if self._sync_steps:
+            due.append(self._sync_steps[0])
         self._due = 0 if self._stop is not None else min(due)
 
     def _next_stage(self) -> None:

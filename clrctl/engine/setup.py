@@ -27,6 +27,7 @@ from clrctl.data.datasets import build_data
 from clrctl.data.sources import DataBundle
 from clrctl.engine.device import seed_everything
 from clrctl.errors import ConfigError, DataError
+from clrctl.optim.cycles import check_averaging
 from clrctl.optim.groups import ParamGroup, build_groups, check_trainable
 from clrctl.model.losses import build_loss, check_targets
 from clrctl.model.build import build_model
@@ -114,6 +115,7 @@ def assemble(config: Config, seed: int, device: torch.device, data: DataBundle, 
         for stage in stages:
             check_trainable(groups, stage.freeze, f"stages.{stage.name}" if config.has_stages else "optimizer")
         check_warmup_fit(stages, len(data.train), config.has_stages)
+        check_averaging(config.train, stages, len(data.train))  # (an error first: no warning before it)
         warn_stepsize_fit(stages, len(data.train), config.has_stages)
     return Setup(config, seed, device, data, model, groups, stages, len(data.train), weights,
                  build_loss(config.train) if loss_fn is None else loss_fn)

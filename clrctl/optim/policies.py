@@ -258,6 +258,26 @@ def _policy_schedule(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, targe
     return Schedule(sched, optimizer, coupling, target)
 
 
+def cycle_ends(policy: PolicyConfig, steps_per_epoch: int, length: int) -> Optional[list[int]]:
+    """The step counts, from the start of a run (or stage) of ``length`` steps, after which a
+    cycle of ``policy`` ends; None for a policy without cycles. The weights after such a
+    count are those at the cycle's LR minimum: triangular, triangular2 and exp_range every
+    2 x stepsize steps (CyclicLR is back at base_lr there); sgdr just before each restart
+    (T_0, then each period T_mult times the last). Only whole cycles count: a run that ends
+    inside its first cycle has none (an empty list)."""
+    stepsize = resolve_steps(policy.stepsize, steps_per_epoch)
+    if policy.name in CYCLIC_POLICIES:
+        return list(range(2 * stepsize, length + 1, 2 * stepsize))
+    if policy.name == "sgdr":
+        ends, period, end = [], stepsize, stepsize
+        while end <= length:
+            ends.append(end)
+            period *= policy.t_mult
+            end += period
+        return ends
+    return None
+
+
 def preview(policy: PolicyConfig, optimizer_cfg: OptimizerConfig, steps_per_epoch: int,
             total_steps: int) -> list[tuple[int, float, Optional[float]]]:
     """(step, lr, momentum) for every step of a run — the trainer's own schedule, so what the

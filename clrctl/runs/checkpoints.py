@@ -64,12 +64,19 @@ def payload(loop) -> dict[str, Any]:
         "model": loop.setup.model.state_dict(), "optimizer": loop.stage.optimizer.state_dict(),
         "schedule": loop.stage.schedule.state_dict(), "scaler": loop.scaler.state_dict(),
         "stage": loop.stage.index, "state": state, "rng": checkpoint.rng_state(),
+        # what callbacks keep of their own (averaged weights: "ema", "swa", "snapshots")
+        **{callback.checkpoint_key: callback.state_dict() for callback in _parts(loop)},
     }
     if loop.stage.averaged is not None:  # Schedule-Free: "model" is the average; training goes on from y
         saved["train_model"] = saved["model"]
         with loop.stage.averaged():
             saved["model"] = checkpoint.snapshot(loop.setup.model.state_dict())
     return saved
+
+
+def _parts(loop) -> list:
+    """The callbacks whose state a checkpoint carries (a ``checkpoint_key`` and a state_dict)."""
+    return [callback for callback in loop.callbacks if getattr(callback, "checkpoint_key", None)]
 
 
 def restore(loop, saved: dict[str, Any]) -> None:
@@ -84,3 +91,6 @@ def restore(loop, saved: dict[str, Any]) -> None:
         load_optimizer_state(loop.stage.optimizer, saved["optimizer"], unmerged)
         loop.stage.schedule.load_state_dict(saved["schedule"])
     checkpoint.restore_rng(saved["rng"])
+    for callback in _parts(loop):  # (a checkpoint without a part: that callback starts afresh)
+        if isinstance(saved.get(callback.checkpoint_key), dict):
+            callback.load_state_dict(saved[callback.checkpoint_key])

@@ -4,6 +4,7 @@ appended and flushed so that a killed run keeps what it logged (SPEC.md, "Run di
 from __future__ import annotations
 
 from clrctl.engine.callbacks import EPOCH_COLUMNS, METRIC_COLUMNS, Callback
+from clrctl.track.averaging import epoch_columns
 
 
 def log_columns(config) -> tuple[list[str], list[str]]:
@@ -12,7 +13,7 @@ def log_columns(config) -> tuple[list[str], list[str]]:
     evaluated = ["tta_val_acc"] if config.train.tta else []  # (track/tta.py)
     # train.clip_grad_norm: each step's pre-clip total gradient norm, the last column
     norm = ["grad_norm"] if config.train.clip_grad_norm is not None else []
-    return METRIC_COLUMNS + extra + norm, EPOCH_COLUMNS + evaluated + extra
+    return METRIC_COLUMNS + extra + norm, EPOCH_COLUMNS + epoch_columns(config) + evaluated + extra
 
 
 class MetricsLog(Callback):
