@@ -15,6 +15,8 @@ import signal
 from pathlib import Path
 
 import pytest
+
+from clrctl.engine.callbacks import Callback
 import yaml
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -127,9 +129,8 @@ def copy_run(run: Path, to: Path) -> Path:
 
 
 class SignalAt:
-    """A reporter wrapper: sends this process ``signals`` (in turn) right after step ``step``
-    of the trainer's ``Reporter.advance`` — an interrupt from outside, in-process and at an
-    exact step. Fires once."""
+    """Sends this process ``signals`` (in turn) once, right after global step ``step`` of a
+    run: an interrupt from outside, in-process and at an exact step."""
 
     def __init__(self, step: int, *signals: int):
         self.step, self.signals, self.fired = step, signals or (signal.SIGINT,), False
@@ -141,25 +142,38 @@ class SignalAt:
                 signal.raise_signal(sig)
 
 
+class _SignalAtStep(Callback):
+    """The loop flushes after ``fire.step`` (``Loop.sync_at``); the signals come in that flush."""
+
+    def __init__(self, fire: SignalAt):
+        self.fire = fire
+
+    def on_start(self, loop) -> None:
+        if loop.state.step < self.fire.step:
+            loop.sync_at([self.fire.step])
+
+    def on_flush(self, loop, rows, diverged) -> None:
+        self.fire(loop.state.step)
+
+
 @pytest.fixture
 def signal_cli_at(monkeypatch):
     """``signal_cli_at(STEP, *SIGNALS, label="train")``: the next in-process ``clrctl train``
     of this test gets SIGNALS (default SIGINT) right after global step STEP of its run
-    labelled ``label`` ("train", "resume", "seed N") — as a Ctrl-C or ``kill`` would."""
-    import clrctl.commands.train as train_command
+    labelled ``label`` ("train", "resume", "seed N": its progress reporter's) — as a Ctrl-C or
+    ``kill`` would."""
+    from clrctl.runs.lifecycle import TrainingRun
 
-    real = train_command.RichReporter
+    real = TrainingRun.callbacks
 
     def arm(step: int, *signals: int, label: str = "train") -> SignalAt:
         fire = SignalAt(step, *signals)
 
-        class Signalling(real):
-            def advance(self, steps_done, lr):
-                super().advance(steps_done, lr)
-                if self.label == label:
-                    fire(steps_done)
+        def callbacks(self, reporter):
+            found = real(self, reporter)
+            return found + [_SignalAtStep(fire)] if getattr(reporter, "label", None) == label else found
 
-        monkeypatch.setattr(train_command, "RichReporter", Signalling)
+        monkeypatch.setattr(TrainingRun, "callbacks", callbacks)
         return fire
 
     return arm

@@ -20,7 +20,7 @@ from clrctl.model.build import build_model
 from clrctl.config.schema import ModelConfig
 from clrctl.optim.optimizers import build_optimizer
 from clrctl.optim.policies import build_schedule, initial_lr
-from clrctl.engine.callbacks import StopAt
+from clrctl.engine.callbacks import Callback, StopAt
 from clrctl.track.reporter import Reporter
 
 MULTS = (1.0, 0.1)
@@ -467,12 +467,15 @@ def test_a_run_dying_inside_stage_2_then_resume_equals_uninterrupted(tiny_config
                       stages=[{**STAGES[0], "freeze": ["body"]}, {**STAGES[1], "epochs": 2}])
     ref, killed = tmp_path / "ref", tmp_path / "killed"
 
-    class CopyAt(Reporter):
-        def advance(self, steps_done, lr):
-            if steps_done == 50:
+    class CopyAt(Callback):  # what a kill -9 after step 50 leaves: the directory as it is then
+        def on_start(self, loop):
+            loop.sync_at([50])
+
+        def on_flush(self, loop, rows, diverged):
+            if loop.state.step == 50:
                 copy_run(ref, killed)
 
-    start_training(load_config(cfg), run_dir=ref, reporter=CopyAt())
+    start_training(load_config(cfg), run_dir=ref, callbacks=(CopyAt(),))
     assert json.loads((killed / "run.json").read_text())["status"] == "running"
     assert len(rows(killed / "epochs.csv")) == 2
     resume_training(killed)

@@ -264,14 +264,16 @@ def cycle_ends(policy: PolicyConfig, steps_per_epoch: int, length: int) -> Optio
     count are those at the cycle's LR minimum: triangular, triangular2 and exp_range every
     2 x stepsize steps (CyclicLR is back at base_lr there); sgdr just before each restart
     (T_0, then each period T_mult times the last). Only whole cycles count: a run that ends
-    inside its first cycle has none (an empty list)."""
-    stepsize = resolve_steps(policy.stepsize, steps_per_epoch)
+    inside its first cycle has none (an empty list). With ``policy.warmup`` the cycles begin
+    after the ramp (the policy runs over the remaining steps)."""
+    warm = resolve_steps(policy.warmup, steps_per_epoch) if policy.warmup is not None else 0
+    stepsize, length = resolve_steps(policy.stepsize, steps_per_epoch), length - warm
     if policy.name in CYCLIC_POLICIES:
-        return list(range(2 * stepsize, length + 1, 2 * stepsize))
+        return [warm + end for end in range(2 * stepsize, length + 1, 2 * stepsize)]
     if policy.name == "sgdr":
         ends, period, end = [], stepsize, stepsize
         while end <= length:
-            ends.append(end)
+            ends.append(warm + end)
             period *= policy.t_mult
             end += period
         return ends
