@@ -262,3 +262,35 @@ def test_averaging_leaves_the_raw_training_as_it_was(tiny_config, tmp_path):
     b, _ = start_training(extras, run_dir=tmp_path / "extras")
     assert (a / "metrics.csv").read_bytes() == (b / "metrics.csv").read_bytes()
     assert [r["val_acc"] for r in rows(a / "epochs.csv")] == [r["val_acc"] for r in rows(b / "epochs.csv")]
+
+
+def test_a_run_killed_mid_epoch_with_every_average_on_resumes_to_the_uninterrupted_run(tiny_config, tmp_path):
+    """What ``kill -9`` leaves — the directory as it is in the middle of epoch 2, last.pt from
+    the end of epoch 1, rows after it, ``running`` — resumed with EMA, SWA and snapshots on."""
+    from conftest import copy_run
+
+    from clrctl.runs.training import resume_training, start_training
+
+    config = load_config(tiny_config("all", train={"ema": 0.95, "swa": {"start": 14}, "snapshots": True,
+                                                   "snapshot_ensemble": 2, "checkpoint_every": 0}))
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+
+    class KilledAt(Callback):  # (a flush after step 33: inside epoch 2, past the cycle end at 28)
+        def on_start(self, loop):
+            loop.sync_at([33])
+
+        def on_flush(self, loop, rows, diverged):
+            if loop.state.step == 33:
+                copy_run(ref, killed)
+
+    start_training(config, run_dir=ref, callbacks=(KilledAt(),))
+    assert json.loads((killed / "run.json").read_text())["status"] == "running"
+    resume_training(killed)
+    assert json.loads((killed / "run.json").read_text())["resumed"][0]["step"] == SPE
+    assert (killed / "metrics.csv").read_bytes() == (ref / "metrics.csv").read_bytes()
+    assert (killed / "snapshots.csv").read_bytes() == (ref / "snapshots.csv").read_bytes()
+    drop = ("elapsed_s",)
+    assert {k: v for k, v in summary(killed).items() if k not in drop} == \
+        {k: v for k, v in summary(ref).items() if k not in drop}
+    for name in ("ema.pt", "swa.pt", "snapshot-14.pt", "snapshot-28.pt", "snapshot-42.pt"):
+        _same_weights(ref / "checkpoints" / name, killed / "checkpoints" / name)
