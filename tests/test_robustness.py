@@ -91,6 +91,11 @@ def test_signal_stops_cleanly_with_130_and_resumes_exactly(cli, tiny_config, tmp
     held.release()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
+    _stopped_cleanly_then_resumed(cli, run, ref, err)
+
+
+def _stopped_cleanly_then_resumed(cli, run, ref, err: str) -> None:
+    """A run stopped by a signal mid second epoch: exit message, files, then an exact resume."""
     assert "resume with: clrctl train --resume" in err and "Traceback" not in err
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     summary = json.loads((run / "summary.json").read_text())
@@ -116,17 +121,7 @@ def test_a_signal_at_a_step_stops_cleanly_with_130_and_resumes_exactly(cli, tiny
     capsys.readouterr()
     assert cli("train", cfg, "--run-dir", run, "-q") == 130
     err = capsys.readouterr().err
-    assert "resume with: clrctl train --resume" in err and "Traceback" not in err
-    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and 30 <= summary["steps"] < 66
-    assert (run / "checkpoints" / "last.pt").is_file() and (run / "plots" / "loss.png").is_file()
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
-    assert len(rows) == summary["steps"]  # every finished step was flushed
-
-    assert cli("train", "--resume", run, "-q") == 0  # resumes mid-epoch
-    assert (run / "metrics.csv").read_bytes() == (ref / "metrics.csv").read_bytes()
-    assert without_elapsed(run / "epochs.csv") == without_elapsed(ref / "epochs.csv")
+    _stopped_cleanly_then_resumed(cli, run, ref, err)
 
 
 def test_divergence_is_kept_and_reported(cli, tiny_config, tmp_path, capsys):

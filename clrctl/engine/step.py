@@ -32,14 +32,20 @@ def forward_backward(model, optimizer, x, y, loss_fn, scaler=None, weight=None, 
         with torch.autocast(x.device.type, dtype=dtype):
             logits, loss, backprop = _forward(model, x, y, loss_fn, weight)
     (scaler.scale(backprop) if amp else backprop).backward()
-    if skip_nonfinite and not _finite(optimizer, None if weight is not None else loss):
+    _optimizer_step(optimizer, scaler if amp else None, skip_nonfinite, None if weight is not None else loss)
+    return loss.detach(), logits.detach()
+
+
+def _optimizer_step(optimizer, scaler, skip_nonfinite: bool, loss: Optional[torch.Tensor]) -> None:
+    """The optimizer step after backward: through the GradScaler under float16 (``scaler``),
+    skipped (gradients dropped) when ``skip_nonfinite`` and a gradient or ``loss`` is NaN/Inf."""
+    if skip_nonfinite and not _finite(optimizer, loss):
         optimizer.zero_grad(set_to_none=True)
-    elif amp:
+    elif scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
-    return loss.detach(), logits.detach()
 
 
 class StepExtras:
@@ -106,13 +112,7 @@ def accumulated_step(model, optimizer, x, y, loss_fn, extras: StepExtras, scaler
             extras.norms.append(norm)
     if total is None:
         total = torch.zeros((), device=y.device)
-    if skip_nonfinite and not _finite(optimizer, None if per_sample is not None else total):
-        optimizer.zero_grad(set_to_none=True)
-    elif amp:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    _optimizer_step(optimizer, scaler if amp else None, skip_nonfinite, None if per_sample is not None else total)
     return total, outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
