@@ -310,12 +310,7 @@ class LoaderSource(BatchSource):
         if self.shard is not None:
             yield from self._shared_batches(epoch, begin)
             return
-        crops = None
-        if self.augment:
-            # Drawn after the permutation from the same stream, as TensorSource does.
-            generator = epoch_generator(self.seed, epoch)
-            torch.randperm(self.num_samples, generator=generator)
-            crops = random_crops(self.num_samples, generator, self.device)
+        crops = self._epoch_crops(epoch)
         for x, y in _readable(self.loader):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, torch.float32 if y.is_floating_point() else torch.int64, non_blocking=True)
@@ -324,14 +319,19 @@ class LoaderSource(BatchSource):
             begin += len(y)
             yield x, y
 
+    def _epoch_crops(self, epoch: int):
+        """The epoch's crop offsets and flips (None without augmentation), drawn after the
+        permutation from the same (seed, epoch) stream, as TensorSource draws them."""
+        if not self.augment:
+            return None
+        generator = epoch_generator(self.seed, epoch)
+        torch.randperm(self.num_samples, generator=generator)
+        return random_crops(self.num_samples, generator, self.device)
+
     def _shared_batches(self, epoch: int, begin: int) -> Iterator[tuple[Tensor, Tensor]]:
         """This rank's share of each global batch (DDP): a distributed version of the epoch
         sampler, cut per batch, with the crops of the shares' global positions."""
-        crops = None
-        if self.augment:
-            generator = epoch_generator(self.seed, epoch)
-            torch.randperm(self.num_samples, generator=generator)
-            crops = random_crops(self.num_samples, generator, self.device)
+        crops = self._epoch_crops(epoch)
         for x, y in _readable(self.loader):
             lo, hi = self._share(begin)
             x = x.to(self.device, non_blocking=True)
