@@ -156,6 +156,16 @@ class _SignalAtStep(Callback):
         self.fire(loop.state.step)
 
 
+@pytest.fixture(autouse=True)
+def _plots_only_where_a_test_reads_them(request, monkeypatch):
+    """In-process training runs skip drawing their plots — a third of the suite's time — unless
+    the test is marked ``plots`` (those check the files); subprocess runs draw them as ever."""
+    if request.node.get_closest_marker("plots") is None:
+        from clrctl.runs.lifecycle import TrainingRun
+
+        monkeypatch.setattr(TrainingRun, "_plots", lambda self: None)
+
+
 @pytest.fixture
 def signal_cli_at(monkeypatch):
     """``signal_cli_at(STEP, *SIGNALS, label="train")``: the next in-process ``clrctl train``

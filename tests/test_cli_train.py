@@ -15,6 +15,7 @@ def read_rows(path):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.plots  # (it reads the plots: conftest skips them elsewhere)
 def test_train_writes_every_spec_file(cli, tiny_config, tmp_path):
     run = tmp_path / "run"
     assert cli("train", tiny_config(train={"epochs": 2, "eval_every": 5, "target": {"val_acc": 0.5}}),

@@ -259,6 +259,7 @@ def modes(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.plots  # (it reads the plots: conftest skips them elsewhere)
 def test_every_run_file_is_readable_under_umask_022(cli, tiny_config, tmp_path, umask):
     umask(0o022)
     cfg = tiny_config(train={"epochs": 1, "eval_every": 5},

@@ -58,6 +58,7 @@ def regression(tmp_path, monkeypatch, request):
     return {"name": f"{name}:linear", "batch_size": 32}
 
 
+@pytest.mark.plots  # (it reads the plots: conftest skips them elsewhere)
 def test_mse_trains_a_regression_with_blank_accuracy(cli, tiny_config, tmp_path, regression):
     run = tmp_path / "run"
     config = tiny_config(dataset=regression, train={"epochs": 3, "loss": "mse", "eval_every": 4},

@@ -172,6 +172,7 @@ def test_the_range_test_line_shows_the_last_lr_and_the_smoothed_loss(cli, tiny_c
 # -- item 7: a staged run's lr.png and config.yaml name the stages' policies ---------------------------
 
 
+@pytest.mark.plots  # (it reads the plots: conftest skips them elsewhere)
 def test_a_staged_runs_lr_plot_and_config_name_the_stages_policies(cli, staged_no_policy, tmp_path, monkeypatch):
     from clrctl.plots import train as train_plots
 

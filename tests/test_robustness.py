@@ -109,6 +109,7 @@ def _stopped_cleanly_then_resumed(cli, run, ref, err: str) -> None:
     assert without_elapsed(run / "epochs.csv") == without_elapsed(ref / "epochs.csv")
 
 
+@pytest.mark.plots  # (it reads the plots: conftest skips them elsewhere)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_at_a_step_stops_cleanly_with_130_and_resumes_exactly(cli, tiny_config, tmp_path, capsys, sig,
                                                                        reference_run, signal_cli_at):
@@ -124,6 +125,7 @@ def test_a_signal_at_a_step_stops_cleanly_with_130_and_resumes_exactly(cli, tiny
     _stopped_cleanly_then_resumed(cli, run, ref, err)
 
 
+@pytest.mark.plots  # (it reads the plots: conftest skips them elsewhere)
 def test_divergence_is_kept_and_reported(cli, tiny_config, tmp_path, capsys):
     run = tmp_path / "run"
     code = cli("train", tiny_config(), "policy.name=fixed", "policy.bounds=[1e8, 2e8]", "--run-dir", run, "-q")
@@ -146,6 +148,7 @@ def test_skip_nonfinite_keeps_going(cli, tiny_config, tmp_path):
     assert json.loads((run / "summary.json").read_text())["steps"] == 22
 
 
+@pytest.mark.plots  # (it reads the plots: conftest skips them elsewhere)
 def test_resume_refuses_completed_and_non_runs(cli, tiny_config, tmp_path, capsys):
     run = tmp_path / "run"
     assert cli("train", tiny_config(), "train.epochs=1", "--run-dir", run, "-q") == 0

@@ -99,6 +99,7 @@ def test_an_invalid_sample_fails_with_its_reason_and_the_study_goes_on(tmp_path)
     assert "invalid sample" in failed[0].user_attrs["clrctl_failed"] and "bounds" in failed[0].user_attrs["clrctl_failed"]
 
 
+@pytest.mark.plots  # (it reads the plots: conftest skips them elsewhere)
 def test_pruning_stops_a_hopeless_trial_with_its_files_complete(tmp_path):
     db = f"sqlite:///{tmp_path / 'study.db'}"  # an RDB storage too; the trials' order is ours
     study = optuna.create_study(study_name="p", storage=db, direction="maximize")

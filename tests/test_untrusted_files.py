@@ -256,6 +256,7 @@ def test_empty_logs_of_a_run_stopped_before_its_first_step_get_their_header(cli,
     assert (run / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
 
 
+@pytest.mark.plots  # (it reads the plots: conftest skips them elsewhere)
 def test_a_run_with_no_checkpoint_and_no_logs_yet_resumes_silently(cli, tiny_config, tmp_path, capsys):
     """What an interrupt right after start-up leaves: run.json and config.yaml only."""
     run = tmp_path / "run"

@@ -234,6 +234,7 @@ def test_any_number_of_signals_exit_130_with_the_files_complete(cli, tiny_config
     assert cli("train", "--resume", run, "-q") == 0 and steps(run) == list(range(66))
 
 
+@pytest.mark.plots  # (it reads the plots: conftest skips them elsewhere)
 def test_a_second_signal_right_after_the_first_exits_130_with_the_files_complete(cli, tiny_config, tmp_path, capsys,
                                                                                   signal_cli_at):
     """The test above with two signals, in-process: SIGINT then SIGTERM right after step 30
@@ -263,6 +264,7 @@ def test_signals_in_a_burst_stop_a_range_test_with_its_files_complete(tiny_confi
     assert (run / "plots" / "range_test.png").stat().st_size > 0
 
 
+@pytest.mark.plots  # (it reads the plots: conftest skips them elsewhere)
 def test_plots_come_before_the_final_status_and_export_redraws_them(cli, tiny_config, tmp_path, capsys,
                                                                     monkeypatch):
     import clrctl.runs.plots
@@ -284,6 +286,7 @@ def test_plots_come_before_the_final_status_and_export_redraws_them(cli, tiny_co
     assert all((run / "plots" / n).stat().st_size > 0 for n in ("lr.png", "loss.png", "accuracy.png"))
 
 
+@pytest.mark.plots  # (it reads the plots: conftest skips them elsewhere)
 def test_resume_of_a_completed_run_without_plots_redraws_them(cli, tiny_config, tmp_path, capsys):
     run = tmp_path / "run"
     assert cli("train", tiny_config(), "--run-dir", run, "-q") == 0
