@@ -473,6 +473,7 @@ def test_a_run_dying_inside_stage_2_then_resume_equals_uninterrupted(tiny_config
 
         def on_flush(self, loop, rows, diverged):
             if loop.state.step == 50:
+                _checkpoint_on_disk(loop)
                 copy_run(ref, killed)
 
     start_training(load_config(cfg), run_dir=ref, callbacks=(CopyAt(),))
@@ -496,3 +497,11 @@ def test_a_stage_takes_its_bounds_from_a_range_test_run(cli, staged, tmp_path):
     assert config.stage("head-only").policy.bounds == (0.01, 0.1)
     with pytest.raises(ConfigError, match=r"^stages.all.policy.bounds.from: .*nowhere is not a finished run"):
         resolve_bounds_from(load_config(staged, [f"stages.1.policy.bounds={{from: {tmp_path / 'nowhere'}}}"]))
+
+
+def _checkpoint_on_disk(loop) -> None:
+    """Wait for the checkpoint being written in the background (a kill -9 during that write
+    resumes from the one before, rightly; these tests pin which checkpoint resumes)."""
+    from clrctl.runs.checkpoints import Checkpoints
+
+    next(c for c in loop.callbacks if isinstance(c, Checkpoints)).run.wait()
