@@ -128,6 +128,26 @@ def copy_run(run: Path, to: Path) -> Path:
     return to
 
 
+class KilledAt(Callback):
+    """Copies run ``ref`` to ``killed`` right after step ``step``: what a ``kill -9`` there
+    leaves (the files as they are, ``running``, the last checkpoint), while the run itself goes
+    on to be the uninterrupted one. It waits for a checkpoint being written in the background
+    first (a kill during that write rightly resumes from the one before; the tests pin which)."""
+
+    def __init__(self, step: int, ref: Path, killed: Path):
+        self.step, self.ref, self.killed = step, ref, killed
+
+    def on_start(self, loop) -> None:
+        loop.sync_at([self.step])
+
+    def on_flush(self, loop, rows, diverged) -> None:
+        if loop.state.step == self.step:
+            from clrctl.runs.checkpoints import Checkpoints
+
+            next(c for c in loop.callbacks if isinstance(c, Checkpoints)).run.wait()
+            copy_run(self.ref, self.killed)
+
+
 class SignalAt:
     """Sends this process ``signals`` (in turn) once, right after global step ``step`` of a
     run: an interrupt from outside, in-process and at an exact step."""

@@ -267,7 +267,7 @@ def test_averaging_leaves_the_raw_training_as_it_was(tiny_config, tmp_path):
 def test_a_run_killed_mid_epoch_with_every_average_on_resumes_to_the_uninterrupted_run(tiny_config, tmp_path):
     """What ``kill -9`` leaves — the directory as it is in the middle of epoch 2, last.pt from
     the end of epoch 1, rows after it, ``running`` — resumed with EMA, SWA and snapshots on."""
-    from conftest import copy_run
+    from conftest import KilledAt
 
     from clrctl.runs.training import resume_training, start_training
 
@@ -275,16 +275,7 @@ def test_a_run_killed_mid_epoch_with_every_average_on_resumes_to_the_uninterrupt
                                                    "snapshot_ensemble": 2, "checkpoint_every": 0}))
     ref, killed = tmp_path / "ref", tmp_path / "killed"
 
-    class KilledAt(Callback):  # (a flush after step 33: inside epoch 2, past the cycle end at 28)
-        def on_start(self, loop):
-            loop.sync_at([33])
-
-        def on_flush(self, loop, rows, diverged):
-            if loop.state.step == 33:
-                _checkpoint_on_disk(loop)
-                copy_run(ref, killed)
-
-    start_training(config, run_dir=ref, callbacks=(KilledAt(),))
+    start_training(config, run_dir=ref, callbacks=(KilledAt(33, ref, killed),))  # (inside epoch 2, past the cycle end at 28)
     assert json.loads((killed / "run.json").read_text())["status"] == "running"
     resume_training(killed)
     assert json.loads((killed / "run.json").read_text())["resumed"][0]["step"] == SPE
@@ -295,11 +286,3 @@ def test_a_run_killed_mid_epoch_with_every_average_on_resumes_to_the_uninterrupt
         {k: v for k, v in summary(ref).items() if k not in drop}
     for name in ("ema.pt", "swa.pt", "snapshot-14.pt", "snapshot-28.pt", "snapshot-42.pt"):
         _same_weights(ref / "checkpoints" / name, killed / "checkpoints" / name)
-
-
-def _checkpoint_on_disk(loop) -> None:
-    """Wait for the checkpoint being written in the background (a kill -9 during that write
-    resumes from the one before, rightly; these tests pin which checkpoint resumes)."""
-    from clrctl.runs.checkpoints import Checkpoints
-
-    next(c for c in loop.callbacks if isinstance(c, Checkpoints)).run.wait()

@@ -20,7 +20,7 @@ from clrctl.model.build import build_model
 from clrctl.config.schema import ModelConfig
 from clrctl.optim.optimizers import build_optimizer
 from clrctl.optim.policies import build_schedule, initial_lr
-from clrctl.engine.callbacks import Callback, StopAt
+from clrctl.engine.callbacks import StopAt
 from clrctl.track.reporter import Reporter
 
 MULTS = (1.0, 0.1)
@@ -460,23 +460,14 @@ def test_a_run_dying_inside_stage_2_then_resume_equals_uninterrupted(tiny_config
     """The test above in-process: what a kill -9 leaves is the run directory as it is on disk
     at that moment, so a copy of it taken mid-step-50 (stage 2 is epochs 2-3, epoch 2's
     checkpoint is done) is a killed run; the run itself goes on to be the uninterrupted one."""
-    from conftest import copy_run
+    from conftest import KilledAt
     from clrctl.runs.training import resume_training, start_training
 
     cfg = tiny_config("stages", train={"epochs": None, "eval_every": 5, "log_every": 5, "checkpoint_every": 0},
                       stages=[{**STAGES[0], "freeze": ["body"]}, {**STAGES[1], "epochs": 2}])
     ref, killed = tmp_path / "ref", tmp_path / "killed"
 
-    class CopyAt(Callback):  # what a kill -9 after step 50 leaves: the directory as it is then
-        def on_start(self, loop):
-            loop.sync_at([50])
-
-        def on_flush(self, loop, rows, diverged):
-            if loop.state.step == 50:
-                _checkpoint_on_disk(loop)
-                copy_run(ref, killed)
-
-    start_training(load_config(cfg), run_dir=ref, callbacks=(CopyAt(),))
+    start_training(load_config(cfg), run_dir=ref, callbacks=(KilledAt(50, ref, killed),))  # (inside stage 2, epoch 2's checkpoint written)
     assert json.loads((killed / "run.json").read_text())["status"] == "running"
     assert len(rows(killed / "epochs.csv")) == 2
     resume_training(killed)
@@ -497,11 +488,3 @@ def test_a_stage_takes_its_bounds_from_a_range_test_run(cli, staged, tmp_path):
     assert config.stage("head-only").policy.bounds == (0.01, 0.1)
     with pytest.raises(ConfigError, match=r"^stages.all.policy.bounds.from: .*nowhere is not a finished run"):
         resolve_bounds_from(load_config(staged, [f"stages.1.policy.bounds={{from: {tmp_path / 'nowhere'}}}"]))
-
-
-def _checkpoint_on_disk(loop) -> None:
-    """Wait for the checkpoint being written in the background (a kill -9 during that write
-    resumes from the one before, rightly; these tests pin which checkpoint resumes)."""
-    from clrctl.runs.checkpoints import Checkpoints
-
-    next(c for c in loop.callbacks if isinstance(c, Checkpoints)).run.wait()
