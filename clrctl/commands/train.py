@@ -85,11 +85,18 @@ def train(
     quiet: bool = options.quiet_option("No progress bar."),
     tensorboard: bool = options.tensorboard_option(),
     nproc: Optional[int] = options.nproc_option(),
+    vectorize: bool = typer.Option(False, "--vectorize",
+                                   help="Train the seeds of --seeds as one stacked model in one process "
+                                        "(torch.func); the same group directory (docs/vectorized-seeds.md)."),
 ) -> None:
     """Train with a learning-rate policy; writes config, metrics, summary and plots to a run directory."""
     from clrctl.engine import ddp as distributed
     from clrctl.runs import launch
 
+    if vectorize and nproc is not None and nproc > 1:
+        raise InputError("--vectorize stacks the seeds in one process; it cannot run with --nproc (DDP)")
+    if vectorize and seeds is None and resume is None:
+        raise InputError("--vectorize trains the seeds of --seeds as one model; add --seeds (e.g. --seeds 0..7)")
     if nproc is not None and nproc > 1:
         if seeds is not None:
             raise InputError("--seeds runs one process per seed; drop --nproc (or train each seed with --nproc)")
@@ -114,6 +121,11 @@ def train(
         if config is not None:
             raise InputError("--resume takes the run directory only (its config.yaml is used)")
         if is_group(resume):
+            from clrctl.runs.vectorized import is_vectorized_group, resume_group_vectorized
+
+            if is_vectorized_group(resume):
+                _group_done(*resume_group_vectorized(resume, argv=argv, reporter=_stack_reporter(resume, quiet)))
+                return
             _group_done(*resume_group(resume, argv=argv, reporter_factory=per_seed))
             return
         path, summary = resume_training(resume, argv=argv, reporter=RichReporter("resume", quiet))
@@ -121,6 +133,13 @@ def train(
             _print_summary(path, summary)
         return
     cfg = _load(config, [*(overrides or []), *options.tensorboard_override(tensorboard)])
+    if seeds is not None and vectorize:
+        from clrctl.runs.vectorized import train_seeds_vectorized
+
+        seed_list = parse_seeds(seeds, cfg.seed)
+        _group_done(*train_seeds_vectorized(cfg, seed_list, runs_root=runs_root, run_dir=run_dir, argv=argv,
+                                            reporter=RichReporter(_seeds_label(seed_list), quiet)))
+        return
     if seeds is not None:
         _group_done(*train_seeds(cfg, parse_seeds(seeds, cfg.seed), runs_root=runs_root, run_dir=run_dir,
                                  argv=argv, reporter_factory=per_seed))
@@ -129,6 +148,19 @@ def train(
                                    reporter=RichReporter("train", quiet))
     if distributed.is_main():
         _print_summary(path, summary)
+
+
+def _seeds_label(seeds: list[int]) -> str:
+    """The progress bar's label of a vectorised group: its seeds."""
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))) and len(seeds) > 2:
+        return f"seeds {seeds[0]}..{seeds[-1]}"
+    return "seeds " + ",".join(map(str, seeds))
+
+
+def _stack_reporter(group: Path, quiet: bool) -> RichReporter:
+    from clrctl.files.atomic import read_json
+
+    return RichReporter(_seeds_label(read_json(Path(group) / "group.json")["seeds"]), quiet)
 
 
 @app.command("preview", epilog="On a range-test config (its name ends in range-test, as in "

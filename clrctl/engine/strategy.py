@@ -139,6 +139,46 @@ class DistributedStrategy(Strategy):
         return ddp.broadcast(obj)
 
 
+class VectorizedStrategy(Strategy):
+    """Several seeds' models stacked behind one step (``--vectorize``, :mod:`clrctl.engine.stack`):
+    the stepper takes K batches at once (one per model, each in its own seed's order) and
+    returns K losses and K logits; :meth:`host_values` gives one row of numbers per model.
+    One process, which writes every seed's run directory."""
+
+    def __init__(self, stack):
+        self.stack = stack
+
+    def stacked_stepper(self, loss_fn: nn.Module, clip: Optional[float] = None):
+        """``(optimizer, xs, ys) -> (losses (K,), logits (K, B, C), batch size, norms or None)``:
+        one optimizer step of every model of the stack; ``clip``: each model's own gradient
+        norm clipped (``train.clip_grad_norm``), its pre-clip norm returned."""
+        from clrctl.engine.stack import clip_per_model
+
+        stack = self.stack
+        forward = stack.forward_fn(loss_fn)
+
+        def step(optimizer, xs, ys):
+            optimizer.zero_grad(set_to_none=True)
+            losses, logits = forward(stack.params(), stack.buffers, xs, ys)
+            losses.sum().backward()  # (each model's gradient is its own mean loss's)
+            norms = None
+            if clip is not None:
+                norms = clip_per_model([p for g in optimizer.param_groups for p in g["params"]], clip)
+            optimizer.step()
+            return losses.detach(), logits.detach(), ys.shape[1], norms
+
+        return step
+
+    def host_values(self, local: torch.Tensor, rows: int, sizes: list[int],
+                    stop: bool) -> tuple[list[list[float]], list[float], bool]:
+        """``local``: the (rows, K) losses, then K hit counts (one per model), then (rows, K)
+        gradient norms or nothing: each model's column of losses, the hits, the norms."""
+        k = self.stack.size
+        values = local.tolist()
+        losses = [values[i * k:(i + 1) * k] for i in range(rows)]
+        return losses, values[rows * k:], stop
+
+
 def for_process(device: torch.device) -> Strategy:
     """The strategy of this process: DDP under torchrun (once the process group is joined)."""
     return DistributedStrategy(device) if ddp.initialised() else Strategy()

@@ -79,6 +79,8 @@ class TrainingRun:
     """A :class:`Setup` trained into ``run`` (a RunDir; a NullRunDir on a process that does
     not write), continuing from ``state`` when resumed."""
 
+    loop_class = Loop  # (a seed of a vectorised group: engine.seedloop.SeedView)
+
     def __init__(self, setup: Setup, run, reporter: Optional[Reporter] = None,
                  state: Optional[LoopState] = None, extra: tuple[Callback, ...] = (),
                  strategy: Optional[Strategy] = None):
@@ -86,7 +88,7 @@ class TrainingRun:
         self.strategy = strategy or for_process(setup.device)
         self.checkpoints: Optional[Checkpoints] = None
         callbacks = self.callbacks(reporter or Reporter()) + list(extra)
-        self.loop = Loop(setup, self.strategy, callbacks, state)
+        self.loop = self.loop_class(setup, self.strategy, callbacks, state)
         self._signal: Optional[str] = None
         self._finishing = False  # the loop is over: signals are recorded, never raised
 
@@ -123,41 +125,46 @@ class TrainingRun:
         """Train to the end. Raises RunFailed (diverged, failed) or Interrupted; each leaves a
         summary, plots and a final status. The run's signal handler stays in place until
         then: signals after the first that stops the run do not cut the finishing short."""
-        loop, state = self.loop, self.loop.state
         with self._signals():
             try:
-                loop.run()
-            except Diverged as div:
-                # The steps after the diverged one (up to the sync that saw it) trained on NaN
-                # weights and are not in metrics.csv: the summary counts the steps logged.
-                state.step = div.step + 1
-                self._finish("diverged", diverged_at={"step": div.step, "lr": div.lr, "loss": div.loss})
-                raise RunFailed(
-                    f"loss became {div.loss} at step {div.step} (lr {div.lr:.4g}); the run is kept as 'diverged' "
-                    "in " + str(self.run.path) + " — the LR is too high for this model: `clrctl range-test` finds bounds"
-                ) from None
-            except Stopped as stop:
-                self._finishing = True
-                if stop.interrupted:
-                    self._finish("interrupted", loop.flush, self._checkpoint)
-                    raise self._interrupted()
-                summary = self._finish(stop.status or "completed", loop.flush, self._checkpoint,
-                                       stop_reason=stop.reason)
-            except KeyboardInterrupt:  # a second signal ("stop now"), or one raised mid-step: no
-                # checkpoint of a step that may be half done; the last one resumes, rows after it redone
-                self._finish("interrupted")
-                raise self._interrupted()
-            except (DataError, OSError, WriteFailed) as err:  # unreadable data, a full disk: exit 1
-                self._finish_failed()
-                raise self._failed(err) from err
-            except BaseException:
-                self._finish_failed()
-                raise
+                self.loop.run()
+            except BaseException as err:  # noqa: BLE001 - each way of ending has its files
+                summary = self.end(err)
             else:
                 summary = self._finish("completed")
         if self._signal:  # a signal while the run was finishing: it is complete, and stops here
             raise Interrupted(f"interrupted as the run completed (its files are complete): {self.run.path}")
         return summary
+
+    def end(self, err: BaseException) -> dict[str, Any]:
+        """End the run on what stopped its loop, ``err``: the summary of a run stopped by a
+        callback (early stopping); for every other ending the error to report is raised
+        (RunFailed, Interrupted or ``err`` itself) once the run's files are written."""
+        loop, state = self.loop, self.loop.state
+        if isinstance(err, Diverged):
+            # The steps after the diverged one (up to the sync that saw it) trained on NaN
+            # weights and are not in metrics.csv: the summary counts the steps logged.
+            state.step = err.step + 1
+            self._finish("diverged", diverged_at={"step": err.step, "lr": err.lr, "loss": err.loss})
+            raise RunFailed(
+                f"loss became {err.loss} at step {err.step} (lr {err.lr:.4g}); the run is kept as 'diverged' "
+                "in " + str(self.run.path) + " — the LR is too high for this model: `clrctl range-test` finds bounds"
+            ) from None
+        if isinstance(err, Stopped):
+            self._finishing = True
+            if err.interrupted:
+                self._finish("interrupted", loop.flush, self._checkpoint)
+                raise self._interrupted() from None
+            return self._finish(err.status or "completed", loop.flush, self._checkpoint, stop_reason=err.reason)
+        if isinstance(err, KeyboardInterrupt):  # a second signal ("stop now"), or one raised mid-step: no
+            # checkpoint of a step that may be half done; the last one resumes, rows after it redone
+            self._finish("interrupted")
+            raise self._interrupted() from None
+        if isinstance(err, (DataError, OSError, WriteFailed)):  # unreadable data, a full disk: exit 1
+            self._finish_failed()
+            raise self._failed(err) from err
+        self._finish_failed()
+        raise err
 
     def _checkpoint(self) -> None:
         if self.checkpoints is not None:

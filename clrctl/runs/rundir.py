@@ -620,14 +620,14 @@ def git_state() -> dict[str, Any]:
 
 
 def create_group(runs_root: str | Path, name: str, seeds: list[int], path: Optional[str | Path] = None,
-                 config: Optional[dict[str, Any]] = None) -> Path:
+                 config: Optional[dict[str, Any]] = None, extra: Optional[dict[str, Any]] = None) -> Path:
     """A seed group: ``<group>/group.json`` plus one run directory ``seed-K/`` per seed, and the
     group's ``config.yaml`` (each seed's config but for ``seed``), from which ``--resume``
     starts the seeds that never started."""
     group = RunDir.create(runs_root, name, path)
     write_json_atomic(group.path / "group.json", {
         "kind": "group", "name": name, "seeds": seeds, "runs": [f"seed-{s}" for s in seeds],
-        "created": utc_now(),
+        "created": utc_now(), **(extra or {}),
     })
     if config is not None:
         group.write_config(config)
