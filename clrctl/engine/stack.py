@@ -150,7 +150,7 @@ class ModelStack:
             big_group.update({k: v for k, v in first.param_groups[g].items() if k != "params"})
             for i, big in enumerate(big_group["params"]):
                 smalls = [own.param_groups[g]["params"][i] for own in owns]
-                states = [own.state.get(p) for p in smalls]
+                states = [own.state.get(p) for own, p in zip(owns, smalls)]
                 if any(not s for s in states):
                     stacked.state.pop(big, None)
                     continue
