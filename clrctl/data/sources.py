@@ -190,6 +190,51 @@ class TensorSource(BatchSource):
         return x.to(torch.float32).mul_(self._scale).add_(self._shift)
 
 
+class StackedBatches:
+    """The batches of K sources at once, stacked: (K, B, …) inputs and (K, B) targets, each
+    source in its own (seed, epoch) order (a vectorised seed group). Tensor sources without
+    augmentation are gathered in one indexing a step (from one data set when the K share
+    it, else from the K data sets stacked once, here); any other source batch by batch."""
+
+    def __init__(self, sources: list[BatchSource]):
+        self.sources = list(sources)
+        first = self.sources[0]
+        self.plain = all(type(s) is TensorSource and s.shuffle and not s.augment and s.shard is None
+                         and s.x.shape == first.x.shape and s.x.dtype == first.x.dtype
+                         and s.batch_size == first.batch_size and s._end == first._end
+                         and s.mean == first.mean and s.std == first.std for s in self.sources)
+        self.shared = self.plain and all(s.x.data_ptr() == first.x.data_ptr() and s.y.data_ptr() == first.y.data_ptr()
+                                         for s in self.sources)
+        self._xs = self._ys = None
+        if self.plain and not self.shared:
+            self._xs = torch.stack([s.x for s in self.sources])
+            self._ys = torch.stack([s.y for s in self.sources])
+
+    def remove(self, index: int) -> None:
+        del self.sources[index]
+        if self._xs is not None:
+            keep = [k for k in range(len(self.sources) + 1) if k != index]
+            self._xs, self._ys = self._xs[keep], self._ys[keep]
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        sources = self.sources
+        if not self.plain:
+            for batches in zip(*(s.batches(epoch, start) for s in sources)):
+                yield torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches])
+            return
+        first = sources[0]
+        orders = torch.stack([s._epoch_plan(epoch)[0] for s in sources])  # (K, N)
+        rows = torch.arange(len(sources), device=first.device).unsqueeze(1)
+        size = first.batch_size
+        for begin in range(start * size, first._end, size):
+            index = orders[:, begin:begin + size]
+            if self.shared:
+                x, y = first.x[index], first.y[index]
+            else:
+                x, y = self._xs[rows, index], self._ys[rows, index]
+            yield first._normalise(x), y
+
+
 def _affine(x: Tensor, mean, std, device) -> tuple[Optional[Tensor], Optional[Tensor]]:
     """(scale, shift) with x_float = x * scale + shift, broadcast over (N, C, H, W)."""
     if x.dtype != torch.uint8:

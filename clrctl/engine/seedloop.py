@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from clrctl.data.sources import StackedBatches
 from clrctl.engine.loop import Diverged, Loop, Stopped
 from clrctl.engine.stack import ModelStack
 from clrctl.engine.strategy import VectorizedStrategy
@@ -82,6 +83,8 @@ class StackedLoop:
         self._held_hits: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._new_rows: list[list[Any]] = []
         self._due = 0
+        self._batches = StackedBatches([v.setup.data.train for v in self.views])
+        self._every = train.eval_every
 
     # -- from the views and the run --------------------------------------------------
     def restore_stack(self) -> None:
@@ -160,8 +163,7 @@ class StackedLoop:
         self._due = min(v._due for v in views)
         pending, held, new_rows = self._pending, self._held_hits, self._new_rows
         step = state.step
-        sources = [v.setup.data.train.batches(epoch, start=start) for v in views]
-        for index, batches in enumerate(zip(*sources), start=start):
+        for index, (xs, ys) in enumerate(self._batches.batches(epoch, start), start=start):
             if step >= self._ends[self.stage.index]:
                 self._next_stage()
             stage = self.stage
@@ -170,8 +172,6 @@ class StackedLoop:
             row = [step, epoch + 1, lr, schedule.momentum(), None, None, None]
             if self._stage_column:
                 row.append(stage.stage.name)
-            xs = torch.stack([x for x, _ in batches])
-            ys = torch.stack([y for _, y in batches])
             loss, logits, size, norms = self._step(stage.optimizer, xs, ys)
             schedule.step()
             pending.append((row, loss, norms, size))
@@ -192,7 +192,9 @@ class StackedLoop:
 
     def _sync(self, step: int, lr: float, batch: int, last: bool) -> bool:
         """Every view's sync after ``step`` steps; views that ended leave the stack."""
-        self.stack.copy_out()  # (their evaluations and best.pt read their own models)
+        every = self._every
+        if last or step in self._ends or (every and step % every == 0):
+            self.stack.copy_out()  # (their evaluations and best.pt read their own models)
         rows, sizes = self._new_rows, [size for _, _, _, size in self._pending[-len(self._new_rows):]]
         endings: list[tuple[SeedView, BaseException]] = []
         epoch_end = last
@@ -209,7 +211,9 @@ class StackedLoop:
                 endings.append((view, err))
         for view, err in endings:
             self.ended(view, err)
-            self.stack.remove(self.views.index(view), self.stage.optimizer)
+            index = self.views.index(view)
+            self.stack.remove(index, self.stage.optimizer)
+            self._batches.remove(index)
             self.views.remove(view)
             view.group = None
         self._due = min((v._due for v in self.views), default=0)

@@ -82,10 +82,30 @@ class ModelStack:
         return dict(self.holder.named_parameters())
 
     def forward_fn(self, loss_fn: nn.Module):
-        """``(params, buffers, x, y) -> (losses (K,), logits (K, B, C))`` over the stack."""
+        """``(params, buffers, x, y) -> (losses (K,), logits (K, B, C))`` over the stack.
+
+        Models made of per-sample layers whose only parameters are in ``nn.Linear`` and
+        ``nn.Conv2d`` (the built-in MLP and LeNet, any ``nn.Sequential`` of such layers) run
+        as one model on the K batches folded into one (K·B, …): each Linear a batched matmul
+        (``baddbmm``), each Conv2d one grouped convolution (K groups; on the CPU K plain ones):
+        what ``vmap`` turns them into, without its per-call cost. Any other
+        model goes through ``vmap`` of ``functional_call`` (dropout: ``randomness="different"``)."""
         from torch.func import functional_call, vmap
 
         base = self.base
+        folded = _folded_model(base, self.holder) if not self.buffers else None
+        per_model_loss = _per_model_loss(loss_fn)
+        if folded is not None:
+            folded.train(base.training)
+            self.folded = folded
+
+            def fast(params, buffers, x, y):
+                k, b = x.shape[0], x.shape[1]
+                logits = folded(x.reshape(k * b, *x.shape[2:]))
+                logits = logits.reshape(k, b, *logits.shape[1:])
+                return per_model_loss(logits, y), logits
+
+            return fast
 
         def one(params, buffers, x, y):
             logits = functional_call(base, (params, buffers), (x,))
@@ -158,6 +178,101 @@ class ModelStack:
                                             if torch.is_tensor(value) and value.shape == smalls[0].shape
                                             and value.dim() else _copy(value))
                                       for key, value in states[0].items()}
+
+
+class _StackedLinear(nn.Module):
+    """K ``nn.Linear`` layers (the stacked weight (K, out, in), bias (K, out)) on folded input."""
+
+    def __init__(self, weight: nn.Parameter, bias: Optional[nn.Parameter]):
+        super().__init__()
+        object.__setattr__(self, "w", weight)  # (not registered: the holder owns them)
+        object.__setattr__(self, "b", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.w, self.b
+        k = w.shape[0]
+        lead = x.shape[:-1]
+        xs = x.reshape(k, -1, x.shape[-1])
+        out = torch.bmm(xs, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), xs, w.transpose(1, 2))
+        return out.reshape(*lead, w.shape[1])
+
+
+class _StackedConv2d(nn.Module):
+    """K ``nn.Conv2d`` layers: on a GPU one grouped convolution over the K models' channels,
+    on the CPU one convolution per model on its slice of the folded batch."""
+
+    def __init__(self, conv: nn.Conv2d, weight: nn.Parameter, bias: Optional[nn.Parameter]):
+        super().__init__()
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        object.__setattr__(self, "w", weight)
+        object.__setattr__(self, "b", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.w, self.b
+        k = w.shape[0]
+        n, c, h, width = x.shape
+        if not x.is_cuda:  # (the CPU's grouped convolutions are many times slower than K plain ones)
+            conv = torch.nn.functional.conv2d
+            return torch.cat([conv(part, w[i], None if b is None else b[i], self.stride, self.padding, self.dilation,
+                                   self.groups) for i, part in enumerate(x.chunk(k))])
+        xs = x.reshape(k, n // k, c, h, width).transpose(0, 1).reshape(n // k, k * c, h, width)
+        out = torch.nn.functional.conv2d(xs, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
+                                         self.stride, self.padding, self.dilation, self.groups * k)
+        o = w.shape[1]
+        return out.reshape(n // k, k, o, *out.shape[2:]).transpose(0, 1).reshape(n, o, *out.shape[2:])
+
+
+# Layers without parameters that treat each sample on its own (what folding needs).
+_PER_SAMPLE = (nn.Sequential, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Flatten,
+               nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity)
+
+
+def _folded_model(base: nn.Module, holder: nn.Module) -> Optional[nn.Module]:
+    """A copy of ``base`` whose Linear/Conv2d layers are stacked ones reading ``holder``'s
+    parameters, when every other module is a known per-sample layer and the model's own
+    forward is one known to treat samples alone (``nn.Sequential``, clrctl's built-in models)."""
+    if not (type(base) is nn.Sequential or type(base).__module__ == "clrctl.model.build"):
+        return None
+    if any(True for _ in base.buffers()):
+        return None
+    for name, module in base.named_modules():
+        if module is base and type(base) is not nn.Sequential:
+            continue
+        if type(module) is nn.Linear or (type(module) is nn.Conv2d and module.padding_mode == "zeros"
+                                         and not isinstance(module.padding, str)):
+            continue
+        if type(module) not in _PER_SAMPLE and not (type(module).__module__ == "clrctl.model.build"
+                                                    and not any(True for _ in module.parameters(recurse=False))):
+            return None
+    folded = copy.deepcopy(base)
+    for name, module in list(folded.named_modules()):
+        if type(module) in (nn.Linear, nn.Conv2d):
+            weight = holder.get_parameter(f"{name}.weight" if name else "weight")
+            bias = holder.get_parameter(f"{name}.bias" if name else "bias") if module.bias is not None else None
+            stacked = _StackedLinear(weight, bias) if type(module) is nn.Linear else _StackedConv2d(module, weight, bias)
+            owner, _, leaf = name.rpartition(".")
+            if not name:
+                return None  # (a bare layer as the whole model: vmap)
+            setattr(folded.get_submodule(owner) if owner else folded, leaf, stacked)
+    return folded
+
+
+def _per_model_loss(loss_fn: nn.Module):
+    """``(logits (K, B, …), y (K, B, …)) -> (K,)``: each model's own mean loss."""
+    if type(loss_fn) is nn.CrossEntropyLoss and loss_fn.weight is None and loss_fn.reduction == "mean":
+        smoothing, ignore = loss_fn.label_smoothing, loss_fn.ignore_index
+
+        def cross_entropy(logits, y):
+            k, b = y.shape[0], y.shape[1]  # (class labels: never ignore_index)
+            per_sample = torch.nn.functional.cross_entropy(logits.reshape(k * b, -1), y.reshape(-1),
+                                                           ignore_index=ignore, reduction="none",
+                                                           label_smoothing=smoothing)
+            return per_sample.reshape(k, b).mean(1)
+
+        return cross_entropy
+    from torch.func import vmap
+
+    return vmap(loss_fn)
 
 
 def clip_per_model(params: list[torch.Tensor], clip: float) -> torch.Tensor:
