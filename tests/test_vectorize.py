@@ -258,3 +258,14 @@ def test_a_killed_group_resumes_to_the_uninterrupted_group(tiny_config, tmp_path
         assert json.loads((killed / f"seed-{seed}" / "run.json").read_text())["status"] == "running"
     assert run_cli("train", "--resume", killed, "-q") == 0
     _same_group(killed, group)
+
+
+@pytest.mark.plots
+def test_every_seed_of_a_vectorized_group_gets_its_plots(tiny_config, tmp_path):
+    """The seeds' plots are drawn at once (forked processes) before each status is set."""
+    code, group = _vectorized(tiny_config(train={"epochs": 1}), tmp_path / "vec", "0,1")
+    assert code == 0
+    for seed in (0, 1):
+        for name in ("lr.png", "loss.png", "accuracy.png"):
+            assert (group / f"seed-{seed}" / "plots" / name).read_bytes()[:4] == b"\x89PNG", name
+        assert json.loads((group / f"seed-{seed}" / "run.json").read_text())["status"] == "completed"

@@ -179,6 +179,14 @@ class TrainingRun:
         summary.json, the plots — each tried even when one before failed — and then
         run.json's status: ``status``, or ``failed`` when a file could not be written (that
         error is raised)."""
+        summary, problems = self.finish_files(status, *first, **extra)
+        if self.strategy.writes:  # diverged and interrupted runs get plots too
+            _attempt(self._plots, problems)
+        return self.finish_status(status, summary, problems)
+
+    def finish_files(self, status: str, *first: Callable[[], None],
+                     **extra: Any) -> tuple[dict[str, Any], list[Exception]]:
+        """:meth:`_finish` up to the plots: (the summary, the errors met so far)."""
         self._finishing = True  # (the run's handler only records signals from now on)
         problems: list[Exception] = []
         for step in first:
@@ -187,8 +195,10 @@ class TrainingRun:
         for callback in self.loop.callbacks:
             _attempt(lambda: callback.on_end(self.loop, status, summary), problems)
         _attempt(lambda: self.run.write_summary(summary), problems)
-        if self.strategy.writes:  # diverged and interrupted runs get plots too
-            _attempt(self._plots, problems)
+        return summary, problems
+
+    def finish_status(self, status: str, summary: dict[str, Any], problems: list[Exception]) -> dict[str, Any]:
+        """:meth:`_finish` after the plots: run.json's status, last (the error of ``problems`` raised)."""
         self.run.set_status("failed" if problems else status)
         if problems:
             raise self._failed(problems[0]) from problems[0]

@@ -244,16 +244,27 @@ class GroupRun:
                     raise (first or err) from err
             else:
                 self._finishing = True
-                for view in list(loop.views):
-                    loop.sync_view(view)
-                    run = self.by_view[id(view)]
-                    self.summaries[run.setup.seed] = run._finish("completed")
+                self._complete([self.by_view[id(v)] for v in loop.views])
         if self.interrupted:
             raise Interrupted(f"seed group interrupted at step {loop.state.step}; resume with: "
                               f"clrctl train --resume {self.group}")
         if self._signal:
             raise Interrupted(f"interrupted as the seed group completed (its files are complete): {self.group}")
         return [self.summaries[r.setup.seed] for r in self.runs]
+
+    def _complete(self, runs: list[SeedRun]) -> None:
+        """The seeds that trained to the end: each one's files, then all their plots at once
+        (one process per core: drawing is most of a small group's end), then each status."""
+        finished = []
+        for run in runs:
+            self.loop.sync_view(run.loop)
+            finished.append((run, *run.finish_files("completed")))
+        draw_plots([(run, problems) for run, _, problems in finished])
+        for run, summary, problems in finished:
+            try:
+                self.summaries[run.setup.seed] = run.finish_status("completed", summary, problems)
+            except RunFailed as failed:
+                self.summaries[run.setup.seed] = {"status": "failed", "seed": run.setup.seed, "error": str(failed)}
 
     def _handler(self, signum, _frame):
         """As one run's: the first signal stops every seed after the step, a second aborts it."""
@@ -267,3 +278,34 @@ class GroupRun:
         self._signal = self._signal or signal.Signals(signum).name
         if not finishing:
             self.loop.request_stop(self._signal)
+
+
+_DRAW = TrainingRun._plots  # (a test that replaces TrainingRun._plots keeps its replacement)
+
+
+def draw_plots(runs: list[tuple[SeedRun, list[Exception]]]) -> None:
+    """Each run's plots, an error added to its ``problems``: in parallel processes (forked:
+    nothing to import again) when there are several runs and several cores, else in turn."""
+    import multiprocessing
+    import os
+
+    workers = min(len(runs), os.cpu_count() or 1)
+    if workers < 2 or TrainingRun._plots is not _DRAW or "fork" not in multiprocessing.get_all_start_methods():
+        for run, problems in runs:
+            try:
+                run._plots()
+            except Exception as err:  # noqa: BLE001 - the run ends 'failed', naming it
+                problems.append(err)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    from clrctl.runs.plots import render_plots
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [(pool.submit(render_plots, run.run.path, run.setup.config, run.setup.data.train.num_samples),
+                    problems) for run, problems in runs]
+        for future, problems in futures:
+            try:
+                future.result()
+            except Exception as err:  # noqa: BLE001 - the run ends 'failed', naming it
+                problems.append(err)
