@@ -98,6 +98,23 @@ def test_a_bundled_config_vectorized_matches_the_sequential_group(reference_run,
         assert _first_epoch_worst(group / f"seed-{seed}", alone / f"seed-{seed}") < REL_TOL
 
 
+@pytest.mark.parametrize("optimizer", [{"name": "adamw", "weight_decay": 0.01}, {"name": "adam"},
+                                       {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}])
+def test_optimizers_and_per_model_clipping_train_each_seed_as_alone(optimizer, tiny_config, tmp_path):
+    """SGD (Nesterov, weight decay), Adam, AdamW with train.clip_grad_norm: each seed's own
+    gradient norm (metrics.csv grad_norm) is clipped, as when it trains alone."""
+    config = tiny_config("opt", optimizer=optimizer, train={"epochs": 1, "clip_grad_norm": 0.5, "eval_every": 5})
+    code, group = _vectorized(config, tmp_path / "vec", "0,1")
+    assert code == 0
+    assert run_cli("train", config, "--seeds", "0,1", "--run-dir", tmp_path / "alone", "-q") == 0
+    for seed in (0, 1):
+        ours, theirs = group / f"seed-{seed}", tmp_path / "alone" / f"seed-{seed}"
+        assert _first_epoch_worst(ours, theirs) < REL_TOL
+        norms = [(a["grad_norm"], b["grad_norm"]) for a, b in zip(_rows(ours / "metrics.csv"),
+                                                                  _rows(theirs / "metrics.csv"))]
+        assert norms and max(_rel(a, b) for a, b in norms) < REL_TOL
+
+
 def _mlps(k: int) -> list[nn.Module]:
     models = []
     for seed in range(k):
