@@ -223,16 +223,19 @@ class StackedBatches:
                 yield torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches])
             return
         first = sources[0]
+        k, n = len(sources), first.num_samples
         orders = torch.stack([s._epoch_plan(epoch)[0] for s in sources])  # (K, N)
-        rows = torch.arange(len(sources), device=first.device).unsqueeze(1)
+        if self.shared:
+            xs, ys = first.x, first.y
+        else:  # positions in the K data sets laid end to end: one index_select a step
+            orders = orders + torch.arange(k, device=first.device).unsqueeze(1) * n
+            xs, ys = self._xs.flatten(0, 1), self._ys.flatten(0, 1)
         size = first.batch_size
         for begin in range(start * size, first._end, size):
-            index = orders[:, begin:begin + size]
-            if self.shared:
-                x, y = first.x[index], first.y[index]
-            else:
-                x, y = self._xs[rows, index], self._ys[rows, index]
-            yield first._normalise(x), y
+            index = orders[:, begin:begin + size].reshape(-1)
+            x, y = xs.index_select(0, index), ys.index_select(0, index)
+            b = x.shape[0] // k
+            yield first._normalise(x).reshape(k, b, *x.shape[1:]), y.reshape(k, b, *y.shape[1:])
 
 
 def _affine(x: Tensor, mean, std, device) -> tuple[Optional[Tensor], Optional[Tensor]]:
