@@ -10,8 +10,9 @@ draws one set per seed, the same cost: ``--whole`` counts them). Setups (data, m
 built once, outside the clock; each round starts every model from its seed's initialisation.
 The two alternate, best of ``--repeats``; speed-up = sequential seconds / vectorised seconds.
 
-Peak memory: each (case, N, side) once more in a child process, its peak resident set
-(``ru_maxrss``) less that of the same child before training (data and models built).
+Peak memory: each (case, N, side) once more in a child process, its peak resident set during
+training (``VmHWM``, reset through ``/proc/self/clear_refs`` once data and models are built)
+less its resident set then: what training adds (Linux only).
 
 ``--whole``: the whole process, ``clrctl train configs/digits-triangular2.yaml --seeds 0..7
 train.epochs=40`` with and without ``--vectorize`` (plots and all), alternating, best of
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -125,11 +125,16 @@ def memory_child(case: str, n: int, side: str, threads: int) -> None:
     """(Child) build N setups, then train them once; prints the peak RSS growth in MiB."""
     torch.set_num_threads(threads)
     setups = [make_setup(case, seed) for seed in range(n)]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # (Linux: the peak resident set starts again from now)
+    before = _status_kib("VmRSS")
     with tempfile.TemporaryDirectory() as tmp:
         (vectorized if side == "vec" else sequential)(setups, Path(tmp))
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": (after - before) / 1024}))
+    print(json.dumps({"peak_mib": (_status_kib("VmHWM") - before) / 1024}))
+
+
+def _status_kib(key: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(key + ":"))
+    return int(line.split()[1])
 
 
 def peak_memory(case: str, n: int, side: str, threads: int) -> float:
