@@ -189,14 +189,15 @@ def test_a_diverging_seed_is_marked_and_the_others_train_on(tiny_config, tmp_pat
     """Seed 1's loss is NaN from its first step: it is 'diverged', leaves the stack, and seeds 0
     and 2 train exactly as they do alone (nothing of the NaN reaches them)."""
     monkeypatch.syspath_prepend(str(TESTS))
-    config = _user_model(tiny_config, "nan", "nan_for_seed")
+    # (a flush every 4 steps: seed 1 leaves the stack in the middle of the first epoch)
+    config = _user_model(tiny_config, "nan", "nan_for_seed", train={"epochs": 2, "eval_every": 5, "log_every": 4})
     code, group = _vectorized(config, tmp_path / "vec")
     assert code == 1  # a group with a seed that did not complete
     assert run_cli("train", config, "--seeds", "0,2", "--run-dir", tmp_path / "alone", "-q") == 0
     diverged = json.loads((group / "seed-1" / "run.json").read_text())
     assert diverged["status"] == "diverged"
     summary = json.loads((group / "seed-1" / "summary.json").read_text())
-    assert summary["status"] == "diverged" and summary["diverged_at"]["step"] == 0
+    assert summary["status"] == "diverged" and summary["diverged_at"]["step"] == 0 and summary["steps"] == 1
     for seed in (0, 2):
         ours, theirs = group / f"seed-{seed}", tmp_path / "alone" / f"seed-{seed}"
         assert json.loads((ours / "run.json").read_text())["status"] == "completed"
@@ -286,3 +287,21 @@ def test_every_seed_of_a_vectorized_group_gets_its_plots(tiny_config, tmp_path):
         for name in ("lr.png", "loss.png", "accuracy.png"):
             assert (group / f"seed-{seed}" / "plots" / name).read_bytes()[:4] == b"\x89PNG", name
         assert json.loads((group / f"seed-{seed}" / "run.json").read_text())["status"] == "completed"
+
+
+def test_early_stopping_stops_each_seed_on_its_own(tiny_config, tmp_path):
+    """Each seed stops when its own validation stops improving (as alone) and leaves the
+    stack; the others train on. Same steps, stop reasons and final accuracies as alone."""
+    config = tiny_config("early", train={"epochs": 6, "eval_every": 3, "early_stop": {"patience": 2}})
+    code, group = _vectorized(config, tmp_path / "vec")
+    assert code == 0
+    assert run_cli("train", config, "--seeds", "0..2", "--run-dir", tmp_path / "alone", "-q") == 0
+    steps = []
+    for seed in (0, 1, 2):
+        ours = json.loads((group / f"seed-{seed}" / "summary.json").read_text())
+        theirs = json.loads((tmp_path / "alone" / f"seed-{seed}" / "summary.json").read_text())
+        assert (ours["status"], ours["steps"], ours.get("stop_reason")) == \
+            (theirs["status"], theirs["steps"], theirs.get("stop_reason"))
+        assert abs(ours["final_val_acc"] - theirs["final_val_acc"]) <= 1 / 450
+        steps.append(ours["steps"])
+    assert min(steps) < ours["planned_steps"], steps  # (the config does stop early)

@@ -206,33 +206,49 @@ class StackedBatches:
         self.shared = self.plain and all(s.x.data_ptr() == first.x.data_ptr() and s.y.data_ptr() == first.y.data_ptr()
                                          for s in self.sources)
         self._xs = self._ys = None
+        self._orders: Optional[Tensor] = None  # (K, N): the epoch's orders, one row a source
+        self._iters: list = []  # (sources batched one by one: each one's batches of the epoch)
         if self.plain and not self.shared:
             self._xs = torch.stack([s.x for s in self.sources])
             self._ys = torch.stack([s.y for s in self.sources])
 
     def remove(self, index: int) -> None:
+        """Source ``index`` leaves (its seed ended), also from the epoch under way."""
+        keep = [k for k in range(len(self.sources)) if k != index]
         del self.sources[index]
         if self._xs is not None:
-            keep = [k for k in range(len(self.sources) + 1) if k != index]
             self._xs, self._ys = self._xs[keep], self._ys[keep]
+        if self._orders is not None:
+            self._orders = self._orders[keep]
+        if self._iters:
+            del self._iters[index]
+
+    def _offsets(self, k: int) -> Tensor:
+        if getattr(self, "_offset_k", None) != k:
+            self._offset_k = k
+            self._offset = torch.arange(k, device=self.sources[0].device).unsqueeze(1) * self.sources[0].num_samples
+        return self._offset
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         sources = self.sources
         if not self.plain:
-            for batches in zip(*(s.batches(epoch, start) for s in sources)):
+            self._iters = [s.batches(epoch, start) for s in sources]
+            while True:
+                try:
+                    batches = [next(it) for it in self._iters]
+                except StopIteration:
+                    return
                 yield torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches])
-            return
         first = sources[0]
-        k, n = len(sources), first.num_samples
-        orders = torch.stack([s._epoch_plan(epoch)[0] for s in sources])  # (K, N)
-        if self.shared:
-            xs, ys = first.x, first.y
-        else:  # positions in the K data sets laid end to end: one index_select a step
-            orders = orders + torch.arange(k, device=first.device).unsqueeze(1) * n
-            xs, ys = self._xs.flatten(0, 1), self._ys.flatten(0, 1)
+        self._orders = torch.stack([s._epoch_plan(epoch)[0] for s in sources])  # (K, N)
         size = first.batch_size
         for begin in range(start * size, first._end, size):
-            index = orders[:, begin:begin + size].reshape(-1)
+            orders, k = self._orders, len(self.sources)  # (a source may have left since the last batch)
+            if self.shared:
+                xs, ys, index = first.x, first.y, orders[:, begin:begin + size].reshape(-1)
+            else:  # positions in the K data sets laid end to end: one index_select a step
+                xs, ys = self._xs.flatten(0, 1), self._ys.flatten(0, 1)
+                index = (orders[:, begin:begin + size] + self._offsets(k)).reshape(-1)
             x, y = xs.index_select(0, index), ys.index_select(0, index)
             b = x.shape[0] // k
             yield first._normalise(x).reshape(k, b, *x.shape[1:]), y.reshape(k, b, *y.shape[1:])
