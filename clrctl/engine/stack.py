@@ -70,6 +70,9 @@ class ModelStack:
                 stacked = torch.stack([m.get_parameter(name).detach() for m in models])
                 _set(self.holder, name, nn.Parameter(stacked, requires_grad=param.requires_grad))
         self.names = [name for name, _ in self.holder.named_parameters()]
+        # (the same objects for the stack's life: a model leaving replaces their .data only)
+        self._params = dict(self.holder.named_parameters())
+        self._own = [[m.get_parameter(n) for n in self.names] for m in models]
         # buffers (no running statistics: refused) go to every model alike, stacked too
         self.buffers = {name: torch.stack([m.get_buffer(name) for m in models]) for name, _ in first.named_buffers()}
         self.base = copy.deepcopy(first).to("meta")  # the structure that functional_call runs
@@ -79,7 +82,7 @@ class ModelStack:
         return len(self.models)
 
     def params(self) -> dict[str, torch.Tensor]:
-        return dict(self.holder.named_parameters())
+        return self._params
 
     def forward_fn(self, loss_fn: nn.Module):
         """``(params, buffers, x, y) -> (losses (K,), logits (K, B, C))`` over the stack.
@@ -116,10 +119,9 @@ class ModelStack:
     @torch.no_grad()
     def copy_out(self) -> None:
         """The stack's values into each model's own parameters (evaluations, checkpoints)."""
-        params = self.params()
-        for k, model in enumerate(self.models):
-            own = [model.get_parameter(n) for n in self.names]
-            torch._foreach_copy_(own, [params[n][k] for n in self.names])
+        stacked = [self._params[n] for n in self.names]
+        for k, own in enumerate(self._own):
+            torch._foreach_copy_(own, [p[k] for p in stacked])
 
     @torch.no_grad()
     def copy_in(self) -> None:
@@ -133,6 +135,7 @@ class ModelStack:
         parameter and optimizer state goes, so nothing of it reaches the others' steps."""
         keep = [k for k in range(self.size) if k != index]
         del self.models[index]
+        del self._own[index]
         if not keep:
             return
         rows = torch.tensor(keep, device=next(iter(self.params().values())).device)
