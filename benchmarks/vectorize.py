@@ -14,6 +14,9 @@ Peak memory: each (case, N, side) once more in a child process, its peak residen
 training (``VmHWM``, reset through ``/proc/self/clear_refs`` once data and models are built)
 less its resident set then: what training adds (Linux only).
 
+``--steps-only``: the training steps alone (forward, backward, optimizer step over one epoch of
+each seed's batches; no rows, evaluations or files), N models in turn against the stack.
+
 ``--whole``: the whole process, ``clrctl train configs/digits-triangular2.yaml --seeds 0..7
 train.epochs=40`` with and without ``--vectorize`` (plots and all), alternating, best of
 ``--repeats``.
@@ -121,6 +124,40 @@ def measure(case: str, n: int, repeats: int) -> dict[str, float]:
     return best
 
 
+def steps_only(case: str, n: int, repeats: int) -> dict[str, float]:
+    """Seconds of the training steps alone (one epoch of each seed's batches: forward,
+    backward, optimizer step; no rows, evaluations or files): N models one after another
+    against the stack, alternating, best of ``repeats``."""
+    from clrctl.data.sources import StackedBatches
+    from clrctl.engine.stack import ModelStack
+    from clrctl.engine.step import forward_backward
+    from clrctl.engine.strategy import VectorizedStrategy
+
+    setups = [make_setup(case, seed) for seed in range(n)]
+    sgd = lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, foreach=True)  # noqa: E731
+    best = {"seq": float("inf"), "vec": float("inf")}
+    for i in range(repeats + 1):
+        for side in ("vec", "seq") if i % 2 == 0 else ("seq", "vec"):
+            if side == "seq":
+                optimizers = [sgd(s.model.parameters()) for s in setups]
+                start = time.perf_counter()
+                for setup, optimizer in zip(setups, optimizers):
+                    for x, y in setup.data.train.batches(0):
+                        forward_backward(setup.model, optimizer, x, y, setup.loss_fn)
+            else:
+                stack = ModelStack([s.model for s in setups])
+                optimizer = sgd(stack.holder.parameters())
+                step = VectorizedStrategy(stack).stacked_stepper(setups[0].loss_fn)
+                batches = StackedBatches([s.data.train for s in setups])
+                start = time.perf_counter()
+                for xs, ys in batches.batches(0):
+                    step(optimizer, xs, ys)
+            seconds = time.perf_counter() - start
+            if i:
+                best[side] = min(best[side], seconds)
+    return best
+
+
 def memory_child(case: str, n: int, side: str, threads: int) -> None:
     """(Child) build N setups, then train them once; prints the peak RSS growth in MiB."""
     torch.set_num_threads(threads)
@@ -167,6 +204,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--whole", action="store_true", help="only the whole-process measurement")
+    parser.add_argument("--steps-only", action="store_true", help="only the training steps (no rows, files)")
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -179,6 +217,17 @@ def main() -> None:
         print(f"sequential {best['seq']:.1f} s, --vectorize {best['vec']:.1f} s, speed-up {best['seq'] / best['vec']:.2f}×")
         return
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.steps_only:
+        print(f"torch {torch.__version__}, training steps only (one epoch a seed), best of {args.repeats}, alternating")
+        print("| case | threads | N | sequential | vectorised | speed-up |\n| --- | --- | --- | --- | --- | --- |")
+        for case in args.case or ["digits", "lenet"]:
+            for threads in args.threads or [1, 2]:
+                torch.set_num_threads(threads)
+                for n in seeds:
+                    best = steps_only(case, n, args.repeats)
+                    print(f"| {LABELS[case].rsplit(',', 1)[0]} | {threads} | {n} | {best['seq']:.3f} s "
+                          f"| {best['vec']:.3f} s | {best['seq'] / best['vec']:.2f}× |", flush=True)
+        return
     print(f"torch {torch.__version__}, best of {args.repeats}, alternating; peak memory: RSS growth of a child")
     print("| case | threads | N | sequential | vectorised | speed-up | peak MiB sequential | peak MiB vectorised |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
