@@ -22,7 +22,8 @@ import torch
 
 from clrctl.data.sources import StackedBatches
 from clrctl.engine.loop import Diverged, Loop, Stopped
-from clrctl.engine.stack import ModelStack
+from clrctl.engine.callbacks import VAL_ACC, VAL_LOSS
+from clrctl.engine.stack import ModelStack, evaluate_stack
 from clrctl.engine.strategy import VectorizedStrategy
 from clrctl.optim.groups import build_groups
 from clrctl.optim.stages import StageRun, build_stage
@@ -45,6 +46,15 @@ class SeedView(Loop):
             super().sync_at(steps)
         else:  # every seed flushes at the same steps: their rows come from one transfer
             self.group.sync_at(steps)
+
+    def _evaluate_model(self) -> None:
+        result = self.group.evaluation(self) if self.group is not None else None
+        if result is None:  # (evaluated alone, as any loop)
+            super()._evaluate_model()
+            return
+        val_loss, val_acc = result
+        self._rows[-1][VAL_LOSS], self._rows[-1][VAL_ACC] = val_loss, val_acc
+        self.emit("on_eval", self.state.step, val_loss, val_acc)
 
     def _host_values(self) -> tuple[list[float], list[float]]:
         self.group.deliver()
@@ -83,6 +93,7 @@ class StackedLoop:
         self._held_hits: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._new_rows: list[list[Any]] = []
         self._due = 0
+        self._evals = None
         self._batches = StackedBatches([v.setup.data.train for v in self.views])
         self._every = train.eval_every
 
@@ -117,6 +128,13 @@ class StackedLoop:
     @property
     def stopping(self) -> bool:
         return any(v.stopping for v in self.views)
+
+    def evaluation(self, view: SeedView) -> Optional[tuple[float, Optional[float]]]:
+        """``view``'s (val_loss, val_acc) at this sync: every seed's, evaluated at once on the
+        first request of the sync (None: each seed evaluates alone)."""
+        if self._evals is None:
+            self._evals = evaluate_stack(self.stack, [v.setup.data.val for v in self.views]) or False
+        return self._evals[self.views.index(view)] if self._evals else None
 
     def deliver(self) -> None:
         """The one transfer of the steps since the last: each view's column into its inbox."""
@@ -203,6 +221,7 @@ class StackedLoop:
             view._sizes.extend(sizes)
             view.state.step, view.state.last_lr, view.state.batch = step, lr, batch
         self._new_rows.clear()  # (the epoch's loop holds this list)
+        self._evals = None  # (evaluated on the first view's request)
         self.state.step, self.state.batch = step, batch
         for view in self.views:
             try:

@@ -76,6 +76,7 @@ class ModelStack:
         # buffers (no running statistics: refused) go to every model alike, stacked too
         self.buffers = {name: torch.stack([m.get_buffer(name) for m in models]) for name, _ in first.named_buffers()}
         self.base = copy.deepcopy(first).to("meta")  # the structure that functional_call runs
+        self.folded: Optional[nn.Module] = None  # (forward_fn: the folded model, where there is one)
 
     @property
     def size(self) -> int:
@@ -98,6 +99,7 @@ class ModelStack:
         base = self.base
         folded = _folded_model(base, self.holder) if not self.buffers else None
         per_model_loss = _per_model_loss(loss_fn)
+        self.per_model_loss = per_model_loss
         if folded is not None:
             folded.train(base.training)
             self.folded = folded
@@ -278,6 +280,38 @@ def _per_model_loss(loss_fn: nn.Module):
     from torch.func import vmap
 
     return vmap(loss_fn)
+
+
+@torch.no_grad()
+def evaluate_stack(stack: ModelStack, sources: list) -> Optional[list[tuple[float, Optional[float]]]]:
+    """Each model's (mean loss, accuracy) over its own validation source, all K in one forward
+    of the folded model a batch and one host transfer: what :func:`clrctl.engine.step.evaluate`
+    gives each alone (float rounding aside). None where the stack has no folded model or the
+    sources differ in size (each model is then evaluated alone)."""
+    folded = stack.folded
+    first = sources[0]
+    if folded is None or any(s.num_samples != first.num_samples or len(s) != len(first) for s in sources):
+        return None
+    k = len(sources)
+    was_training = folded.training
+    folded.eval()
+    loss_sum, correct, seen = None, None, 0
+    classify = True
+    for batches in zip(*(s.batches(0) for s in sources)):
+        xs, ys = torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches])
+        b = ys.shape[1]
+        logits = folded(xs.reshape(k * b, *xs.shape[2:]))
+        logits = logits.reshape(k, b, *logits.shape[1:])
+        batch_loss = stack.per_model_loss(logits, ys).float() * b
+        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        classify = classify and not ys.is_floating_point()
+        if classify:
+            hits = torch.eq(logits.argmax(-1), ys).sum(1)
+            correct = hits if correct is None else correct + hits
+        seen += b
+    folded.train(was_training)
+    values = torch.cat([loss_sum, correct.float()] if classify else [loss_sum]).tolist()
+    return [(values[i] / seen, values[k + i] / seen if classify else None) for i in range(k)]
 
 
 def clip_per_model(params: list[torch.Tensor], clip: float) -> torch.Tensor:
