@@ -305,3 +305,35 @@ def test_early_stopping_stops_each_seed_on_its_own(tiny_config, tmp_path):
         assert abs(ours["final_val_acc"] - theirs["final_val_acc"]) <= 1 / 450
         steps.append(ours["steps"])
     assert min(steps) < ours["planned_steps"], steps  # (the config does stop early)
+
+
+def test_range_test_seeds_vectorized_sweep_each_seed_as_alone(tmp_path):
+    """``range-test --seeds 2 --vectorize``: the sequential sweep's files; each seed's curve
+    matches its sweep alone while the LR is moderate (near divergence tiny float differences
+    grow, as between any two machines), and the suggested bounds agree."""
+    import math
+
+    config = TESTS.parent / "configs" / "digits-range-test.yaml"
+    alone = tmp_path / "alone"
+    assert run_cli("range-test", config, "--seeds", "2", "--run-dir", alone, "-q") == 0
+    vec = tmp_path / "vec"
+    assert run_cli("range-test", config, "--seeds", "2", "--vectorize", "--run-dir", vec, "-q") == 0
+    for seed in (0, 1):
+        ours, theirs = _rows(vec / "seeds" / f"seed-{seed}" / "metrics.csv"), \
+            _rows(alone / "seeds" / f"seed-{seed}" / "metrics.csv")
+        assert list(ours[0]) == list(theirs[0])
+        for a, b in zip(ours[:100], theirs[:100]):
+            assert a["lr"] == b["lr"] and _rel(a["loss"], b["loss"]) < REL_TOL
+        assert (vec / "seeds" / f"seed-{seed}" / "summary.json").is_file()
+    a = json.loads((vec / "summary.json").read_text())["suggestion"]
+    b = json.loads((alone / "summary.json").read_text())["suggestion"]
+    for key in ("base_lr", "max_lr"):
+        assert abs(math.log10(a[key] / b[key])) < 0.2, (key, a[key], b[key])
+    assert (vec / "suggested.yaml").is_file() and json.loads((vec / "run.json").read_text())["status"] == "completed"
+
+
+def test_range_test_vectorize_refuses_what_it_cannot_stack(tiny_config, tmp_path, capsys):
+    root = tmp_path / "runs"
+    config = tiny_config("rt", optimizer={"name": "rmsprop"})
+    assert run_cli("range-test", config, "--seeds", "2", "--vectorize", "--runs-root", root, "-q") == 2
+    assert "rmsprop" in capsys.readouterr().err and not root.exists()

@@ -41,6 +41,8 @@ def range_test(
                                              "multipliers (default: the first stage)."),
     nproc: Optional[int] = options.nproc_option("Sweep with DistributedDataParallel in N processes on this machine "
                                                 "(dataset.batch_size is the global batch; see clrctl train --help)."),
+    vectorize: bool = typer.Option(False, "--vectorize", help="Sweep the seeds of --seeds as one stacked model "
+                                                              "(docs/vectorized-seeds.md)."),
 ) -> None:
     """LR range test (Smith §3.3): raise the LR, record loss and accuracy, suggest CLR bounds."""
     from clrctl.engine import ddp as distributed
@@ -50,6 +52,10 @@ def range_test(
 
     config = options.require_config(config, "configs/digits-range-test.yaml")
     cfg = load_config(config, [*(overrides or []), *options.tensorboard_override(tensorboard)])
+    if vectorize and nproc is not None and nproc > 1:
+        raise InputError("--vectorize stacks the seeds in one process; it cannot run with --nproc (DDP)")
+    if vectorize and seeds is None:
+        raise InputError("--vectorize sweeps the seeds of --seeds as one model; add --seeds (e.g. --seeds 3)")
     if nproc is not None and nproc > 1:
         if seeds is not None:
             raise InputError("--seeds sweeps one process per seed; drop --nproc")
@@ -62,7 +68,7 @@ def range_test(
     reporter_factory = progress.reporter if distributed.is_main() else None
     path, summary = start_range_test(cfg, seeds=seed_list, runs_root=runs_root, run_dir=run_dir,
                                      argv=["clrctl", *sys.argv[1:]], reporter_factory=reporter_factory,
-                                     stage=stage)
+                                     stage=stage, vectorize=vectorize)
     if distributed.is_main():
         print_suggestion(path, summary)
     if summary["suggestion"]["base_lr"] is None:

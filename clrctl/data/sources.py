@@ -234,6 +234,8 @@ class StackedBatches:
         if not self.plain:
             self._iters = [s.batches(epoch, start) for s in sources]
             while True:
+                if not self._iters:
+                    return
                 try:
                     batches = [next(it) for it in self._iters]
                 except StopIteration:
@@ -244,6 +246,8 @@ class StackedBatches:
         size = first.batch_size
         for begin in range(start * size, first._end, size):
             orders, k = self._orders, len(self.sources)  # (a source may have left since the last batch)
+            if not k:
+                return
             if self.shared:
                 xs, ys, index = first.x, first.y, orders[:, begin:begin + size].reshape(-1)
             else:  # positions in the K data sets laid end to end: one index_select a step

@@ -301,17 +301,27 @@ def suggested_config(config: Config, base_lr: float, max_lr: float, stage: Optio
 def start_range_test(config: Config, *, seeds: Optional[list[int]] = None, runs_root: str | Path = "runs",
                      run_dir: Optional[str | Path] = None, argv: Optional[list[str]] = None,
                      reporter_factory: Optional[Callable[[int], Reporter]] = None,
-                     stage: Optional[str] = None) -> tuple[Path, dict[str, Any]]:
+                     stage: Optional[str] = None, vectorize: bool = False) -> tuple[Path, dict[str, Any]]:
     """Sweep each of ``seeds`` (default: ``[config.seed]``; see :func:`clrctl.config.seeds.parse_seeds`)
     into a new run directory; (path, summary). Its config.yaml records the first seed.
     With stages, the sweep uses stage ``stage`` (default: the first): its frozen groups and
     LR multipliers, and ``suggested.yaml`` fills that stage's bounds.
 
+    ``vectorize``: the seeds' sweeps as one stacked model (:mod:`clrctl.rangetest.stacked`).
+
     Raises :class:`Interrupted` after writing an ``interrupted`` summary on Ctrl-C / SIGTERM."""
     seed_list = [config.seed] if seeds is None else list(seeds)
     if not seed_list or len(set(seed_list)) != len(seed_list) or min(seed_list) < 0:
         raise ValueError(f"seeds must be distinct non-negative integers (got {seeds!r})")
+    stacked = None
+    if vectorize:  # what cannot be vectorised fails before the run directory exists, too
+        from clrctl.runs.vectorized import check_config, check_setups
+
+        check_config(config)
     first = prepare(config, seed_list[0], stage)  # bad input fails here, before the run directory exists
+    if vectorize:
+        stacked = [first, *(prepare(config, s, first.stage.name) for s in seed_list[1:])]
+        check_setups(stacked)
     info = {**run_info("range-test", seed_list[0], str(first.device), argv),
             "groups": first.describe_groups(), "weights": first.weights,
             **({"stage": first.stage.name} if config.has_stages else {}), **distributed.record()}
@@ -321,7 +331,7 @@ def start_range_test(config: Config, *, seeds: Optional[list[int]] = None, runs_
     try:
         run = open_run(runs_root, config.name, run_dir, info, config.model_copy(update={"seed": seed_list[0]}).to_dict(),
                        resumable=False)  # claimed by this process (under DDP: rank 0 writes it)
-        return _range_test(config, seed_list, first, run, reporter_factory)
+        return _range_test(config, seed_list, first, run, reporter_factory, stacked)
     except KeyboardInterrupt as err:  # outside a sweep: before the first
         run = run or getattr(err, "run", None)
         if not isinstance(run, RunDir):
@@ -336,10 +346,14 @@ def start_range_test(config: Config, *, seeds: Optional[list[int]] = None, runs_
 
 
 def _range_test(config: Config, seed_list: list[int], first: SweepSetup, run: RunDir,
-                reporter_factory: Optional[Callable[[int], Reporter]]) -> tuple[Path, dict[str, Any]]:
+                reporter_factory: Optional[Callable[[int], Reporter]],
+                stacked: Optional[list[SweepSetup]] = None) -> tuple[Path, dict[str, Any]]:
     per_seed: list[tuple[int, SweepResult, dict[str, Any]]] = []
     try:
-        stopped = _sweep_seeds(config, seed_list, first, run, per_seed, reporter_factory)
+        if stacked is not None:
+            stopped = _sweep_stacked(config, seed_list, stacked, run, per_seed, reporter_factory)
+        else:
+            stopped = _sweep_seeds(config, seed_list, first, run, per_seed, reporter_factory)
         if not per_seed:  # Ctrl-C before the first sweep started
             run.set_status("interrupted")
             raise _interrupted(run)
@@ -419,6 +433,48 @@ def _sweep_seeds(config, seed_list, first, run, per_seed, reporter_factory) -> b
     except KeyboardInterrupt:  # between sweeps (building the next seed's data or model)
         return True
     return False
+
+
+def _sweep_stacked(config, seed_list, setups, run, per_seed, reporter_factory) -> bool:
+    """All seeds' sweeps at once (``--vectorize``), into the files :func:`_sweep_seeds` writes."""
+    from clrctl.rangetest.stacked import sweep_stacked
+
+    many = len(seed_list) > 1
+    targets = []
+    for seed in seed_list:
+        target = RunDir.create(run.path, "", run.path / "seeds" / f"seed-{seed}") if many else run
+        if many:
+            target.release()  # (claimed with the run's own directory already)
+        targets.append(target)
+    logs = [target.csv("metrics.csv", METRIC_COLUMNS) for target in targets]
+    counts = [0] * len(logs)
+
+    def writer(i: int):
+        def write(row: dict[str, Any]) -> None:
+            logs[i].write([row])
+            counts[i] += 1
+            if counts[i] % FLUSH_EVERY == 0:
+                logs[i].flush()
+        return write
+
+    try:
+        results = sweep_stacked(setups, [writer(i) for i in range(len(logs))],
+                                [reporter_factory(s) if reporter_factory else None for s in seed_list])
+    finally:
+        for log in logs:
+            log.close()
+    stopped = False
+    for seed, setup, target, result in zip(seed_list, setups, targets, results):
+        if not result.rows:
+            stopped = stopped or result.stop_reason == "interrupted"
+            continue
+        eval_size = min(config.range_test.eval_size, setup.data.val.num_samples)
+        suggestion = suggest_from_rows(result.rows, setup.steps, eval_size)
+        per_seed.append((seed, result, suggestion))
+        if many:
+            target.write_summary(seed_summary(result, suggestion))
+        stopped = stopped or result.stop_reason == "interrupted"
+    return stopped
 
 
 def _sweep_to_csv(setup: SweepSetup, target: RunDir, reporter: Optional[Reporter]) -> SweepResult:
