@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -307,7 +307,7 @@ def start_range_test(config: Config, *, seeds: Optional[list[int]] = None, runs_
     With stages, the sweep uses stage ``stage`` (default: the first): its frozen groups and
     LR multipliers, and ``suggested.yaml`` fills that stage's bounds.
 
-    ``vectorize``: the seeds' sweeps as one stacked model (:mod:`clrctl.rangetest.stacked`).
+    ``vectorize``: the seeds' sweeps as one stacked model (:func:`sweep_stacked`).
 
     Raises :class:`Interrupted` after writing an ``interrupted`` summary on Ctrl-C / SIGTERM."""
     seed_list = [config.seed] if seeds is None else list(seeds)
@@ -437,8 +437,6 @@ def _sweep_seeds(config, seed_list, first, run, per_seed, reporter_factory) -> b
 
 def _sweep_stacked(config, seed_list, setups, run, per_seed, reporter_factory) -> bool:
     """All seeds' sweeps at once (``--vectorize``), into the files :func:`_sweep_seeds` writes."""
-    from clrctl.rangetest.stacked import sweep_stacked
-
     many = len(seed_list) > 1
     targets = []
     for seed in seed_list:
@@ -561,3 +559,92 @@ def render_plot(run: RunDir, config: Config, per_seed, summary: dict[str, Any]) 
              f"{config.optimizer.name}")
     plot_range_test(run.plots_dir / "range_test.png", curves, suggestion["base_lr"], suggestion["max_lr"],
                     markers, log_x=config.range_test.mode == "exp", title=title)
+
+
+def sweep_stacked(setups: list, on_rows: list[Callable[[dict[str, Any]], None]],
+                  reporters: list[Optional[Reporter]]) -> list[SweepResult]:
+    """``range-test --seeds N --vectorize``: one sweep per setup (SweepSetups of the same
+    config, one per seed) as :func:`sweep` runs it — its own initialisation and data order,
+    the LR common to all, one host sync a step — with one optimizer step of the stacked
+    models (:mod:`clrctl.engine.stack`) a step. A seed whose stop rule fires leaves the
+    stack; the others sweep on. A :class:`SweepResult` per seed."""
+    from clrctl.data.sources import StackedBatches
+    from clrctl.engine.stack import ModelStack
+    from clrctl.engine.strategy import VectorizedStrategy
+
+    first = setups[0]
+    rt, steps = first.config.range_test, first.steps
+    k_all = len(setups)
+    models = [copy.deepcopy(s.model).train() for s in setups]
+    stack = ModelStack(models)
+    optimizer = sweep_optimizer(replace(first, model=stack.holder), stack.holder)
+    step = VectorizedStrategy(stack).stacked_stepper(first.loss_fn, first.config.train.clip_grad_norm)
+    evals = [s.data.val.head(rt.eval_size) if s.data.val is not None else None for s in setups]
+    batches = StackedBatches([s.data.train for s in setups])
+    reporters = [r or Reporter() for r in reporters]
+    active = list(range(k_all))  # the seeds still in the stack, in its order
+    rows: list[list[dict[str, Any]]] = [[] for _ in setups]
+    stoppers = [_StopRule(rt.smoothing, rt.diverge_factor) for _ in setups]
+    reasons: list[Optional[str]] = [None] * k_all
+    t0 = time.perf_counter()
+    for reporter in reporters:
+        reporter.start(steps, 0)
+    devices = [first.device] if first.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), _sigterm_as_interrupt():
+        try:
+            t, epoch = 0, 0
+            while t < steps and active:
+                for xs, ys in batches.batches(epoch):
+                    if t >= steps or not active:
+                        break
+                    lr = lr_at(t, steps, rt.start_lr, rt.end_lr, rt.mode)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr * group["lr_mult"]
+                    losses, _, _, _ = step(optimizer, xs, ys)
+                    values = losses.float().tolist()  # (one host sync a step, as the sweep alone)
+                    momentum = current_momentum(optimizer)
+                    due = t % rt.eval_every == 0 or t == steps - 1
+                    evaluated: Optional[list] = None
+                    leaving = []
+                    for pos, k in enumerate(active):
+                        loss = values[pos]
+                        row = {"step": t, "epoch": epoch + 1, "lr": lr, "momentum": momentum, "loss": loss}
+                        row["smoothed_loss"], reason = stoppers[k].update(loss)
+                        if row["smoothed_loss"] is not None and due and evals[k] is not None:
+                            if evaluated is None:
+                                evaluated = _evaluate_stack(stack, [evals[j] for j in active], first.loss_fn)
+                            row["val_loss"], row["val_acc"] = evaluated[pos]
+                        rows[k].append(row)
+                        on_rows[k](row)
+                        reporters[k].advance(t + 1, lr)
+                        if "val_acc" in row or (t + 1) % FLUSH_EVERY == 0 or reason:
+                            shown = loss if row["smoothed_loss"] is None else row["smoothed_loss"]
+                            reporters[k].metrics(t + 1, shown, row.get("val_acc"))
+                        if reason:
+                            reasons[k] = reason
+                            leaving.append(pos)
+                    for pos in reversed(leaving):  # its sweep is over: out of the stack
+                        stack.remove(pos, optimizer)
+                        batches.remove(pos)
+                        del active[pos]
+                    t += 1
+                epoch += 1
+        except KeyboardInterrupt:
+            for k in active:
+                reasons[k] = "interrupted"
+        finally:
+            for reporter in reporters:
+                reporter.close()
+    elapsed = round(time.perf_counter() - t0, 3)
+    return [SweepResult(rows[k], len(rows[k]), steps, reasons[k] is not None, reasons[k],
+                        rows[k][-1]["lr"] if reasons[k] and rows[k] else None, elapsed) for k in range(k_all)]
+
+
+def _evaluate_stack(stack, sources: list, loss_fn) -> list[tuple[float, Optional[float]]]:
+    from clrctl.engine.stack import evaluate_stack
+
+    stack.copy_out()
+    together = evaluate_stack(stack, sources)
+    if together is not None:
+        return together
+    return [evaluate(model, source, loss_fn) for model, source in zip(stack.models, sources)]
