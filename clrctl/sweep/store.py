@@ -134,9 +134,9 @@ class SweepDir:
         if path.is_dir() and not (path / "run.json").is_file() and not is_live(path):
             shutil.rmtree(path)
 
-    def record_exit(self, ref: RunRef, status: str, code: int, message: str) -> None:
+    def record_exit(self, ref: RunRef, status: str, code: int, message: str, **extra: Any) -> None:
         write_json_atomic(self.exit_path(ref), {"status": status, "exit_code": code, "message": message,
-                                                "time": utc_now()})
+                                                "time": utc_now(), **extra})
 
     def exit_message(self, ref: RunRef) -> str:
         try:
