@@ -281,7 +281,8 @@ class Pool:
             return
         now = time.monotonic()
         for running in active.values():
-            if not running.timed_out and now - running.started > self.timeout_s:
+            since = running.worker.running_since  # the run's own time, not its worker's start-up
+            if not running.timed_out and since is not None and now - since > self.timeout_s:
                 running.timed_out = now
                 running.worker.signal(signal.SIGINT)
             elif running.timed_out and now - running.timed_out > TIMEOUT_GRACE_S:

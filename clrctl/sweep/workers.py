@@ -57,7 +57,7 @@ from typing import Any, Callable, Optional, Union
 # What a clrctl training job needs (the worker imports them before it is ready).
 TRAIN_PRELOAD = ("torch", "clrctl.cli", "clrctl.runs.training", "clrctl.engine.setup", "clrctl.runs.plots",
                  "clrctl.plots.train")
-DEFAULT_MAX_RSS_MB = 4096.0  # a worker grown past its first job's size by more than this retires
+DEFAULT_MAX_RSS_MB = 4096.0  # a worker grown by more than this since it was ready retires after its job
 _READY_TIMEOUT_S = 600.0
 
 
@@ -133,6 +133,7 @@ class Worker:
         self._read, self._buffer = read, b""
         self.ready = False
         self.busy: Optional[Job] = None
+        self.running_since: Optional[float] = None  # when the worker began the job (after its start-up)
         self.retired = False
         self.jobs = 0
         self.started = time.monotonic()
@@ -152,6 +153,7 @@ class Worker:
         if self.busy is not None:
             raise RuntimeError("this worker is running a job already")
         self.busy = job
+        self.running_since = None
         self.jobs += 1
         line = json.dumps({"target": job.target, "args": job.args, "kwargs": job.kwargs, "log": job.log,
                            "argv": job.argv, "cwd": job.cwd}) + "\n"
@@ -167,6 +169,9 @@ class Worker:
             if message.get("ready"):
                 self.ready = True
                 continue
+            if message.get("started"):
+                self.running_since = time.monotonic()
+                continue
             if self.busy is None:
                 continue
             self.busy = None
@@ -178,7 +183,7 @@ class Worker:
             return done
         if self.proc.poll() is not None:
             for message in self._messages():  # what it said just before it exited
-                if self.busy is not None and not message.get("ready"):
+                if self.busy is not None and "code" in message:
                     self.busy = None
                     self.retired = True
                     return Done(int(message["code"]), message.get("value"), False, message.get("error", ""),
@@ -356,16 +361,15 @@ class _State:
         import random
         import warnings
 
-        import numpy as np
-        import torch
-
         self.argv, self.path, self.env, self.cwd = list(sys.argv), list(sys.path), dict(os.environ), os.getcwd()
         self.filters = list(warnings.filters)
         self.modules = set(sys.modules)
         self.roots = _installed_roots()
-        self.random, self.numpy, self.torch = random.getstate(), np.random.get_state(), torch.get_rng_state()
-        self.threads = torch.get_num_threads()
-        self.dtype = torch.get_default_dtype()
+        self.random = random.getstate()
+        # numpy's and torch's when preloaded (a worker for other jobs need not load them)
+        self.numpy = sys.modules["numpy"].random.get_state() if "numpy" in sys.modules else None
+        torch = sys.modules.get("torch")
+        self.torch = (torch.get_rng_state(), torch.get_num_threads(), torch.get_default_dtype()) if torch else None
         self.handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
 
     def restore(self) -> None:
@@ -373,9 +377,6 @@ class _State:
         import linecache
         import random
         import warnings
-
-        import numpy as np
-        import torch
 
         for sig, handler in self.handlers.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
@@ -395,10 +396,14 @@ class _State:
         importlib.invalidate_caches()
         linecache.clearcache()
         random.setstate(self.random)
-        np.random.set_state(self.numpy)
-        torch.set_rng_state(self.torch)
-        torch.set_num_threads(self.threads)
-        torch.set_default_dtype(self.dtype)
+        if self.numpy is not None:
+            sys.modules["numpy"].random.set_state(self.numpy)
+        if self.torch is not None:
+            torch = sys.modules["torch"]
+            state, threads, dtype = self.torch
+            torch.set_rng_state(state)
+            torch.set_num_threads(threads)
+            torch.set_default_dtype(dtype)
 
 
 def _preload(names: list[str]) -> None:
@@ -481,17 +486,20 @@ def _main(argv: list[str]) -> int:
     state = _State()
     gc.collect()
     gc.freeze()  # the preloaded objects: no collection walks them again
-    baseline = None
+    baseline = _rss_mb()
     out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     for line in sys.stdin:
         if not line.strip():
             continue
+        try:
+            out.write(json.dumps({"started": True}) + "\n")
+        except (BrokenPipeError, OSError):
+            return 0  # the parent is gone
         result = _run(json.loads(line))
         state.restore()
         interrupts.record_early()
         gc.collect()
         rss = _rss_mb()
-        baseline = rss if baseline is None else baseline
         result["rss_mb"] = rss
         result["retired"] = result["code"] == 130 or (max_rss is not None and rss > baseline + max_rss)
         try:
