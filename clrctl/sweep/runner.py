@@ -182,7 +182,8 @@ class Pool:
         self.result = Result()
         self.cores = cpu_count()
         self.gpus = visible_gpus([p.config.get("device", "auto") for p in plan.points])
-        self.workers = WorkerPool(jobs, preexec_fn=lambda: _die_with_parent(os.getpid()))
+        self.workers = WorkerPool(jobs, preexec_fn=lambda: _die_with_parent(os.getpid()),
+                                  log=sweep.path / "logs" / "workers.out")
         self._signals = 0
         self._forwarded = 0
         self._waiting: dict[RunRef, float] = {}

@@ -118,6 +118,7 @@ class Worker:
                  log: Optional[Union[str, Path]] = None, max_rss_mb: Optional[float] = DEFAULT_MAX_RSS_MB,
                  preexec_fn: Optional[Callable[[], None]] = None, cwd: Optional[str] = None):
         self.env = dict(os.environ if env is None else env)
+        self.log = None if log is None else str(log)  # the worker's own output (start-up errors), not its jobs'
         read, write = os.pipe()
         out = open(log, "a", encoding="utf-8") if log is not None else subprocess.DEVNULL
         try:
@@ -192,7 +193,9 @@ class Worker:
                 self.busy = None
                 self.retired = True
                 code = self.proc.returncode
-                return Done(code, None, True, f"the worker died: {describe_exit(code)}", 0.0, True, self.pid,
+                what = "the worker died" if self.ready else "the worker died while starting"
+                where = f"; its output: {self.log}" if self.log and not self.ready else ""
+                return Done(code, None, True, f"{what}: {describe_exit(code)}{where}", 0.0, True, self.pid,
                             self.jobs)
         return None
 
@@ -259,8 +262,9 @@ class WorkerPool:
 
     def __init__(self, slots: int, preload: tuple[str, ...] = TRAIN_PRELOAD,
                  max_rss_mb: Optional[float] = DEFAULT_MAX_RSS_MB,
-                 preexec_fn: Optional[Callable[[], Optional[Callable[[], None]]]] = None):
-        self.slots = slots
+                 preexec_fn: Optional[Callable[[], Optional[Callable[[], None]]]] = None,
+                 log: Optional[Union[str, Path]] = None):
+        self.slots, self.log = slots, log
         self.preload, self.max_rss_mb = preload, max_rss_mb
         self._preexec = preexec_fn  # called per worker: returns its preexec_fn (or None)
         self.workers: dict[int, Worker] = {}
@@ -273,7 +277,7 @@ class WorkerPool:
             return current
         if current is not None:
             current.close(timeout=30.0)
-        self.workers[slot] = Worker(env, self.preload, max_rss_mb=self.max_rss_mb,
+        self.workers[slot] = Worker(env, self.preload, log=self.log, max_rss_mb=self.max_rss_mb,
                                     preexec_fn=self._preexec() if self._preexec else None)
         self.started += 1
         return self.workers[slot]
