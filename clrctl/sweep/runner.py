@@ -297,7 +297,9 @@ class Pool:
         message = _last_error(log) if code else ""
         if running.timed_out:
             status = "failed"
-            message = f"timed out after {self.timeout_s:g} s" + ("" if code == 130 else f" ({describe_exit(code)})")
+            message = f"timed out after {self.timeout_s:g} s" + (
+                "" if code == 130 else f"; killed {TIMEOUT_GRACE_S:g} s later" if code == -signal.SIGKILL
+                else f" ({describe_exit(code)})")
         elif done.died:  # os._exit, a segfault, killed: the run's files say "running" at best
             status = "failed"
             message = f"{done.error}" + (f"; {message}" if message.startswith("error:") else "")
