@@ -1,6 +1,6 @@
 """What a sweep costs beyond its training (issue 24): the same 12 digits points, 1 epoch each.
 
-Run:  nice -n 5 .venv/bin/python benchmarks/sweep_overhead.py [--repeats 3] [--no-cold]
+Run:  nice -n 5 .venv/bin/python benchmarks/sweep_overhead.py [--repeats 3] [--no-cold] [--threads K]
 
 Whole-process wall times, best of ``--repeats`` (the ways alternate, so machine noise hits
 all alike), each a fresh process started from this script:
@@ -15,7 +15,10 @@ all alike), each a fresh process started from this script:
 Goals: (a) <= 1.2 x (b); (c) >= 1.6 x faster than (a). The points: policy.name in
 {triangular, triangular2, exp_range} x optimizer.momentum in {0.8, 0.85, 0.9, 0.95} on
 configs/digits-triangular2.yaml with train.epochs=1, device=cpu. OMP_NUM_THREADS is left
-unset: (a), (b) and (d) use every core, (c)'s workers get one each (the sweep's share).
+unset: (a), (b) and (d) use every core, (c)'s workers get one each (the sweep's share);
+``--threads K`` sets OMP_NUM_THREADS=K for every way instead (a sweep keeps the user's
+setting), which on a busy machine spares the multi-threaded ways the cost of waiting for
+descheduled threads.
 """
 
 from __future__ import annotations
@@ -80,7 +83,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-cold", action="store_true", help="Skip (d), 12 clrctl train processes.")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for every way.")
     args = parser.parse_args()
+    if args.threads is not None:
+        ENV["OMP_NUM_THREADS"] = ENV["MKL_NUM_THREADS"] = str(args.threads)
     ways = {
         "(a) clrctl sweep --jobs 1": lambda out: sweep_cmd(out, 1),
         "(b) one process, clrctl.train() per point": loop_cmd,
@@ -100,8 +106,9 @@ def main() -> None:
     b = best["(b) one process, clrctl.train() per point"]
     a = best["(a) clrctl sweep --jobs 1"]
     c = best["(c) clrctl sweep --jobs 2"]
+    threads = "every core" if args.threads is None else f"OMP_NUM_THREADS={args.threads}"
     print(f"12 digits points, 1 epoch each; whole-process wall time, best of {args.repeats}, "
-          f"{os.cpu_count()} cores\n")
+          f"{os.cpu_count()} cores, {threads}\n")
     print("| way | wall (s) | / (b) |")
     print("| --- | ---: | ---: |")
     for name, value in best.items():
