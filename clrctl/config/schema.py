@@ -172,6 +172,8 @@ class ModelConfig(_Section):
     args: dict[str, Any] = {}  # extra keyword arguments for torchvision or user models
     # start from these weights: a state_dict file (.pt) or a run directory (its best.pt, else last.pt)
     weights: Optional[str] = None
+    # dropout rate before the classifier layer (fastai's ps); None or 0: none (built-in and torchvision models)
+    dropout: Optional[Float] = Field(None, ge=0.0, lt=1.0)
 
     @field_validator("name")
     @classmethod

@@ -30,7 +30,7 @@ from clrctl.errors import ConfigError, DataError
 from clrctl.optim.cycles import check_averaging
 from clrctl.optim.groups import ParamGroup, build_groups, check_trainable
 from clrctl.model.losses import build_loss, check_targets
-from clrctl.model.build import build_model
+from clrctl.model.build import build_model, seed_dropout
 from clrctl.model.weights import load_weights
 
 
@@ -93,6 +93,7 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     check_tta(config, data.input_shape)
     model = build_model(config.model, data.input_shape, data.num_classes)
     weights = load_weights(model, config.model)
+    seed_dropout(model, seed, device)  # (model.dropout: its masks from the run's seed)
     setup = assemble(config, seed, device, data, model.to(device), weights=weights)
     if probe:
         probe_batch(setup)

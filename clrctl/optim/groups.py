@@ -18,6 +18,7 @@ from torch import nn
 
 from clrctl.config.schema import DEFAULT_GROUPS, REST_GROUP, OptimizerConfig
 from clrctl.errors import ConfigError
+from clrctl.model.build import head_module  # (the final classifier layer: the model's own knowledge)
 
 # Modules whose weights count as "norm" for optimizer.no_decay (their biases are "bias" too).
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -40,15 +41,6 @@ class ParamGroup:
         """What run.json records of a group."""
         return {"name": self.name, "lr_mult": self.lr_mult, "weight_decay": self.weight_decay,
                 "tensors": len(self.params), "parameters": self.numel}
-
-
-def head_module(model: nn.Module) -> str:
-    """The name of the final classifier layer: the last ``nn.Linear`` in registration order
-    (torchvision's ``fc``, ``classifier.6``, ``heads.head``, …), else the last module that holds
-    parameters of its own ("" when the model is a single layer)."""
-    holders = [name for name, module in model.named_modules() if any(True for _ in module.parameters(recurse=False))]
-    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    return (linears or holders or [""])[-1]
 
 
 def build_groups(model: nn.Module, cfg: OptimizerConfig) -> list[ParamGroup]:
