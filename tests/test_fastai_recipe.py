@@ -101,3 +101,154 @@ def test_dropout_on_a_user_model_is_refused(cli, tiny_config, tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: model.dropout: applies to the built-in and torchvision: models") and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+# -- progressive resizing ----------------------------------------------------------------------------
+
+
+def write_cifar10(root, per_batch: int = 16, n_test: int = 24) -> None:
+    """CIFAR-10's python pickles (5 training batches and the test batch) of random images."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def dump(name: str, n: int) -> None:
+        data = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
+        (folder / name).write_bytes(pickle.dumps({"data": data, "labels": [int(v) for v in rng.integers(0, 10, n)]}))
+
+    for i in range(1, 6):
+        dump(f"data_batch_{i}", per_batch)
+    dump("test_batch", n_test)
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+
+
+@pytest.fixture
+def cifar(tmp_path, monkeypatch):
+    """A tiny CIFAR-10 root (80 training images, 24 test images); torchvision's md5 check of
+    the real archive's files reduced to "the file exists", as tests/test_data.py does."""
+    import os
+
+    from clrctl.compat import import_torchvision
+
+    cifar_module = import_torchvision().datasets.cifar
+    monkeypatch.setattr(cifar_module, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    write_cifar10(tmp_path / "cifar")
+    return tmp_path / "cifar"
+
+
+RESIZED = [{"name": "small", "epochs": 1, "dataset": {"image_size": 24}, "policy": {"name": "one_cycle", "bounds": [0.01, 0.1]}},
+           {"name": "full", "epochs": 2, "policy": {"name": "one_cycle", "bounds": [0.005, 0.05]}}]
+
+
+def _cifar_config(tiny_config, root, **sections):
+    return tiny_config("resize", dataset={"name": "cifar10", "root": str(root), "batch_size": 16},
+                       model={"name": "resnet20"}, train={"epochs": None, "eval_every": 3, "log_every": 2,
+                                                          "checkpoint_every": 0},
+                       stages=RESIZED, **sections)
+
+
+def _shapes(setup):
+    """The (training?, H, W) of every batch the model is called on, from now on."""
+    seen = []
+    setup.model.register_forward_pre_hook(lambda m, args: seen.append((m.training, *args[0].shape[-2:])))
+    return seen
+
+
+def test_cifar_trains_at_24_then_32_and_evaluates_at_each_stages_size(cifar, tiny_config, tmp_path):
+    from clrctl.engine.setup import build_setup
+    from clrctl.runs.lifecycle import TrainingRun
+    from clrctl.runs.rundir import RunDir
+
+    setup = build_setup(load_config(_cifar_config(tiny_config, cifar)))
+    seen = _shapes(setup)
+    run = RunDir.create(tmp_path, "x", tmp_path / "run")
+    run.start("train", 0, "cpu")
+    TrainingRun(setup, run).run_all()
+    train = [(h, w) for training, h, w in seen if training]
+    assert train == [(24, 24)] * 5 + [(32, 32)] * 10  # 80 images / 16: one epoch at 24, two at 32
+    evals = [(h, w) for training, h, w in seen if not training]
+    assert (24, 24) in evals and evals[-1] == (32, 32)
+    assert [r["stage"] for r in rows(tmp_path / "run" / "epochs.csv")] == ["small", "full", "full"]
+
+
+@pytest.mark.parametrize("stop_at", [5, 7])  # the resize boundary; inside the 32-pixel stage
+def test_a_resized_run_stopped_then_resumed_equals_the_uninterrupted_one(cifar, tiny_config, tmp_path, stop_at,
+                                                                        reference_run):
+    from clrctl.runs.training import resume_training, start_training
+
+    cfg = _cifar_config(tiny_config, cifar)
+    reference = reference_run(cfg)
+    with pytest.raises(Interrupted):
+        start_training(load_config(cfg), run_dir=tmp_path / "cut", callbacks=(StopAt(stop_at),))
+    resume_training(tmp_path / "cut")
+    assert (tmp_path / "cut" / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
+
+
+def _image_folder(root, size=20, per_class=8):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog", "fox"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+
+
+def test_an_image_folder_loads_at_each_stages_size_and_the_range_test_uses_the_stages(cli, tiny_config, tmp_path):
+    from clrctl.engine.setup import build_setup
+    from clrctl.rangetest.sweep import prepare
+    from clrctl.runs.lifecycle import TrainingRun
+    from clrctl.runs.rundir import RunDir
+
+    _image_folder(tmp_path / "images")
+    cfg = tiny_config(
+        "folder", dataset={"name": "imagefolder", "root": str(tmp_path / "images"), "image_size": 24, "batch_size": 4,
+                           "num_workers": 0, "val_fraction": 0.25, "drop_last": True},
+        model={"name": "torchvision:resnet18"}, train={"epochs": None, "eval_every": 100},
+        stages=[{"name": "small", "epochs": 1, "dataset": {"image_size": 16}, "policy": {"name": "fixed", "lr": 0.01}},
+                {"name": "full", "epochs": 1, "policy": {"name": "fixed", "lr": 0.01}}])
+    setup = build_setup(load_config(cfg))
+    seen = _shapes(setup)
+    run = RunDir.create(tmp_path, "x", tmp_path / "run")
+    run.start("train", 0, "cpu")
+    TrainingRun(setup, run).run_all()
+    assert [(h, w) for training, h, w in seen if training] == [(16, 16)] * 4 + [(24, 24)] * 4  # 18 images / 4
+    for stage, size in (("small", 16), ("full", 24)):
+        x, _ = next(prepare(load_config(cfg), stage=stage).data.train.batches(0))
+        assert tuple(x.shape[-2:]) == (size, size)
+    assert cli("range-test", cfg, "--stage", "small", "--run-dir", tmp_path / "rt", "-q", "range_test.steps=4",
+               "range_test.eval_every=1", "range_test.end_lr=0.001") in (0, 1)  # (too few steps for bounds)
+    assert len(rows(tmp_path / "rt" / "metrics.csv")) == 4
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": {"name": "mlp", "hidden": [16]}}, "stages.small.dataset.image_size: model mlp flattens its input at "
+                                                  "the size it was built for (8x8), so it cannot train at 6x6"),
+    ({"model": {"name": "lenet"}}, "stages.small.dataset.image_size: model lenet flattens its input"),
+    ({"model": {"name": "slow_model:build", "args": {"delay_s": 0.0}}},
+     "stages.small.dataset.image_size: model slow_model:build does not take 6x6 images: RuntimeError"),
+    ({"dataset": {"name": "synthetic"}, "model": {"name": "mlp"}}, "stages.small.dataset.image_size: needs images (C, H, W); synthetic's "
+                                         "samples have shape (32,)"),
+    ({"stages": [{**RESIZED[0], "epochs": None, "steps": 4, "dataset": {"image_size": 6}}, RESIZED[1]]},
+     "stages.small.dataset.image_size: stage 'full' starts at step 4, inside an epoch (22 steps)"),
+    ({"stages": [{**RESIZED[0], "dataset": {"image_size": 0}}, RESIZED[1]]},
+     "stages.0.dataset.image_size: Input should be greater than 0"),
+    ({"stages": [{**RESIZED[0], "dataset": {"size": 6}}, RESIZED[1]]}, "stages.0.dataset.size: unknown key"),
+])
+def test_a_size_change_the_model_or_data_cannot_take_is_one_line_exit_2(cli, tiny_config, tmp_path, capsys,
+                                                                         monkeypatch, change, message):
+    from conftest import TESTS
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    sections = {"model": {"name": "resnet20"}, "train": {"epochs": None},
+                "stages": [{**RESIZED[0], "dataset": {"image_size": 6}}, RESIZED[1]]}
+    sections.update(change)
+    assert cli("train", tiny_config("bad", **sections), "--run-dir", tmp_path / "run", "-q") == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()

@@ -516,6 +516,14 @@ def _safe_name(name: str) -> str:
 SafeName = Annotated[str, AfterValidator(_safe_name)]
 
 
+class StageDataset(_Section):
+    """What a stage may change of the data: the image size (progressive resizing; DAWNBench's
+    128 -> 224 -> 288 pixels). Image folders load at this size; tensor images (CIFAR, MNIST,
+    digits) are resized on the device, bilinear with antialiasing."""
+
+    image_size: Optional[Int] = Field(None, gt=0, le=4096)
+
+
 class StageConfig(_Section):
     """One stage of a fine-tuning run (SPEC "Fine-tuning"): what it leaves out comes from
     the top level; ``policy`` and ``optimizer`` are merged key by key over the top-level blocks."""
@@ -526,6 +534,7 @@ class StageConfig(_Section):
     freeze: list[str] = []  # groups that get no updates in this stage
     policy: Optional[dict[str, Any]] = None
     optimizer: Optional[dict[str, Any]] = None
+    dataset: Optional[StageDataset] = None  # {image_size: N}: this stage trains and evaluates at N x N
 
     @model_validator(mode="after")
     def _one_length(self) -> "StageConfig":
@@ -546,6 +555,7 @@ class Stage:
     epochs: Optional[int]
     steps: Optional[int]
     freeze: tuple[str, ...] = ()
+    image_size: Optional[int] = None  # a stage's dataset.image_size (None: the data set's own size)
 
     def length(self, steps_per_epoch: int) -> int:
         return self.steps if self.steps is not None else self.epochs * steps_per_epoch
@@ -891,7 +901,8 @@ def _resolve_stage(config: Config, stage: StageConfig) -> Stage:
                               f"groups: {', '.join(known)}")
     if set(known) <= set(stage.freeze):
         raise ConfigError(f"stages.{stage.name}.freeze: freezes every group ({', '.join(known)}); nothing would train")
-    return Stage(stage.name, merged.policy, merged.optimizer, stage.epochs, stage.steps, tuple(stage.freeze))
+    return Stage(stage.name, merged.policy, merged.optimizer, stage.epochs, stage.steps, tuple(stage.freeze),
+                 stage.dataset.image_size if stage.dataset is not None else None)
 
 
 def _explicit(policy: "PolicyConfig") -> dict[str, Any]:

@@ -77,6 +77,7 @@ class Loop:
         self.setup, self.strategy, self.callbacks = setup, strategy, list(callbacks)
         self.state = state or LoopState()
         self.stage: StageRun = build_stage(setup, setup.stage_index(self.state.step))
+        self.data = setup.stage_data(self.stage.index)  # the stage's data (its image size)
         self.fast = FastPath(setup.config.train, setup.device)
         self.scaler = self.fast.scaler()  # (train.amp: float16 on CUDA, as train.precision: fp16)
         # The model that trains (checkpoints hold setup.model, unwrapped), compiled when asked.
@@ -171,11 +172,13 @@ class Loop:
     def _run_epoch(self, epoch: int) -> None:
         s, state = self.setup, self.state
         last = len(s.data.train) - 1
+        if state.batch == 0 and self._ends[self.stage.index] <= state.step < self._ends[-1]:
+            self._next_stage()  # (before the epoch's batches: a stage may bring other data)
         self._epoch_last_step = state.step + last - state.batch + 1
         self._schedule_due()
         rows, losses, sizes, hits = self._rows, self._losses, self._sizes, self._hits
         # A run resumed mid-epoch gets the same epoch's order, minus the batches it has done.
-        for index, (x, y) in enumerate(s.data.train.batches(epoch, start=state.batch), start=state.batch):
+        for index, (x, y) in enumerate(self.data.train.batches(epoch, start=state.batch), start=state.batch):
             if state.step >= self._ends[self.stage.index]:  # the previous stage is done
                 self._next_stage()
             stage = self.stage
@@ -238,6 +241,7 @@ class Loop:
 
     def _next_stage(self) -> None:
         self.stage = build_stage(self.setup, self.stage.index + 1)
+        self.data = self.setup.stage_data(self.stage.index)  # (the same, unless an epoch starts here)
         self.emit("on_stage_start", self.stage.index)
 
     # -- the host sync ---------------------------------------------------------------
@@ -303,7 +307,7 @@ class Loop:
 
     def _evaluate_model(self) -> None:
         s = self.setup
-        val_loss, val_acc = evaluate(s.model, s.data.val, s.loss_fn, self.strategy.eval_reduce)
+        val_loss, val_acc = evaluate(s.model, self.data.val, s.loss_fn, self.strategy.eval_reduce)
         self._rows[-1][VAL_LOSS], self._rows[-1][VAL_ACC] = val_loss, val_acc
         self.emit("on_eval", self.state.step, val_loss, val_acc)
 
