@@ -70,6 +70,11 @@ def _no_bool(value: Any) -> Any:
     return value
 
 
+def _yaml_off(value: Any) -> Any:
+    # YAML 1.1 reads a bare off / on as false / true: train.precompute: off means "off".
+    return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
+
+
 # Numbers that refuse true/false; floats are finite (.inf and .nan are YAML floats too).
 Int = Annotated[int, BeforeValidator(_no_bool)]
 Float = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
@@ -434,6 +439,12 @@ class TrainConfig(_Section):
     swa: Optional[SwaConfig] = None  # {start: N epochs}: SWA at cycle ends (or epoch ends)
     snapshots: bool = False  # a snapshot of the weights at each cycle's end
     snapshot_ensemble: Optional[Int] = Field(None, gt=0, le=1000)  # ensemble of the last K (default: all)
+    # fastai's recipe for a frozen body: BatchNorm layers none of whose parameters train in a stage
+    # run in eval mode there (running statistics fixed: fastai's BnFreeze); and the head of a stage
+    # that trains nothing else is trained on the body's features, computed once (fastai's precompute;
+    # auto: where that gives what the slow path gives, see clrctl.engine.precompute)
+    bn_freeze: bool = False
+    precompute: Annotated[Literal["auto", "off"], BeforeValidator(_yaml_off)] = "auto"
 
     def autocast_dtype(self, device_type: str) -> Optional[str]:
         """"bfloat16"/"float16" to autocast to on ``device_type``, or None (fp32)."""

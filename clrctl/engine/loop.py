@@ -77,11 +77,11 @@ class Loop:
         self.setup, self.strategy, self.callbacks = setup, strategy, list(callbacks)
         self.state = state or LoopState()
         self.stage: StageRun = build_stage(setup, setup.stage_index(self.state.step))
-        self.data = setup.stage_data(self.stage.index)  # the stage's data (its image size)
         self.fast = FastPath(setup.config.train, setup.device)
         self.scaler = self.fast.scaler()  # (train.amp: float16 on CUDA, as train.precision: fp16)
         # The model that trains (checkpoints hold setup.model, unwrapped), compiled when asked.
         self.net = self.fast.model(strategy.wrap(self.fast.model_layout(setup.model)))
+        self._enter_stage()
         train = setup.config.train
         # train.clip_grad_norm / train.accumulate: another stepper (None: the plain step); the
         # pre-clip gradient norms it keeps become metrics.csv's grad_norm column at each flush.
@@ -178,14 +178,14 @@ class Loop:
         self._schedule_due()
         rows, losses, sizes, hits = self._rows, self._losses, self._sizes, self._hits
         # A run resumed mid-epoch gets the same epoch's order, minus the batches it has done.
-        for index, (x, y) in enumerate(self.data.train.batches(epoch, start=state.batch), start=state.batch):
+        for index, (x, y) in enumerate(self._train.batches(epoch, start=state.batch), start=state.batch):
             if state.step >= self._ends[self.stage.index]:  # the previous stage is done
                 self._next_stage()
             stage = self.stage
             schedule = stage.schedule
             lr = schedule.lr()
             row = [state.step, epoch + 1, lr, schedule.momentum(), None, None, None]
-            loss, logits, size = self._step(self.net, stage.optimizer, x, y, index)
+            loss, logits, size = self._step(self._net, stage.optimizer, x, y, index)
             schedule.step()
             if self._stage_column:
                 row.append(stage.stage.name)
@@ -241,8 +241,16 @@ class Loop:
 
     def _next_stage(self) -> None:
         self.stage = build_stage(self.setup, self.stage.index + 1)
-        self.data = self.setup.stage_data(self.stage.index)  # (the same, unless an epoch starts here)
+        self._enter_stage()
         self.emit("on_stage_start", self.stage.index)
+
+    def _enter_stage(self) -> None:
+        """The running stage's data (its image size) and what it trains on and with: the
+        batches and the net, or its head on precomputed features (``Setup.trains_on``) — the
+        same unless an epoch starts here (a stage that changes them spans whole epochs)."""
+        index = self.stage.index
+        self.data = self.setup.stage_data(index)
+        self._train, self._net = self.setup.trains_on(index, self.net)
 
     # -- the host sync ---------------------------------------------------------------
     def flush(self) -> None:

@@ -24,13 +24,14 @@ from clrctl.engine import ddp as distributed
 
 from clrctl.config.schema import SCHEDULE_FREE, Config, Stage, check_warmup_fit, warn_stepsize_fit
 from clrctl.data.datasets import build_data
-from clrctl.data.sources import DataBundle, ResizedSource, resize_images
+from clrctl.data.sources import BatchSource, DataBundle, ResizedSource, resize_images
+from clrctl.engine.precompute import FeatureSource, decide
 from clrctl.engine.device import seed_everything
 from clrctl.errors import ConfigError, DataError
 from clrctl.optim.cycles import check_averaging
 from clrctl.optim.groups import ParamGroup, build_groups, check_trainable
 from clrctl.model.losses import build_loss, check_targets
-from clrctl.model.build import build_model, seed_dropout
+from clrctl.model.build import build_model, head_module, seed_dropout
 from clrctl.model.weights import load_weights
 
 
@@ -49,6 +50,21 @@ class Setup:
     weights: Optional[dict[str, Any]] = None  # source and re-initialised keys of model.weights
     loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
     _resized: dict[int, DataBundle] = field(default_factory=dict, repr=False)  # the stages' other sizes
+    # train.precompute: per stage {stage, used, reason} (clrctl.engine.precompute.decide)
+    precompute: list[dict[str, Any]] = field(default_factory=list)
+    _features: dict[int, FeatureSource] = field(default_factory=dict, repr=False)
+
+    def trains_on(self, index: int, net: nn.Module) -> tuple[BatchSource, nn.Module]:
+        """What stage ``index`` trains on and with: its data's training batches and ``net`` (the
+        model as it trains) — or, where its head trains alone on precomputed features, those
+        features (computed once, at the stage's first batch) and the head."""
+        train = self.stage_data(index).train
+        if not (index < len(self.precompute) and self.precompute[index]["used"]):
+            return train, net
+        head = head_module(self.model)
+        if index not in self._features:
+            self._features[index] = FeatureSource(train, self.model, head, getattr(train, "seed", self.seed))
+        return self._features[index], self.model.get_submodule(head)
 
     def stage_data(self, index: int) -> DataBundle:
         """The data stage ``index`` trains and evaluates on: at its ``dataset.image_size``
@@ -130,8 +146,10 @@ def assemble(config: Config, seed: int, device: torch.device, data: DataBundle, 
         check_stage_sizes(config, stages, data.input_shape, len(data.train))
         check_averaging(config.train, stages, len(data.train))  # (an error first: no warning before it)
         warn_stepsize_fit(stages, len(data.train), config.has_stages)
+    precompute = decide(config, model, groups, stages, len(data.train), data.input_shape, data.train.num_samples,
+                        distributed.world().world_size)
     return Setup(config, seed, device, data, model, groups, stages, len(data.train), weights,
-                 build_loss(config.train) if loss_fn is None else loss_fn)
+                 build_loss(config.train) if loss_fn is None else loss_fn, precompute=precompute)
 
 
 def resized_data(config: Config, seed: int, device: torch.device, data: DataBundle, size: int) -> DataBundle:

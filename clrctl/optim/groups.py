@@ -196,3 +196,30 @@ def set_frozen(groups: list[ParamGroup], frozen: tuple[str, ...]) -> None:
     for group in groups:
         for _, param in group.params:
             param.requires_grad_(group.name not in frozen)
+
+
+def frozen_batchnorms(model: nn.Module, frozen: tuple[str, ...]) -> list[nn.Module]:
+    """The BatchNorm layers none of whose parameters train (after :func:`set_frozen`); none
+    when the stage freezes nothing."""
+    if not frozen:
+        return []
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+def _stay_in_eval(module: nn.Module, args: tuple) -> None:
+    module.training = False  # (model.train() sets it again; each forward of the stage undoes that)
+
+
+def set_bn_frozen(model: nn.Module, frozen: tuple[str, ...], on: bool) -> None:
+    """``train.bn_freeze``: the frozen BatchNorm layers of this stage run in eval mode (their
+    running statistics fixed, as fastai's BnFreeze); the previous stage's are released."""
+    for module in model.modules():
+        handle = getattr(module, "_clrctl_bn_freeze", None)
+        if handle is not None:
+            handle.remove()
+            del module._clrctl_bn_freeze
+            module.training = model.training
+    if on:
+        for module in frozen_batchnorms(model, frozen):
+            module._clrctl_bn_freeze = module.register_forward_pre_hook(_stay_in_eval)

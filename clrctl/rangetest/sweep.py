@@ -89,7 +89,7 @@ def sweep_optimizer(setup: SweepSetup, model: nn.Module) -> torch.optim.Optimize
     """The stage's optimizer for ``model`` (a copy): its frozen groups get no parameters and
     every group's LR is its ``lr_mult`` x the swept LR."""
     groups = build_groups(model, setup.config.optimizer)
-    return stage_optimizer(groups, model, setup.stage, setup.config.range_test.start_lr)
+    return stage_optimizer(groups, model, setup.stage, setup.config.range_test.start_lr, setup.config.train.bn_freeze)
 
 
 @dataclass
