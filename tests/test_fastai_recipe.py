@@ -252,3 +252,200 @@ def test_a_size_change_the_model_or_data_cannot_take_is_one_line_exit_2(cli, tin
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+# -- precomputed features for a frozen body ------------------------------------------------------------
+
+
+def _pretrained(cli, tiny_config, tmp_path):
+    """A run on digits 0-5 whose weights the fine-tunes below start from (a new 4-class head)."""
+    pre = tiny_config("pre", dataset={"name": "digits", "batch_size": 64, "classes": [0, 1, 2, 3, 4, 5]})
+    if not (tmp_path / "pre").exists():
+        assert cli("train", pre, "--run-dir", tmp_path / "pre", "-q") == 0
+    return tmp_path / "pre"
+
+
+def _finetune(tiny_config, tmp_path, weights, head_epochs=3, **sections):
+    spec = {"dataset": {"name": "digits", "batch_size": 64, "classes": [6, 7, 8, 9]},
+            "model": {"name": "mlp", "hidden": [32], "weights": str(weights)},
+            "train": {"epochs": None, "eval_every": 5, "log_every": 5, "checkpoint_every": 0},
+            "stages": [{"name": "head-only", "epochs": head_epochs, "freeze": ["body"],
+                        "policy": {"name": "one_cycle", "bounds": [0.05, 0.5]}},
+                       {"name": "all", "epochs": 1, "policy": {"name": "one_cycle", "bounds": [0.01, 0.1]}}]}
+    for key, value in sections.items():
+        spec[key] = {**spec[key], **value} if isinstance(value, dict) else value
+    return tiny_config("ft", **spec)
+
+
+def _close(a, b):
+    """Two metrics.csv (or epochs.csv) files: the same rows, numbers equal within float rounding."""
+    ra, rb = rows(a), rows(b)
+    assert len(ra) == len(rb) and ra[0].keys() == rb[0].keys()
+    for x, y in zip(ra, rb):
+        for key in x:
+            if key == "elapsed_s" or x[key] == y[key]:
+                continue
+            assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-5, abs=1e-6), (key, x, y)
+
+
+def _train_forwards(setup):
+    """How many training-mode forwards the whole model gets (the head alone does not count)."""
+    calls = []
+    setup.model.register_forward_pre_hook(lambda m, args: calls.append(m.training))
+    return calls
+
+
+def _run(setup, path):
+    from clrctl.runs.lifecycle import TrainingRun
+    from clrctl.runs.rundir import RunDir
+
+    run = RunDir.create(path.parent, "x", path)
+    run.start("train", 0, "cpu")
+    TrainingRun(setup, run).run_all()
+
+
+@pytest.mark.parametrize("dropout", [None, 0.3])  # the head's dropout acts on the cached features alike
+def test_a_head_only_stage_on_precomputed_features_equals_the_slow_path(cli, tiny_config, tmp_path, dropout):
+    from clrctl.engine.setup import build_setup
+
+    weights = _pretrained(cli, tiny_config, tmp_path)
+    cfg = _finetune(tiny_config, tmp_path, weights, model={"dropout": dropout})
+    fast, slow = (build_setup(load_config(cfg, [f"train.precompute={mode}"])) for mode in ("auto", "off"))
+    assert [s["used"] for s in fast.precompute] == [True, False]
+    assert [s["used"] for s in slow.precompute] == [False, False]
+    fast_calls, slow_calls = _train_forwards(fast), _train_forwards(slow)
+    _run(fast, tmp_path / "fast")
+    _run(slow, tmp_path / "slow")
+    spe = fast.steps_per_epoch
+    assert fast_calls.count(True) == spe  # the body trains in stage 2 only: none in the 3 head-only epochs
+    assert slow_calls.count(True) == 4 * spe
+    _close(tmp_path / "fast" / "metrics.csv", tmp_path / "slow" / "metrics.csv")
+    _close(tmp_path / "fast" / "epochs.csv", tmp_path / "slow" / "epochs.csv")
+    for name in ("0.weight", "1.weight", "3.weight", "3.bias"):  # (mlp: Flatten, Linear, ReLU, Linear)
+        if name in fast.model.state_dict():
+            assert torch.allclose(fast.model.state_dict()[name], slow.model.state_dict()[name], atol=1e-6)
+
+
+def test_on_precomputes_a_one_epoch_stage_too(cli, tiny_config, tmp_path):
+    from clrctl.engine.setup import build_setup
+
+    weights = _pretrained(cli, tiny_config, tmp_path)
+    cfg = _finetune(tiny_config, tmp_path, weights, head_epochs=1)
+    assert not build_setup(load_config(cfg), probe=False).precompute[0]["used"]
+    for value in ("on", "true"):  # (YAML reads a bare on as true)
+        assert build_setup(load_config(cfg, [f"train.precompute={value}"]), probe=False).precompute[0]["used"]
+    assert cli("train", cfg, "train.precompute=on", "--run-dir", tmp_path / "on", "-q") == 0
+    assert cli("train", cfg, "train.precompute=off", "--run-dir", tmp_path / "off", "-q") == 0
+    _close(tmp_path / "on" / "metrics.csv", tmp_path / "off" / "metrics.csv")
+
+
+def test_run_json_records_where_features_were_precomputed_and_why_not(cli, tiny_config, tmp_path):
+    weights = _pretrained(cli, tiny_config, tmp_path)
+    assert cli("train", _finetune(tiny_config, tmp_path, weights), "--run-dir", tmp_path / "run", "-q") == 0
+    record = json.loads((tmp_path / "run" / "run.json").read_text())["precompute"]
+    assert record["setting"] == "auto"
+    assert [(s["stage"], s["used"]) for s in record["stages"]] == [("head-only", True), ("all", False)]
+    assert record["stages"][1]["reason"] == "the stage freezes nothing"
+    assert cli("train", _finetune(tiny_config, tmp_path, weights), "train.precompute=off",
+               "--run-dir", tmp_path / "off", "-q") == 0
+    off = json.loads((tmp_path / "off" / "run.json").read_text())["precompute"]
+    assert off["setting"] == "off" and not any(s["used"] for s in off["stages"])
+
+
+@pytest.mark.parametrize("override, reason", [
+    ("stages.0.epochs=1", "one epoch: every sample passes through the body once either way"),
+    ("dataset.augment=true", "dataset.augment: the body sees other crops each epoch"),
+    ("stages.0.freeze=[]", "the stage freezes nothing"),
+    ("train.precision=bf16", "train.precision / compile / channels_last"),
+    ("train.precompute=off", "train.precompute: off"),
+])
+def test_auto_trains_the_slow_way_wherever_the_result_could_differ(cli, tiny_config, tmp_path, override, reason):
+    from clrctl.engine.setup import build_setup
+
+    weights = _pretrained(cli, tiny_config, tmp_path)
+    setup = build_setup(load_config(_finetune(tiny_config, tmp_path, weights), [override]), probe=False)
+    head_only = setup.precompute[0]
+    assert not head_only["used"]
+    assert head_only["reason"].startswith(reason), head_only
+
+
+def test_a_body_with_training_batchnorm_is_not_precomputed_unless_bn_freeze(tmp_path, tiny_config):
+    from clrctl.engine.setup import build_setup
+
+    cfg = tiny_config("bn", model={"name": "resnet20"}, train={"epochs": None},
+                      stages=[{"name": "head", "epochs": 2, "freeze": ["body"], "policy": {"name": "fixed", "lr": 0.01}}])
+    plain = build_setup(load_config(cfg), probe=False).precompute[0]
+    assert not plain["used"] and plain["reason"].startswith("BatchNorm in the body trains (bn;")
+    frozen = build_setup(load_config(cfg, ["train.bn_freeze=true"]), probe=False).precompute[0]
+    assert frozen["used"], frozen
+
+
+def test_bn_freeze_keeps_the_frozen_bodys_statistics_and_releases_them_in_the_next_stage(tiny_config, tmp_path):
+    from clrctl.engine.setup import build_setup
+    from clrctl.track.reporter import Reporter
+    from clrctl.runs.lifecycle import TrainingRun
+    from clrctl.runs.rundir import RunDir
+
+    cfg = tiny_config("bn", model={"name": "resnet20"}, dataset={"name": "digits", "batch_size": 256},
+                      train={"epochs": None, "bn_freeze": True, "precompute": "off"},
+                      stages=[{"name": "head", "epochs": 1, "freeze": ["body"], "policy": {"name": "fixed", "lr": 0.01}},
+                              {"name": "all", "epochs": 1, "policy": {"name": "fixed", "lr": 0.01}}])
+    setup = build_setup(load_config(cfg))
+    before = setup.model.bn.running_mean.clone()
+    after = {}
+
+    class Snapshot(Reporter):
+        def epoch(self, row):
+            after[row["epoch"]] = setup.model.bn.running_mean.clone()
+
+    run = RunDir.create(tmp_path, "x", tmp_path / "run")
+    run.start("train", 0, "cpu")
+    TrainingRun(setup, run, Snapshot()).run_all()
+    assert torch.equal(after[1], before)  # eval mode in the frozen stage: statistics fixed
+    assert not torch.equal(after[2], before)  # training mode again once the body trains
+
+
+def test_a_torchvision_resnet18_head_trains_on_precomputed_features_as_on_the_slow_path(tiny_config, tmp_path):
+    from clrctl.compat import import_torchvision
+    from clrctl.engine.setup import build_setup
+
+    _image_folder(tmp_path / "images", size=16, per_class=6)
+    torch.save(import_torchvision().models.resnet18(num_classes=1000).state_dict(), tmp_path / "resnet18.pt")
+    cfg = tiny_config(
+        "tv", dataset={"name": "imagefolder", "root": str(tmp_path / "images"), "image_size": 16, "batch_size": 4,
+                       "num_workers": 0, "val_fraction": 0.25, "drop_last": True},
+        model={"name": "torchvision:resnet18", "weights": str(tmp_path / "resnet18.pt"), "dropout": 0.2},
+        train={"epochs": None, "eval_every": 3, "bn_freeze": True},
+        stages=[{"name": "head", "epochs": 2, "freeze": ["body"], "policy": {"name": "fixed", "lr": 0.01}},
+                {"name": "all", "steps": 2, "policy": {"name": "fixed", "lr": 0.001}}])
+    fast, slow = (build_setup(load_config(cfg, [f"train.precompute={mode}"])) for mode in ("auto", "off"))
+    assert fast.precompute[0]["used"] and not slow.precompute[0]["used"]
+    fast_calls = _train_forwards(fast)
+    _run(fast, tmp_path / "fast")
+    _run(slow, tmp_path / "slow")
+    assert fast_calls.count(True) == 2  # the two steps of stage "all"
+    _close(tmp_path / "fast" / "metrics.csv", tmp_path / "slow" / "metrics.csv")
+
+
+def test_a_precomputed_stage_stopped_then_resumed_equals_the_uninterrupted_run(cli, tiny_config, tmp_path,
+                                                                              reference_run):
+    from clrctl.runs.training import resume_training, start_training
+
+    weights = _pretrained(cli, tiny_config, tmp_path)
+    cfg = _finetune(tiny_config, tmp_path, weights, model={"dropout": 0.2})
+    reference = reference_run(cfg)
+    with pytest.raises(Interrupted):  # inside the second head-only epoch: the features are computed again
+        start_training(load_config(cfg), run_dir=tmp_path / "cut", callbacks=(StopAt(15),))
+    resume_training(tmp_path / "cut")
+    assert (tmp_path / "cut" / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.precompute=fast", "train.precompute: Input should be 'auto', 'on' or 'off'"),
+    ("train.bn_freeze=maybe", "train.bn_freeze:"),
+])
+def test_bad_precompute_values_are_one_line_exit_2(cli, tiny_config, tmp_path, capsys, override, message):
+    assert cli("train", tiny_config(), override, "--run-dir", tmp_path / "run", "-q") == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()

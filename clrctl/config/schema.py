@@ -72,7 +72,7 @@ def _no_bool(value: Any) -> Any:
 
 def _yaml_off(value: Any) -> Any:
     # YAML 1.1 reads a bare off / on as false / true: train.precompute: off means "off".
-    return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
+    return {False: "off", True: "on"}.get(value, value) if isinstance(value, bool) else value
 
 
 # Numbers that refuse true/false; floats are finite (.inf and .nan are YAML floats too).
@@ -442,9 +442,10 @@ class TrainConfig(_Section):
     # fastai's recipe for a frozen body: BatchNorm layers none of whose parameters train in a stage
     # run in eval mode there (running statistics fixed: fastai's BnFreeze); and the head of a stage
     # that trains nothing else is trained on the body's features, computed once (fastai's precompute;
-    # auto: where that gives what the slow path gives, see clrctl.engine.precompute)
+    # auto: where that gives what the slow path gives and the stage has two or more epochs; on: a
+    # one-epoch stage too; see clrctl.engine.precompute)
     bn_freeze: bool = False
-    precompute: Annotated[Literal["auto", "off"], BeforeValidator(_yaml_off)] = "auto"
+    precompute: Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_off)] = "auto"
 
     def autocast_dtype(self, device_type: str) -> Optional[str]:
         """"bfloat16"/"float16" to autocast to on ``device_type``, or None (fp32)."""

@@ -11,8 +11,9 @@ loop and every callback are the same; what changes is what the stage trains on
 
 ``auto`` decides per stage and conservatively (:func:`decide`): only where the result is the
 slow path's within float rounding, and only where it pays (two or more whole epochs: in one,
-every sample goes through the body once either way). ``run.json`` records each stage's
-decision and its reason (``precompute``).
+every sample goes through the body once either way — so no bundled config changes); ``on``
+also takes a one-epoch stage; ``off`` never. ``run.json`` records each stage's decision and
+its reason (``precompute``).
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def _refusal(config, model, groups, stage, start, length, spe, world_size) -> Op
         return "a Schedule-Free optimizer"
     if start % spe or length % spe:
         return "the stage does not span whole epochs"
-    if length < 2 * spe:
-        return "one epoch: every sample passes through the body once either way"
+    if length < 2 * spe and train.precompute == "auto":
+        return "one epoch: every sample passes through the body once either way (train.precompute: on uses it)"
     body = [(n, m) for n, m in model.named_modules() if head and not (n == head or n.startswith(head + "."))]
     for module_name, module in body:
         if isinstance(module, _DROPOUT):
