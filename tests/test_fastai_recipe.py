@@ -449,3 +449,12 @@ def test_bad_precompute_values_are_one_line_exit_2(cli, tiny_config, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_validate_and_preview_show_each_stages_image_size(cli, tiny_config, capsys):
+    cfg = tiny_config("sizes", model={"name": "resnet20"}, train={"epochs": None},
+                      stages=[{**RESIZED[0], "dataset": {"image_size": 6}}, RESIZED[1]])
+    assert cli("validate", cfg) == 0
+    out = capsys.readouterr().out
+    assert "stage small: one_cycle, 22 steps (0.01–0.1, images 6x6)" in out
+    assert "stage full: one_cycle, 44 steps (0.005–0.05)" in out
