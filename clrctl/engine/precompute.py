@@ -18,7 +18,6 @@ its reason (``precompute``).
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Iterator, Optional
 
 import torch
@@ -97,21 +96,26 @@ def _trains(param, groups, stage) -> bool:
 
 def _head_refusal(model: nn.Module, shape: tuple[int, ...], num_samples: int) -> Optional[str]:
     """Why the head alone on cached inputs would not give the model's logits (None: it would):
-    the model's output must be its head applied once to what the head receives — checked on a
-    throwaway copy, in eval mode, with a random batch — and the cache must fit in memory."""
+    the model's output must be its head applied once to what the head receives — checked in
+    eval mode on a random batch, under a forked RNG — and the cache must fit in memory."""
     head = head_module(model)
-    probe = copy.deepcopy(model).eval()
-    layer = probe.get_submodule(head)
+    layer = model.get_submodule(head)
     seen: list[Tensor] = []
-    layer.register_forward_pre_hook(lambda m, args: seen.append(args[0]), prepend=True)
-    device = next(probe.parameters()).device
-    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        try:
+    handle = layer.register_forward_pre_hook(lambda m, args: seen.append(args[0]), prepend=True)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # (no running statistics change, no dropout drawn; no copy of a large model)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             x = torch.randn(2, *shape, device=device)
-            out = probe(x)
+            out = model(x)
+            handle.remove()
             again = layer(seen[0]) if len(seen) == 1 else None
-        except Exception as err:  # noqa: BLE001 - a model that does not run on a random batch
-            return f"the model fails on a random batch ({type(err).__name__})"
+    except Exception as err:  # noqa: BLE001 - a model that does not run on a random batch
+        return f"the model fails on a random batch ({type(err).__name__})"
+    finally:
+        handle.remove()
+        model.train(was_training)
     if again is None or again.shape != out.shape or not torch.allclose(out, again):
         return f"the model's output is not its classifier layer's ({head}) applied once"
     size = seen[0][0].numel() * 4 * num_samples

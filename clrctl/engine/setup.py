@@ -52,19 +52,16 @@ class Setup:
     _resized: dict[int, DataBundle] = field(default_factory=dict, repr=False)  # the stages' other sizes
     # train.precompute: per stage {stage, used, reason} (clrctl.engine.precompute.decide)
     precompute: list[dict[str, Any]] = field(default_factory=list)
-    _features: dict[int, FeatureSource] = field(default_factory=dict, repr=False)
 
     def trains_on(self, index: int, net: nn.Module) -> tuple[BatchSource, nn.Module]:
         """What stage ``index`` trains on and with: its data's training batches and ``net`` (the
         model as it trains) — or, where its head trains alone on precomputed features, those
-        features (computed once, at the stage's first batch) and the head."""
+        features (computed at the stage's first batch, from the weights it starts with) and the head."""
         train = self.stage_data(index).train
         if not (index < len(self.precompute) and self.precompute[index]["used"]):
             return train, net
         head = head_module(self.model)
-        if index not in self._features:
-            self._features[index] = FeatureSource(train, self.model, head, getattr(train, "seed", self.seed))
-        return self._features[index], self.model.get_submodule(head)
+        return FeatureSource(train, self.model, head, getattr(train, "seed", self.seed)), self.model.get_submodule(head)
 
     def stage_data(self, index: int) -> DataBundle:
         """The data stage ``index`` trains and evaluates on: at its ``dataset.image_size``
@@ -120,7 +117,7 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     check_tta(config, data.input_shape)
     model = build_model(config.model, data.input_shape, data.num_classes)
     weights = load_weights(model, config.model)
-    seed_dropout(model, seed, device)  # (model.dropout: its masks from the run's seed)
+    seed_dropout(model, seed, device, distributed.world().rank)  # (model.dropout: masks from the run's seed)
     setup = assemble(config, seed, device, data, model.to(device), weights=weights)
     if probe:
         probe_batch(setup)

@@ -127,12 +127,13 @@ def dropouts(model: nn.Module) -> list[HeadDropout]:
     return [m for m in model.modules() if isinstance(m, HeadDropout)]
 
 
-def seed_dropout(model: nn.Module, seed: int, device: torch.device) -> None:
+def seed_dropout(model: nn.Module, seed: int, device: torch.device, rank: int = 0) -> None:
     """Give each :class:`HeadDropout` of ``model`` a generator on ``device`` seeded from
-    ``seed`` (a stream of its own: the batches' and the initialisation's are not touched)."""
+    ``seed`` (a stream of its own: the batches' and the initialisation's are not touched; under
+    DDP each ``rank`` its own, as each drops out of its own share of the batch)."""
     for index, module in enumerate(dropouts(model)):
         generator = torch.Generator(device=device)
-        generator.manual_seed((seed * 1_000_003 + 7_777_777 + index) % 2**63)
+        generator.manual_seed((seed * 1_000_003 + 7_777_777 + 1_009 * rank + index) % 2**63)
         module.generator = generator
 
 
