@@ -15,7 +15,7 @@ training steps, its evaluations and, with precompute, computing the features.
 
 Run (CPU, one thread; on a shared machine prefix ``nice -n 5``)::
 
-    python benchmarks/precompute.py [--repeats 3] [--out /tmp/precompute-bench]
+    python benchmarks/precompute.py [--repeats 3] [--out /tmp/precompute-bench] [--only digits-finetune]
 
 Prints one line per case: the median stage time of each mode and their ratio (off / on).
 """
@@ -94,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary directory)")
+    parser.add_argument("--only", choices=["digits-finetune", "resnet18-folder"], default=None, help="one fine-tune only")
     args = parser.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="precompute-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -103,9 +104,11 @@ def main() -> None:
     digits = yaml.safe_load((REPO / "configs" / "digits-finetune.yaml").read_text())
     digits["model"]["weights"] = str(work / "digits-pretrain")
     digits["device"] = "cpu"
-    resnet = resnet18_config(work)
-    cases = [("digits-finetune", digits, None), ("digits-finetune", digits, 5),
-             ("resnet18-folder", resnet, None), ("resnet18-folder", resnet, 5)]
+    cases = [("digits-finetune", digits, None), ("digits-finetune", digits, 5)]
+    if args.only != "digits-finetune":
+        resnet = resnet18_config(work)
+        cases += [("resnet18-folder", resnet, None), ("resnet18-folder", resnet, 5)]
+    cases = [case for case in cases if args.only in (None, case[0])]
     results = []
     for name, config, epochs in cases:
         config = head_only(config, epochs)
