@@ -64,7 +64,8 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
 
 def model_record(setup) -> dict[str, Any]:
     """What run.json records of the model: its parameter groups and its starting weights."""
-    return {"groups": setup.describe_groups(), "weights": setup.weights}
+    return {"groups": setup.describe_groups(), "weights": setup.weights,
+            "precompute": {"setting": setup.config.train.precompute, "stages": setup.precompute}}
 
 
 def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
