@@ -180,3 +180,57 @@ def test_two_workers_on_postgresql_finish_exactly_trials(tmp_path, postgres):
     assert statuses(out) == ["completed"] * 3  # each finished trial ran once, in its own run directory
     workers_seen = {t.user_attrs["clrctl_worker"] for t in finished}
     assert len(workers_seen) >= 1
+
+
+# ---------------------------------------------------------------------------------------
+# sweep: {search: …} in the config file
+
+BLOCK = {"search": {"sampler": "random", "trials": 2, "prune": "median",
+                    "params": {"policy.lr": "loguniform(0.01, 0.2)", "model.hidden.0": "choice(16, 32)"}}}
+
+
+def test_a_search_block_says_what_the_flags_say(tmp_path):
+    from clrctl.sweep.search import build_search
+
+    config = write_config(tmp_path / "c.yaml", sweep=BLOCK)
+    plain = write_config(tmp_path / "plain.yaml")
+    from_file = build_search(config, [], [], search=None, trials=None, metric=None, prune=None, storage=None,
+                             study="s", path=tmp_path / "a")
+    from_flags = build_search(plain, [], ["policy.lr=loguniform(0.01, 0.2)", "model.hidden.0=choice(16, 32)"],
+                              search="random", trials=2, metric="val_acc", prune="median", storage=None,
+                              study="s", path=tmp_path / "a")
+    assert {k: v for k, v in from_file.spec().items() if k != "config"} == \
+        {k: v for k, v in from_flags.spec().items() if k != "config"}
+    # the command line wins key by key; a plain override pins a key out of the block's params
+    mixed = build_search(config, ["policy.lr=0.05"], ["model.hidden.0=choice(8, 64)"], search="tpe", trials=5,
+                         metric=None, prune="none", storage=None, study=None, path=tmp_path / "b")
+    assert (mixed.search, mixed.trials, mixed.prune, mixed.metric) == ("tpe", 5, "none", "val_acc")
+    assert [p.spec() for p in mixed.params] == [{"key": "model.hidden.0", "kind": "choice", "args": [8, 64]}]
+    assert mixed.base["policy"]["lr"] == 0.05
+
+
+def test_clrctl_sweep_runs_the_block_and_train_ignores_it(tmp_path):
+    config = write_config(tmp_path / "c.yaml", sweep=BLOCK)
+    out = tmp_path / "search"
+    assert run_cli("sweep", config, "--run-dir", out, "-q") == 0
+    assert statuses(out) == ["completed"] * 2 and index(out)["search"]["sampler"] == "random"
+    assert run_cli("sweep", config, "--run-dir", out, "--trials", "3", "-q") == 0  # a rerun continues
+    assert len(statuses(out)) == 3 and set(statuses(out)) <= {"completed", "pruned"}  # (median pruner on)
+    assert run_cli("train", config, "--run-dir", tmp_path / "train", "-q") == 0
+    assert "sweep" not in yaml.safe_load((tmp_path / "train" / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize("sweep, args, says", [
+    ({**BLOCK, "grid": {"policy.lr": [0.1, 0.2]}}, [], "has both a grid and a search"),
+    ({"search": {"trials": 2, "params": {"policy.lrr": "uniform(0.1, 0.2)"}}}, [], "unknown key policy.lrr"),
+    ({"search": {"trials": 2, "params": {"policy.lr": 0.1}}}, [], "expected one of loguniform"),
+    ({"search": {"params": {"policy.lr": "uniform(0.1, 0.2)"}}}, [], "a search needs"),
+    ({"search": {"trials": 0, "params": {}}}, [], "sweep.search.trials"),
+    ({"search": {"trials": 2, "samplr": "tpe"}}, [], "samplr"),
+    (BLOCK, ["--grid", "policy.lr=0.1,0.2"], "--grid: not with a search"),
+])
+def test_a_bad_search_block_exits_2_before_anything_runs(tmp_path, capsys, sweep, args, says):
+    out = tmp_path / "search"
+    code = run_cli("sweep", write_config(tmp_path / "c.yaml", sweep=sweep), *args, "--run-dir", out)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and says in err and len(err.splitlines()) == 1 and not out.exists(), err

@@ -97,11 +97,34 @@ class Search:
                    spec["metric"], spec["prune"], spec["storage"], spec["study"], spec.get("seed"), Path(path))
 
 
-def build_search(config: Path, overrides: list[str], params: list[str], *, search: str, trials: int,
-                 metric: str, prune: str, storage: Optional[str], study: Optional[str],
-                 path: Path) -> Search:
+def build_search(config: Path, overrides: list[str], params: list[str], *, search: Optional[str],
+                 trials: Optional[int], metric: Optional[str], prune: Optional[str], storage: Optional[str],
+                 study: Optional[str], path: Path) -> Search:
     """Read and check everything before any directory exists: the base config must be valid,
-    every ``--param`` must parse and name a key of it (else exit 2, nothing written)."""
+    every ``--param`` must parse and name a key of it (else exit 2, nothing written).
+
+    The config's ``sweep: {search: …}`` block gives the same settings from the file; the
+    command line wins key by key (``--param KEY`` replaces the block's KEY; a plain override
+    ``KEY=V`` pins KEY and drops it from the block's params, as it does from a grid)."""
+    from clrctl.sweep.plan import _sweep_block
+
+    data = read_yaml(config)
+    block = _sweep_block(data.pop("sweep", None))
+    spec = block.search
+    if spec is not None and block.grid:
+        raise InputError(f"{config}: sweep: has both a grid and a search; keep one")
+    if spec is not None:
+        search = search or spec.sampler or "tpe"
+        trials = trials if trials is not None else spec.trials
+        metric, prune = metric or spec.metric, prune or spec.prune
+        storage, study = storage or spec.storage, study or spec.study
+        pinned = {o.partition("=")[0].strip() for o in overrides}
+        given = {p.partition("=")[0].strip() for p in params}
+        params = [f"{k}={v}" for k, v in spec.params.items() if k not in pinned and k not in given] + list(params)
+    metric, prune = metric or "val_acc", prune or "none"
+    if search is None or trials is None:
+        raise InputError("a search needs --search tpe|random|cmaes|grid and --trials N (and --param KEY=DIST), "
+                         "or a sweep: {search: {sampler: …, trials: N, params: {KEY: DIST}}} block")
     if search not in SAMPLERS:
         raise InputError(f"--search {search!r}: expected one of {', '.join(SAMPLERS)}")
     if prune not in PRUNERS:
@@ -110,8 +133,6 @@ def build_search(config: Path, overrides: list[str], params: list[str], *, searc
         raise InputError(f"--metric {metric!r}: expected one of {', '.join(METRICS)} for a search")
     if trials < 1:
         raise InputError(f"--trials {trials}: expected at least 1")
-    data = read_yaml(config)
-    data.pop("sweep", None)  # (a grid block is the grid's; a search is given on the command line)
     for override in overrides:
         apply_override(data, override)
     locate_paths(data, Path(config).parent)
@@ -122,6 +143,15 @@ def build_search(config: Path, overrides: list[str], params: list[str], *, searc
             param.grid_values()  # choice or int only
     return Search(str(config), list(overrides), data, space, search, trials, metric, prune, storage,
                   study or Path(path).resolve().name, None, Path(path))
+
+
+def has_search_block(config: Optional[Path]) -> bool:
+    """Whether the config's ``sweep:`` block holds a search (then ``clrctl sweep CONFIG`` searches)."""
+    if config is None or not Path(config).is_file():
+        return False
+    data = read_yaml(config)
+    block = data.get("sweep") if isinstance(data, dict) else None
+    return isinstance(block, dict) and block.get("search") is not None
 
 
 # ---------------------------------------------------------------------------------------
