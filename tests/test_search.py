@@ -121,6 +121,73 @@ def test_pruning_stops_a_hopeless_trial_with_its_files_complete(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
+# A worker killed with kill -9 mid-trial: its trial is failed, retried, never counted twice
+
+TESTS = Path(__file__).resolve().parent
+
+
+def spawn_sweep(*args, env=None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "clrctl", "sweep", *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_trial(out: Path, prefix: str, rows: int, proc, timeout: float = 60.0) -> Path:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run in (out / "trials").glob(f"{prefix}-*") if (out / "trials").is_dir() else ():
+            metrics = run / "metrics.csv"
+            if metrics.is_file() and sum(1 for _ in open(metrics)) - 1 >= rows:
+                return run
+        if proc.poll() is not None:
+            pytest.fail(f"the worker ended before trial {prefix} had {rows} rows: {proc.stdout.read()}")
+        time.sleep(0.02)
+    pytest.fail(f"timed out waiting for trial {prefix}")
+
+
+def kill_a_worker_mid_trial_then_rerun(tmp_path, hold, extra: list[str], load) -> None:
+    import signal
+
+    config = write_config(tmp_path / "c.yaml", model={"name": "slow_model:build", "args": {"delay_s": 0.0}},
+                          train={"epochs": 1, "eval_every": 5, "log_every": 5})
+    out = tmp_path / "search"
+    args = [config, "--search", "random", "--param", "policy.lr=choice(0.03, 0.05, 0.1)", *extra,
+            "--run-dir", out, "-q"]
+    assert run_cli(*["sweep", *args, "--trials", "1"]) == 0  # (in-process: trial 0 finishes)
+    finished = {d.name: (d / "run.json").read_bytes() for d in (out / "trials").iterdir()}
+    held = hold(12)  # trial 1 waits after 12 forwards (the probe batch counts) until the kill
+    worker = spawn_sweep(*args, "--trials", "3", env=held.env)
+    killed = wait_for_trial(out, "1", 5, worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    held.release()
+    assert json.loads((killed / "run.json").read_text())["status"] == "running"  # as kill -9 leaves it
+
+    rerun = spawn_sweep(*args, "--trials", "3")
+    assert rerun.wait(timeout=180) == 0, rerun.stdout.read()
+    trials = sorted(load().trials, key=lambda t: t.number)
+    states = [t.state.name for t in trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"], states
+    assert "clrctl_failed" not in trials[1].user_attrs  # not a failure of its own: not counted
+    assert trials[2].params == trials[1].params and trials[2].user_attrs["clrctl_retry_of"] == 1
+    for name, before in finished.items():  # the finished trial was not run again
+        assert (out / "trials" / name / "run.json").read_bytes() == before
+    assert sorted(d.name.split("-")[0] for d in (out / "trials").iterdir()) == ["0", "1", "2", "3"]
+    idx = index(out)
+    assert idx["counts"] == {"completed": 3, "retried": 1} and len({p["path"] for p in idx["points"]}) == 4
+
+
+def test_a_worker_killed_mid_trial_on_the_journal_is_retried_by_a_rerun(tmp_path, hold):
+    out = tmp_path / "search"
+    kill_a_worker_mid_trial_then_rerun(tmp_path, hold, [], lambda: optuna.load_study(
+        study_name="search", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal")))))
+
+
+# ---------------------------------------------------------------------------------------
 # PostgreSQL: a real server started here, two workers sharing it
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -234,3 +301,9 @@ def test_a_bad_search_block_exits_2_before_anything_runs(tmp_path, capsys, sweep
     code = run_cli("sweep", write_config(tmp_path / "c.yaml", sweep=sweep), *args, "--run-dir", out)
     err = capsys.readouterr().err.strip()
     assert code == 2 and says in err and len(err.splitlines()) == 1 and not out.exists(), err
+
+
+@pytest.mark.slow  # (~30 s: a server, two worker processes)
+def test_a_worker_killed_mid_trial_on_postgresql_is_retried_by_a_rerun(tmp_path, hold, postgres):
+    kill_a_worker_mid_trial_then_rerun(tmp_path, hold, ["--storage", postgres, "--study", "killed"],
+                                       lambda: optuna.load_study(study_name="killed", storage=postgres))

@@ -20,9 +20,9 @@ by their own sample or run), counting those other workers are running, so a reru
 same command continues the study up to ``--trials`` and workers that share a storage
 together finish exactly that many. A trial asked in a race past the count is told failed and
 marked ``clrctl_surplus`` (it is not counted, nor run). A worker that died (``kill -9``)
-leaves its trial running: on an RDB storage Optuna's heartbeat fails it after its grace
-period; on the journal file a worker fails the running trials of dead processes of this host
-(their pid is recorded). Either way the trial is enqueued again with the same parameters
+leaves its trial running: the next worker of the same host fails it (its pid is recorded and
+dead; any storage), and on an RDB storage Optuna's heartbeat fails it after its grace period
+whichever host asks next. Either way the trial is enqueued again with the same parameters
 and is not counted: no finished trial is run twice, none is lost.
 """
 
@@ -52,6 +52,7 @@ JOURNAL = "optuna.journal"
 FAILED = "clrctl_failed"  # user attr: why a counted trial failed (its sample or its run)
 SURPLUS = "clrctl_surplus"  # user attr: asked past --trials in a race; neither run nor counted
 WORKER = "clrctl_worker"  # user attr: "host:pid" of the process running it
+OWNED = "clrctl_owned"  # user attr: the trial's number, written after WORKER (the rule for dead workers)
 RUN = "clrctl_run"  # user attr: the trial's run directory, relative to DIR
 # The spec keys a rerun must repeat (trials, jobs and the storage may change).
 _LAYOUT = ("search.json", "sweep.json", JOURNAL, "trials", "logs", "locks")
@@ -298,6 +299,7 @@ def work(search: Search, events: Optional[Events] = None, argv: Optional[list[st
         if done + running >= trials:
             return ran
         trial = study.ask({p.key: p.distribution() for p in search.params})
+        _own(trial)
         if _past_budget(study, trial.number, trials):
             trial.set_user_attr(SURPLUS, True)
             study.tell(trial, state=_state("FAIL"))
@@ -335,7 +337,6 @@ def _run_trial(search: Search, study, trial, events: Events, argv: Optional[list
     from clrctl.sweep.pruning import PruneOnEval
 
     t0 = time.monotonic()
-    trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
     values = {p.key: p.value(trial.params[p.key]) for p in search.params}
     name = trial_name(trial.number, values)
     trial.set_user_attr(RUN, f"trials/{name}")
@@ -388,17 +389,28 @@ def set_value(data: dict[str, Any], key: str, value: Any) -> None:
     apply_override(data, f"{key}={dump(value)}")
 
 
+def _own(trial) -> None:
+    """Record who runs ``trial``: host:pid, then the trial's number (a retry Optuna's heartbeat
+    enqueued carries its dead predecessor's attributes until both are written)."""
+    trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
+    trial.set_user_attr(OWNED, trial.number)
+
+
 def fail_orphans(study) -> None:
-    """Journal storage: a running trial of a dead process of this host is failed (not
-    counted) and enqueued again with its parameters. (RDB storages: Optuna's heartbeat.)"""
+    """A running trial whose worker is a dead process of this host is failed (not counted) and
+    enqueued again with its parameters — on every storage: a rerun on the machine where a worker
+    was killed need not wait for a heartbeat. A trial of another host (RDB storages) is failed by
+    Optuna's heartbeat once its worker has been silent for the grace period
+    (``fail_stale_trials``, as ``study.optimize`` does; its callback enqueues the retry)."""
+    import optuna
     from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.storages import JournalStorage
     from optuna.trial import TrialState
 
-    if not isinstance(study._storage, JournalStorage):
-        return
+    optuna.storages.fail_stale_trials(study)
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(OWNED) != trial.number:
+            continue  # (just asked: its worker is writing its attributes)
         worker_host, _, pid = str(trial.user_attrs.get(WORKER, "")).rpartition(":")
         if worker_host != host or not pid.isdigit() or locks.pid_alive(int(pid)):
             continue
