@@ -54,7 +54,7 @@ def run_grid(out: Path, jobs: int) -> dict:
         points[point.name] = values
     best = max(points, key=lambda name: statistics.median(points[name]))
     steps = sum(s["steps"] for s in summaries((out / "points").glob("*/seed-*/summary.json")))
-    grid_only = sum(s["steps"] for p in (out / "points").iterdir() if not p.name.startswith("fixed")
+    grid_only = sum(s["steps"] for p in (out / "points").iterdir() if "fixed" not in p.name
                     for s in summaries(p.glob("seed-*/summary.json")))
     return {"best": best, "values": points[best], "median": statistics.median(points[best]), "steps": steps,
             "steps_8_points": grid_only, "runs": sum(len(v) for v in points.values()), "elapsed": elapsed,

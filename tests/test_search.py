@@ -100,7 +100,7 @@ def test_an_invalid_sample_fails_with_its_reason_and_the_study_goes_on(tmp_path)
 
 
 @pytest.mark.plots  # (it reads the plots: conftest skips them elsewhere)
-def test_pruning_stops_a_hopeless_trial_with_its_files_complete(tmp_path):
+def test_pruning_stops_a_hopeless_trial_with_its_files_complete(tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'study.db'}"  # an RDB storage too; the trials' order is ours
     study = optuna.create_study(study_name="p", storage=db, direction="maximize")
     for lr in ("0.05", "0.1", "1.0e-06"):  # (the choices' YAML text)  # two good trials first (the median pruner's start), then a hopeless one
@@ -118,6 +118,12 @@ def test_pruning_stops_a_hopeless_trial_with_its_files_complete(tmp_path):
     assert summary["steps"] < summary["planned_steps"]
     assert (pruned / "checkpoints" / "last.pt").is_file() and list(pruned.glob("plots/*.png"))
     assert index(out)["counts"] == {"completed": 2, "pruned": 1}
+    before = (pruned / "metrics.csv").read_bytes()
+    capsys.readouterr()
+    assert run_cli("train", "--resume", pruned) == 2  # pruned is an end: one line, nothing touched
+    err = capsys.readouterr().err.strip()
+    assert "a search pruned this trial; nothing to resume" in err and len(err.splitlines()) == 1
+    assert (pruned / "metrics.csv").read_bytes() == before and json.loads((pruned / "run.json").read_text()) == run
 
 
 # ---------------------------------------------------------------------------------------
