@@ -313,3 +313,56 @@ def test_a_bad_search_block_exits_2_before_anything_runs(tmp_path, capsys, sweep
 def test_a_worker_killed_mid_trial_on_postgresql_is_retried_by_a_rerun(tmp_path, hold, postgres):
     kill_a_worker_mid_trial_then_rerun(tmp_path, hold, ["--storage", postgres, "--study", "killed"],
                                        lambda: optuna.load_study(study_name="killed", storage=postgres))
+
+
+# ---------------------------------------------------------------------------------------
+# Range-test-informed spaces: loguniform(from: RUN), ratio(a, b, of: KEY)
+
+CYCLIC = {"name": "triangular", "bounds": [0.01, 0.1], "stepsize": 5}
+
+
+@pytest.fixture(scope="module")
+def range_test_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("range-test")
+    config = root / "rt.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "range_test": {"start_lr": 1e-4, "end_lr": 1.0, "steps": "3 epochs",
+                                                            "eval_every": 3}}))
+    assert run_cli("range-test", config, "--run-dir", root / "rt", "-q") == 0
+    return root / "rt"
+
+
+def test_a_space_from_a_range_test_and_base_lr_as_a_ratio_of_max_lr(tmp_path, range_test_run):
+    suggestion = json.loads((range_test_run / "summary.json").read_text())["suggestion"]
+    low = suggestion["base_lr"]
+    high = max(suggestion["max_lr"], suggestion["candidates"]["loss_min"]["lr"] or 0)
+    out = tmp_path / "search"
+    assert run_cli("sweep", write_config(tmp_path / "c.yaml", policy=CYCLIC), "--search", "random", "--trials", "3",
+                   "--param", f"policy.bounds.1=loguniform(from: {range_test_run})",
+                   "--param", "policy.bounds.0=ratio(0.1, 0.5, of: policy.bounds.1)", "--run-dir", out, "-q") == 0
+    idx = index(out)
+    assert idx["search"]["params"][0] == {"key": "policy.bounds.1", "kind": "loguniform", "args": [low, high],
+                                          "from": str(range_test_run)}
+    for point in idx["points"]:
+        base, peak = yaml.safe_load((out / point["path"] / "config.yaml").read_text())["policy"]["bounds"]
+        assert low <= peak <= high and 0.1 * peak <= base <= 0.5 * peak
+        assert [point["overrides"]["policy.bounds.0"], point["overrides"]["policy.bounds.1"]] == [base, peak]
+
+
+@pytest.mark.parametrize("param, says", [
+    ("policy.bounds.1=loguniform(from: {missing})", "is not a finished run (no such directory)"),
+    ("policy.bounds.1=loguniform(from: {trained})", "has no suggested bounds"),
+    ("policy.bounds.0=ratio(0.5, 0.1, of: policy.bounds.1)", "ratio needs 0 < low < high"),
+    ("policy.bounds.0=ratio(0.1, 0.5)", "expected ratio(low, high, of: KEY)"),
+    ("policy.bounds.0=ratio(0.1, 0.5, of: policy.bounds.7)", "'7' is not an index of policy.bounds"),
+    ("policy.bounds.0=ratio(0.1, 0.5, of: policy.name)", "policy.name is not a number"),
+])
+def test_a_bad_range_test_space_exits_2_before_anything_runs(tmp_path, capsys, param, says):
+    trained = tmp_path / "trained"
+    config = write_config(tmp_path / "c.yaml", policy=CYCLIC)
+    if "trained" in param:
+        assert run_cli("train", config, "--run-dir", trained, "-q") == 0
+    out = tmp_path / "search"
+    code = run_cli("sweep", config, "--search", "random", "--trials", "2", "--run-dir", out,
+                   "--param", param.format(missing=tmp_path / "nowhere", trained=trained))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and says in err and len(err.splitlines()) == 1 and not out.exists(), err

@@ -43,7 +43,7 @@ from clrctl.config.schema import apply_override, locate_paths, read_yaml, valida
 from clrctl.errors import ConfigError, InputError, Interrupted, RunFailed
 from clrctl.runs.rundir import read_json, utc_now, write_json_atomic
 from clrctl.sweep import locks
-from clrctl.sweep.space import Param, parse_space, trial_name
+from clrctl.sweep.space import Param, config_values, parse_space, trial_name
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
 PRUNERS = ("none", "median", "asha", "hyperband")
@@ -85,6 +85,12 @@ class Search:
     def name(self) -> str:
         return str(self.base.get("name", "run"))
 
+    def values(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """A trial's config values (a ratio multiplied out) from its sampled ones."""
+        if not hasattr(self, "_resolved"):
+            self._resolved = validate(copy.deepcopy(self.base)).to_dict()
+        return config_values(self.params, sampled, self._resolved)
+
     def spec(self) -> dict[str, Any]:
         return {"config": self.config, "overrides": self.overrides, "base": self.base,
                 "params": [p.spec() for p in self.params], "search": self.search, "trials": self.trials,
@@ -93,7 +99,7 @@ class Search:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], path: Path) -> "Search":
-        params = [Param(p["key"], p["kind"], tuple(p["args"])) for p in spec["params"]]
+        params = [Param.from_spec(p) for p in spec["params"]]
         return cls(spec["config"], spec["overrides"], spec["base"], params, spec["search"], spec["trials"],
                    spec["metric"], spec["prune"], spec["storage"], spec["study"], spec.get("seed"), Path(path))
 
@@ -337,7 +343,7 @@ def _run_trial(search: Search, study, trial, events: Events, argv: Optional[list
     from clrctl.sweep.pruning import PruneOnEval
 
     t0 = time.monotonic()
-    values = {p.key: p.value(trial.params[p.key]) for p in search.params}
+    values = search.values(trial.params)
     name = trial_name(trial.number, values)
     trial.set_user_attr(RUN, f"trials/{name}")
     data = copy.deepcopy(search.base)
@@ -470,7 +476,7 @@ def write_index(search: Search, argv: list[str]) -> dict[str, Any]:
             state = "retried"  # a killed or interrupted trial, enqueued again
         counts[state] = counts.get(state, 0) + 1
         rel = trial.user_attrs.get(RUN)
-        values = {p.key: p.value(trial.params[p.key]) for p in search.params if p.key in trial.params}
+        values = search.values(trial.params)
         entry = {"name": Path(rel).name if rel else str(trial.number), "trial": trial.number, "overrides": values,
                  "included": False, "seeds": [search.base.get("seed", 0)], "status": state, "path": rel,
                  "value": trial.value if state == "completed" else None,
