@@ -103,21 +103,40 @@ def test_an_invalid_sample_fails_with_its_reason_and_the_study_goes_on(tmp_path)
 def test_pruning_stops_a_hopeless_trial_with_its_files_complete(tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'study.db'}"  # an RDB storage too; the trials' order is ours
     study = optuna.create_study(study_name="p", storage=db, direction="maximize")
-    for lr in ("0.05", "0.1", "1.0e-06"):  # (the choices' YAML text)  # two good trials first (the median pruner's start), then a hopeless one
+    for lr in ("0.05", "0.1", "0.08", "1.0e-06"):  # (the choices' YAML text)  # two good trials first (the median pruner's start), then a hopeless one
         study.enqueue_trial({"policy.lr": lr})
     out = tmp_path / "search"
     config = write_config(tmp_path / "c.yaml", train={"epochs": 2, "eval_every": 5})
-    assert run_cli("sweep", config, "--search", "random", "--trials", "3", "--param", "policy.lr=choice(0.05, 0.1, 0.000001)",
-                   "--prune", "median", "--storage", db, "--study", "p", "--run-dir", out, "-q") == 0
+    args = ["sweep", config, "--search", "random", "--param", "policy.lr=choice(0.05, 0.1, 0.08, 0.000001)",
+            "--storage", db, "--study", "p", "--run-dir", out, "-q"]
+    assert run_cli(*args, "--trials", "3") == 0  # three to compare with (unpruned), then the hopeless one
+    assert run_cli(*args, "--trials", "4", "--prune", "median") == 0
     states = [t.state.name for t in optuna.load_study(study_name="p", storage=db).trials]
-    assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
-    pruned = next(d for d in (out / "trials").iterdir() if d.name.startswith("2-"))
+    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"]
+    pruned = next(d for d in (out / "trials").iterdir() if d.name.startswith("3-"))
     run = json.loads((pruned / "run.json").read_text())
     summary = json.loads((pruned / "summary.json").read_text())
     assert run["status"] == "pruned" and summary["status"] == "pruned" and summary["stop_reason"] == "pruned"
     assert summary["steps"] < summary["planned_steps"]
     assert (pruned / "checkpoints" / "last.pt").is_file() and list(pruned.glob("plots/*.png"))
-    assert index(out)["counts"] == {"completed": 2, "pruned": 1}
+    assert index(out)["counts"] == {"completed": 3, "pruned": 1}
+    # compare ranks the completed ones, marks the pruned one; --plot draws the history
+    capsys.readouterr()
+    assert run_cli("compare", out, "--format", "json", "--plot", tmp_path / "search.png") == 0
+    report = json.loads(capsys.readouterr().out)
+    ranked = {row["name"][0]: row for row in report["points"]}
+    assert ranked["3"]["rank"] is None and ranked["3"]["statuses"] == {"pruned": 1} and ranked["0"]["rank"] is not None
+    history = report["search"]["trials"]
+    assert [t["status"] for t in history] == ["completed"] * 3 + ["pruned"]
+    reported = optuna.load_study(study_name="p", storage=db).trials[3].intermediate_values
+    assert history[3]["value"] == reported[max(reported)]  # the value it was pruned at
+    assert report["search"]["most_important"] == "policy.lr" and report["search"]["best"]["trial"] in (0, 1, 2)
+    assert (tmp_path / "search.png").stat().st_size > 10_000
+    from clrctl.plots.sweep import sweep_figure
+
+    left, right = sweep_figure(report).axes
+    assert left.get_xlabel() == "trial" and right.get_xlabel() == "policy.lr"
+    assert sum(len(c.get_offsets()) for c in left.collections) == 4  # 3 completed + 1 pruned
     before = (pruned / "metrics.csv").read_bytes()
     capsys.readouterr()
     assert run_cli("train", "--resume", pruned) == 2  # pruned is an end: one line, nothing touched

@@ -480,6 +480,7 @@ def write_index(search: Search, argv: list[str]) -> dict[str, Any]:
         entry = {"name": Path(rel).name if rel else str(trial.number), "trial": trial.number, "overrides": values,
                  "included": False, "seeds": [search.base.get("seed", 0)], "status": state, "path": rel,
                  "value": trial.value if state == "completed" else None,
+                 "last_value": _last_report(trial) if state == "pruned" else None,
                  "reason": trial.user_attrs.get(FAILED),
                  "runs": [{"seed": search.base.get("seed", 0), "path": rel, "status": state}] if rel else []}
         if rel and (search.path / rel / "run.json").is_file():
@@ -497,6 +498,12 @@ def write_index(search: Search, argv: list[str]) -> dict[str, Any]:
              "counts": counts, "points": points}
     write_json_atomic(search.path / "sweep.json", index)
     return index
+
+
+def _last_report(trial) -> Optional[float]:
+    """A pruned trial's last reported value (the evaluation it was pruned at)."""
+    reported = trial.intermediate_values
+    return float(reported[max(reported)]) if reported else None
 
 
 def _better(metric: str, value: float, than: float) -> bool:
