@@ -99,7 +99,7 @@ def main() -> int:
     print(f"| grid (bundled, 3 seeds) | {grid['median']:.4f} (median; {low:.4f}–{high:.4f}) | — | {grid['steps']} | "
           f"1.00 | {grid['runs']} runs | {grid['elapsed']:.0f} |")
     for k in range(args.studies):
-        result = run_search(args.out / f"search-{k}", args.trials, k)
+        result = run_search(args.out / (f"search-{k}" + ("" if args.trials == 8 else f"-t{args.trials}")), args.trials, k)
         best = result["best"] or {}
         value = best.get("value")
         within = "yes" if value is not None and value >= low else "no"
