@@ -16,6 +16,16 @@ def _label(side) -> str:
     return f"{side.label} (median of {side.n}, min–max band)" if side.n > 1 else side.label
 
 
+def _colour(i: int, n: int):
+    """Matplotlib's 10-colour cycle while it suffices; past 10 sides (a shoot-out) it would
+    repeat colours, so tab20's 20 distinct ones."""
+    if n <= 10:
+        return f"C{i}"
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](i % 20)
+
+
 def plot_train_overlay(sides: Sequence, path: str | Path, target: Optional[tuple[str, float]] = None,
                        title: Optional[str] = None, acc_ylim: Optional[tuple[float, float]] = None) -> Path:
     """Loss, validation accuracy and LR against optimizer steps, one colour per side."""
@@ -30,11 +40,11 @@ def train_overlay_figure(sides: Sequence, target: Optional[tuple[str, float]] = 
     fig, axes = new_figure(3, 1, sharex=True, figsize=(7.5, 8.5))
     for ax, (key, ylabel) in zip(axes, TRAIN_PANELS):
         for i, side in enumerate(sides):
-            curve = side.panels[key]
+            curve, colour = side.panels[key], _colour(i, len(sides))
             marker = "o" if key == "val_acc" and len(curve.x) <= 40 else None
-            ax.plot(curve.x, curve.y, color=f"C{i}", label=_label(side), marker=marker, markersize=3, linewidth=1.2)
+            ax.plot(curve.x, curve.y, color=colour, label=_label(side), marker=marker, markersize=3, linewidth=1.2)
             if curve.low is not None:
-                ax.fill_between(curve.x, curve.low, curve.high, color=f"C{i}", alpha=0.2, linewidth=0)
+                ax.fill_between(curve.x, curve.low, curve.high, color=colour, alpha=0.2, linewidth=0)
         ax.set_ylabel(ylabel)
     if target is not None and target[0] == "val_acc":
         axes[1].axhline(target[1], color="gray", linestyle="--", linewidth=1, label=f"target val_acc={target[1]:g}")
