@@ -15,6 +15,7 @@ best point's seed spread (≥ its lowest seed), and the optimizer steps each use
 ``summary.json["steps"]`` over its runs: a pruned trial counts the steps it ran).
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/search_vs_grid.py --out /tmp/svg
+    ... --trials 16; ... --prune-after 172     (more trials; ASHA's first rung at step 172)
 
 Everything runs on the CPU (``device=cpu``), one torch thread per process
 (``OMP_NUM_THREADS=1`` unless set). Rerunning on the same OUT continues (the grid skips its
@@ -66,12 +67,13 @@ def run_grid(out: Path, jobs: int) -> dict:
             "points": {k: statistics.median(v) for k, v in points.items()}}
 
 
-def run_search(out: Path, trials: int, sampler_seed: int) -> dict:
+def run_search(out: Path, trials: int, sampler_seed: int, prune_after=None) -> dict:
     """One study, in this process through the library (to fix the sampler's seed)."""
     from clrctl.sweep import search as s
 
     spec = s.build_search(CONFIG, ["device=cpu"], SPACE, search="tpe", trials=trials, metric="val_acc",
-                          prune="asha", storage=None, study=None, path=out)
+                          prune="asha", storage=None, study=None, path=out,
+                          prune_after=prune_after)
     spec.seed = sampler_seed
     s.prepare(spec)
     t0 = time.monotonic()
@@ -89,6 +91,8 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=8, help="trials per study (default 8)")
     parser.add_argument("--studies", type=int, default=3, help="TPE studies, sampler seeds 0.. (default 3)")
     parser.add_argument("--jobs", type=int, default=1, help="the grid's --jobs (default 1)")
+    parser.add_argument("--prune-after", type=int, default=None,
+                        help="the studies' --prune-after STEP (ASHA's first rung; default: Optuna's)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -108,7 +112,9 @@ def main() -> int:
           f"{'yes' if one['value'] >= low else 'no'} | {grid['points'][one['best']]:.4f} | {one['steps']} | "
           f"{one['steps'] / grid['steps']:.2f} | 8 runs |")
     for k in range(args.studies):
-        result = run_search(args.out / (f"search-{k}" + ("" if args.trials == 8 else f"-t{args.trials}")), args.trials, k)
+        name = f"search-{k}" + ("" if args.trials == 8 else f"-t{args.trials}") + (
+            f"-after{args.prune_after}" if args.prune_after else "")
+        result = run_search(args.out / name, args.trials, k, args.prune_after)
         best = result["best"] or {}
         value = best.get("value")
         within = "yes" if value is not None and value >= low else "no"
@@ -118,7 +124,8 @@ def main() -> int:
         point = "policy-" + "_".join(f"{key.split('.')[-1]}-{str(v).replace(' ', '')}"
                                      for key, v in (best.get("overrides") or {}).items())
         median = grid["points"].get(point.replace("policy-name-", "policy-"))
-        print(f"| TPE+ASHA, {args.trials} trials, sampler seed {k} | {shown} | {within} | "
+        after = f", first rung at step {args.prune_after}" if args.prune_after else ""
+        print(f"| TPE+ASHA{after}, {args.trials} trials, sampler seed {k} | {shown} | {within} | "
               f"{'—' if median is None else f'{median:.4f}'} | {result['steps']} | "
               f"{result['steps'] / grid['steps']:.2f} | {counts} ({result['distinct']}) |", flush=True)
         print(f"(study {k}: {result['elapsed']:.0f} s)", file=sys.stderr)

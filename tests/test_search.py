@@ -296,7 +296,7 @@ def test_a_search_block_says_what_the_flags_say(tmp_path):
     # the command line wins key by key; a plain override pins a key out of the block's params
     mixed = build_search(config, ["policy.lr=0.05"], ["model.hidden.0=choice(8, 64)"], search="tpe", trials=5,
                          metric=None, prune="none", storage=None, study=None, path=tmp_path / "b")
-    assert (mixed.search, mixed.trials, mixed.prune, mixed.metric) == ("tpe", 5, "none", "val_acc")
+    assert (mixed.search, mixed.trials, mixed.prune, mixed.metric, mixed.prune_after) == ("tpe", 5, "none", "val_acc", None)
     assert [p.spec() for p in mixed.params] == [{"key": "model.hidden.0", "kind": "choice", "args": [8, 64]}]
     assert mixed.base["policy"]["lr"] == 0.05
 
@@ -319,6 +319,7 @@ def test_clrctl_sweep_runs_the_block_and_train_ignores_it(tmp_path):
     ({"search": {"params": {"policy.lr": "uniform(0.1, 0.2)"}}}, [], "a search needs"),
     ({"search": {"trials": 0, "params": {}}}, [], "sweep.search.trials"),
     ({"search": {"trials": 2, "samplr": "tpe"}}, [], "samplr"),
+    ({"search": {**BLOCK["search"], "prune": "none", "prune_after": 10}}, [], "--prune-after 10: expected a step"),
     (BLOCK, ["--grid", "policy.lr=0.1,0.2"], "--grid: not with a search"),
 ])
 def test_a_bad_search_block_exits_2_before_anything_runs(tmp_path, capsys, sweep, args, says):
@@ -385,3 +386,20 @@ def test_a_bad_range_test_space_exits_2_before_anything_runs(tmp_path, capsys, p
                    "--param", param.format(missing=tmp_path / "nowhere", trained=trained))
     err = capsys.readouterr().err.strip()
     assert code == 2 and says in err and len(err.splitlines()) == 1 and not out.exists(), err
+
+
+def test_prune_after_keeps_a_hopeless_trial_running_to_that_step(tmp_path):
+    db = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="p", storage=db, direction="maximize")
+    for lr in ("0.05", "0.1", "1.0e-06"):
+        study.enqueue_trial({"policy.lr": lr})
+    out = tmp_path / "search"
+    config = write_config(tmp_path / "c.yaml", train={"epochs": 2, "eval_every": 5})
+    args = ["sweep", config, "--search", "random", "--param", "policy.lr=choice(0.05, 0.1, 0.000001)",
+            "--storage", db, "--study", "p", "--run-dir", out, "-q"]
+    assert run_cli(*args, "--trials", "2") == 0
+    assert run_cli(*args, "--trials", "3", "--prune", "median", "--prune-after", "20") == 0
+    trial = optuna.load_study(study_name="p", storage=db).trials[2]
+    pruned = json.loads((out / trial.user_attrs["clrctl_run"] / "summary.json").read_text())
+    assert trial.state.name == "PRUNED" and pruned["steps"] == 20 == max(trial.intermediate_values)  # not at 5
+    assert index(out)["search"]["prune_after"] == 20

@@ -558,6 +558,7 @@ class SearchBlock(_Section):
     params: dict[str, str] = {}  # --param KEY=DIST, as {KEY: DIST}
     metric: Optional[str] = None  # --metric (default val_acc)
     prune: Optional[str] = None  # --prune (default none)
+    prune_after: Optional[Int] = Field(None, ge=1)  # --prune-after: no pruning before this step
     storage: Optional[str] = None  # --storage
     study: Optional[str] = None  # --study
 

@@ -80,6 +80,7 @@ class Search:
     study: str
     seed: Optional[int] = None  # the sampler's seed (None: Optuna's random one)
     path: Path = field(default=Path("."))
+    prune_after: Optional[int] = None  # no pruning before this step (None: the pruner's default)
 
     @property
     def name(self) -> str:
@@ -95,18 +96,19 @@ class Search:
         return {"config": self.config, "overrides": self.overrides, "base": self.base,
                 "params": [p.spec() for p in self.params], "search": self.search, "trials": self.trials,
                 "metric": self.metric, "prune": self.prune, "storage": self.storage, "study": self.study,
-                "seed": self.seed}
+                "seed": self.seed, "prune_after": self.prune_after}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], path: Path) -> "Search":
         params = [Param.from_spec(p) for p in spec["params"]]
         return cls(spec["config"], spec["overrides"], spec["base"], params, spec["search"], spec["trials"],
-                   spec["metric"], spec["prune"], spec["storage"], spec["study"], spec.get("seed"), Path(path))
+                   spec["metric"], spec["prune"], spec["storage"], spec["study"], spec.get("seed"), Path(path),
+                   spec.get("prune_after"))
 
 
 def build_search(config: Path, overrides: list[str], params: list[str], *, search: Optional[str],
                  trials: Optional[int], metric: Optional[str], prune: Optional[str], storage: Optional[str],
-                 study: Optional[str], path: Path) -> Search:
+                 study: Optional[str], path: Path, prune_after: Optional[int] = None) -> Search:
     """Read and check everything before any directory exists: the base config must be valid,
     every ``--param`` must parse and name a key of it (else exit 2, nothing written).
 
@@ -125,6 +127,7 @@ def build_search(config: Path, overrides: list[str], params: list[str], *, searc
         trials = trials if trials is not None else spec.trials
         metric, prune = metric or spec.metric, prune or spec.prune
         storage, study = storage or spec.storage, study or spec.study
+        prune_after = prune_after if prune_after is not None else spec.prune_after
         pinned = {o.partition("=")[0].strip() for o in overrides}
         given = {p.partition("=")[0].strip() for p in params}
         params = [f"{k}={v}" for k, v in spec.params.items() if k not in pinned and k not in given] + list(params)
@@ -140,6 +143,8 @@ def build_search(config: Path, overrides: list[str], params: list[str], *, searc
         raise InputError(f"--metric {metric!r}: expected one of {', '.join(METRICS)} for a search")
     if trials < 1:
         raise InputError(f"--trials {trials}: expected at least 1")
+    if prune_after is not None and (prune_after < 1 or prune == "none"):
+        raise InputError(f"--prune-after {prune_after}: expected a step >= 1, with --prune median|asha|hyperband")
     for override in overrides:
         apply_override(data, override)
     locate_paths(data, Path(config).parent)
@@ -149,7 +154,7 @@ def build_search(config: Path, overrides: list[str], params: list[str], *, searc
         for param in space:
             param.grid_values()  # choice or int only
     return Search(str(config), list(overrides), data, space, search, trials, metric, prune, storage,
-                  study or Path(path).resolve().name, None, Path(path))
+                  study or Path(path).resolve().name, None, Path(path), prune_after)
 
 
 def has_search_block(config: Optional[Path]) -> bool:
@@ -235,13 +240,15 @@ def sampler(search: Search):
 
 def pruner(search: Search):
     """median: a trial below the median of earlier ones at the same step (after 2 finished);
-    asha: successive halving; hyperband: Hyperband over it."""
+    asha: successive halving; hyperband: Hyperband over it. ``prune_after`` N: no pruning
+    before step N (median's warm-up steps; the first rung of asha and hyperband)."""
     import optuna
 
+    after = search.prune_after
     return {"none": lambda: optuna.pruners.NopPruner(),
-            "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
-            "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(),
-            "hyperband": lambda: optuna.pruners.HyperbandPruner()}[search.prune]()
+            "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=after or 0),
+            "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=after or "auto"),
+            "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=after or 1)}[search.prune]()
 
 
 def quiet_optuna() -> None:
@@ -492,7 +499,7 @@ def write_index(search: Search, argv: list[str]) -> dict[str, Any]:
     index = {"schema_version": 1, "kind": "sweep", "name": search.name, "config": search.config,
              "overrides": search.overrides, "grid": {}, "include": [], "seeds": None, "argv": argv,
              "search": {"sampler": search.search, "trials": search.trials, "metric": search.metric,
-                        "prune": search.prune, "storage": search.storage or JOURNAL, "study": search.study,
+                        "prune": search.prune, "prune_after": search.prune_after, "storage": search.storage or JOURNAL, "study": search.study,
                         "params": [p.spec() for p in search.params]},
              "best": best, "created": previous.get("created") or utc_now(), "updated": utc_now(),
              "counts": counts, "points": points}
