@@ -68,13 +68,13 @@ def run_grid(out: Path, jobs: int) -> dict:
 
 
 def run_search(out: Path, trials: int, sampler_seed: int, prune_after=None) -> dict:
-    """One study, in this process through the library (to fix the sampler's seed)."""
+    """One study, in this process through the library (``clrctl sweep --search tpe --prune asha
+    --sampler-seed K`` does the same)."""
     from clrctl.sweep import search as s
 
     spec = s.build_search(CONFIG, ["device=cpu"], SPACE, search="tpe", trials=trials, metric="val_acc",
                           prune="asha", storage=None, study=None, path=out,
-                          prune_after=prune_after)
-    spec.seed = sampler_seed
+                          prune_after=prune_after, sampler_seed=sampler_seed)
     s.prepare(spec)
     t0 = time.monotonic()
     s.work(spec, argv=["benchmarks/search_vs_grid.py"])

@@ -403,3 +403,15 @@ def test_prune_after_keeps_a_hopeless_trial_running_to_that_step(tmp_path):
     pruned = json.loads((out / trial.user_attrs["clrctl_run"] / "summary.json").read_text())
     assert trial.state.name == "PRUNED" and pruned["steps"] == 20 == max(trial.intermediate_values)  # not at 5
     assert index(out)["search"]["prune_after"] == 20
+
+
+def test_a_sampler_seed_repeats_a_study(tmp_path):
+    config = write_config(tmp_path / "c.yaml")
+    sampled = []
+    for name in ("a", "b"):
+        assert run_cli("sweep", config, "--search", "random", "--trials", "2", "--sampler-seed", "3", "--param",
+                       "policy.lr=loguniform(0.01, 0.2)", "--run-dir", tmp_path / name, "-q") == 0
+        idx = index(tmp_path / name)
+        assert idx["search"]["sampler_seed"] == 3
+        sampled.append([p["overrides"] for p in idx["points"]])
+    assert sampled[0] == sampled[1] and sampled[0][0] != sampled[0][1]

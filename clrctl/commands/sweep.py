@@ -77,6 +77,8 @@ def sweep(
                                         help="none | median | asha | hyperband (with --search; default none)."),
     prune_after: Optional[int] = typer.Option(None, "--prune-after", show_default=False,
                                               help="STEP: no pruning before this step (e.g. one LR cycle)."),
+    sampler_seed: Optional[int] = typer.Option(None, "--sampler-seed", show_default=False,
+                                               help="The sampler's seed (with --search; default: random)."),
     storage: Optional[str] = typer.Option(None, "--storage", show_default=False,
                                           help="The study's SQLAlchemy URL (default: DIR/optuna.journal)."),
     study: Optional[str] = typer.Option(None, "--study", show_default=False,
@@ -96,7 +98,7 @@ def sweep(
                              "the same command on every machine instead of --shard)")
         _search(config, [*(overrides or []), *options.tensorboard_override(tensorboard)], list(params or []),
                 search, trials, metric, prune, storage, study, jobs, run_dir, runs_root, quiet, tensorboard,
-                prune_after)
+                prune_after, sampler_seed)
         return
     from clrctl.sweep.plan import build_plan
     from clrctl.sweep.runner import Pool, parse_shard
@@ -133,7 +135,7 @@ def sweep(
 
 
 def _search(config, overrides, params, search, trials, metric, prune, storage, study, jobs, run_dir, runs_root,
-            quiet, tensorboard, prune_after=None) -> None:
+            quiet, tensorboard, prune_after=None, sampler_seed=None) -> None:
     from clrctl.config.schema import read_yaml
     from clrctl.runs.rundir import default_run_path
     from clrctl.sweep import search as search_mod
@@ -148,7 +150,8 @@ def _search(config, overrides, params, search, trials, metric, prune, storage, s
     name = str(data.get("name", "run")) if isinstance(data, dict) else "run"
     path = run_dir if run_dir is not None else default_run_path(runs_root, f"{name}-search")
     spec = search_mod.build_search(config, overrides, params, search=search, trials=trials, metric=metric,
-                                   prune=prune, storage=storage, study=study, path=path, prune_after=prune_after)
+                                   prune=prune, storage=storage, study=study, path=path, prune_after=prune_after,
+                                   sampler_seed=sampler_seed)
     search_mod.prepare(spec)
     argv = ["clrctl", *sys.argv[1:]]
     store = spec.storage or f"{path}/{search_mod.JOURNAL}"

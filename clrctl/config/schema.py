@@ -559,6 +559,7 @@ class SearchBlock(_Section):
     metric: Optional[str] = None  # --metric (default val_acc)
     prune: Optional[str] = None  # --prune (default none)
     prune_after: Optional[Int] = Field(None, ge=1)  # --prune-after: no pruning before this step
+    sampler_seed: Optional[Int] = Field(None, ge=0)  # --sampler-seed (default: Optuna's random one)
     storage: Optional[str] = None  # --storage
     study: Optional[str] = None  # --study
 

@@ -108,7 +108,8 @@ class Search:
 
 def build_search(config: Path, overrides: list[str], params: list[str], *, search: Optional[str],
                  trials: Optional[int], metric: Optional[str], prune: Optional[str], storage: Optional[str],
-                 study: Optional[str], path: Path, prune_after: Optional[int] = None) -> Search:
+                 study: Optional[str], path: Path, prune_after: Optional[int] = None,
+                 sampler_seed: Optional[int] = None) -> Search:
     """Read and check everything before any directory exists: the base config must be valid,
     every ``--param`` must parse and name a key of it (else exit 2, nothing written).
 
@@ -128,6 +129,7 @@ def build_search(config: Path, overrides: list[str], params: list[str], *, searc
         metric, prune = metric or spec.metric, prune or spec.prune
         storage, study = storage or spec.storage, study or spec.study
         prune_after = prune_after if prune_after is not None else spec.prune_after
+        sampler_seed = sampler_seed if sampler_seed is not None else spec.sampler_seed
         pinned = {o.partition("=")[0].strip() for o in overrides}
         given = {p.partition("=")[0].strip() for p in params}
         params = [f"{k}={v}" for k, v in spec.params.items() if k not in pinned and k not in given] + list(params)
@@ -143,6 +145,8 @@ def build_search(config: Path, overrides: list[str], params: list[str], *, searc
         raise InputError(f"--metric {metric!r}: expected one of {', '.join(METRICS)} for a search")
     if trials < 1:
         raise InputError(f"--trials {trials}: expected at least 1")
+    if sampler_seed is not None and sampler_seed < 0:
+        raise InputError(f"--sampler-seed {sampler_seed}: expected 0 or more")
     if prune_after is not None and (prune_after < 1 or prune == "none"):
         raise InputError(f"--prune-after {prune_after}: expected a step >= 1, with --prune median|asha|hyperband")
     for override in overrides:
@@ -154,7 +158,7 @@ def build_search(config: Path, overrides: list[str], params: list[str], *, searc
         for param in space:
             param.grid_values()  # choice or int only
     return Search(str(config), list(overrides), data, space, search, trials, metric, prune, storage,
-                  study or Path(path).resolve().name, None, Path(path), prune_after)
+                  study or Path(path).resolve().name, sampler_seed, Path(path), prune_after)
 
 
 def has_search_block(config: Optional[Path]) -> bool:
@@ -222,7 +226,11 @@ def storage(search: Search):
 
 
 def sampler(search: Search):
+    """The sampler, seeded with ``--sampler-seed`` (+ K in worker K of ``--jobs``, so that
+    workers do not draw the same values)."""
     import optuna
+
+    seed = None if search.seed is None else search.seed + int(os.environ.get("CLRCTL_SEARCH_WORKER", "0"))
 
     if search.search == "grid":
         class Grid(optuna.samplers.GridSampler):
@@ -230,12 +238,12 @@ def sampler(search: Search):
                 """(GridSampler stops the study once the grid is done, which only works inside
                 study.optimize; here the workers count the trials, capped at the grid's size.)"""
 
-        return Grid({p.key: p.grid_values() for p in search.params}, seed=search.seed)
+        return Grid({p.key: p.grid_values() for p in search.params}, seed=seed)
     if search.search == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if search.search == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=search.seed, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=search.seed)
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def pruner(search: Search):
@@ -453,7 +461,8 @@ def run_workers(search: Search, jobs: int, quiet: bool) -> int:
         log.flush()
         procs.append((subprocess.Popen([sys.executable, "-m", "clrctl.sweep.search", str(search.path)],
                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       env=worker_env(slot, jobs, cores, gpus, device), start_new_session=True),
+                                       env={**worker_env(slot, jobs, cores, gpus, device),
+                                            "CLRCTL_SEARCH_WORKER": str(slot)}, start_new_session=True),
                       log))
     try:
         codes = [proc.wait() for proc, _ in procs]
@@ -499,7 +508,8 @@ def write_index(search: Search, argv: list[str]) -> dict[str, Any]:
     index = {"schema_version": 1, "kind": "sweep", "name": search.name, "config": search.config,
              "overrides": search.overrides, "grid": {}, "include": [], "seeds": None, "argv": argv,
              "search": {"sampler": search.search, "trials": search.trials, "metric": search.metric,
-                        "prune": search.prune, "prune_after": search.prune_after, "storage": search.storage or JOURNAL, "study": search.study,
+                        "prune": search.prune, "prune_after": search.prune_after,
+                        "sampler_seed": search.seed, "storage": search.storage or JOURNAL, "study": search.study,
                         "params": [p.spec() for p in search.params]},
              "best": best, "created": previous.get("created") or utc_now(), "updated": utc_now(),
              "counts": counts, "points": points}
