@@ -45,7 +45,10 @@ HELP = (
     "in KEY addresses a list element: policy.bounds.1). Each trial is a run directory under DIR/trials/; "
     "the study is DIR/optuna.journal, or --storage URL (postgresql://…, sqlite:///…) shared by workers on "
     "several machines. --prune median|asha|hyperband stops hopeless trials from their evaluations of "
-    "--metric. The same command again continues the study until N trials are finished.\n\n"
+    "--metric (--prune-after STEP: not before that step). The same command again continues the study until "
+    "N trials are finished. loguniform(from: RUN) takes a range test's usable window; ratio(a, b, of: KEY) "
+    "is a share of KEY (base_lr of max_lr). A config's sweep: {search: {sampler: tpe, trials: N, params: "
+    "{KEY: DIST}}} block says the same (the flags win).\n\n"
     "  clrctl sweep configs/digits-triangular.yaml --search tpe --trials 20 --prune asha "
     "--param 'policy.bounds.1=loguniform(0.03, 0.5)' --param 'policy.stepsize=choice(1 epochs, 2 epochs)'\n"
 )
