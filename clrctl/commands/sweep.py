@@ -60,11 +60,15 @@ def sweep(
     overrides: Optional[List[str]] = options.overrides_argument("Overrides for every point: key.path=value …"),
     grid: Optional[List[str]] = typer.Option(None, "--grid", "-g", help="KEY=V1,V2,… (repeatable): the values to sweep."),
     seeds: Optional[str] = options.seeds_option("Seeds per point: 3, 0,1,2 or 0..4."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Runs at once on this machine, each in its own process."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Runs at once on this machine, each in a worker "
+                             "process of its own (a worker runs one run after another)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run only the I-th of N shares (needs --run-dir)."),
     run_dir: Optional[Path] = options.run_dir_option("The sweep directory (rerun on it to resume)."),
     runs_root: Path = options.runs_root_option("Parent of the default timestamped directory."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the points; run nothing."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.001, show_default=False,
+                                            help="Seconds a run may take: then it is stopped (checkpointed) and "
+                                                 "recorded failed, its worker replaced."),
     quiet: bool = options.quiet_option("Only the final summary."),
     tensorboard: bool = options.tensorboard_option("Every run also writes TensorBoard events "
                                                    "(train.tensorboard=true)."),
@@ -94,7 +98,7 @@ def sweep(
     block = has_search_block(config)
     if search is not None or params or trials is not None or block:
         given = [name for name, value in (("--grid", grid), ("--seeds", seeds), ("--shard", shard),
-                                          ("--dry-run", dry_run)) if value]
+                                          ("--dry-run", dry_run), ("--timeout", timeout)) if value]
         if given:
             why = "--search" if search is not None or not block else f"{config}'s sweep.search block"
             raise InputError(f"{', '.join(given)}: not with a search ({why}; a search samples its trials: run "
@@ -126,7 +130,7 @@ def sweep(
     console.print(f"sweep: {path} — {len(plan.points)} points, {len(plan.runs())} runs"
                   + (f", shard {shard}" if shard else ""), highlight=False, markup=False)
     t0 = time.monotonic()
-    result = Pool(plan, store, jobs, shard_spec, _Printer(quiet)).run()
+    result = Pool(plan, store, jobs, shard_spec, _Printer(quiet), timeout_s=timeout).run()
     index = store.write_index(plan, argv)
     _print_result(path, index, result, time.monotonic() - t0)
     if result.interrupted:
