@@ -573,12 +573,36 @@ class Stage:
         return self.steps if self.steps is not None else self.epochs * steps_per_epoch
 
 
+class SearchBlock(_Section):
+    """``sweep: {search: …}`` — an Optuna search committed with its config, key for key the
+    command line's ``--search``/``--trials``/``--param``/… (``clrctl sweep`` checks the values)."""
+
+    sampler: Optional[str] = None  # --search: tpe | random | cmaes | grid (default tpe)
+    trials: Optional[Int] = Field(None, ge=1)  # --trials
+    params: dict[str, str] = {}  # --param KEY=DIST, as {KEY: DIST}
+    metric: Optional[str] = None  # --metric (default val_acc)
+    prune: Optional[str] = None  # --prune (default none)
+    prune_after: Optional[Int] = Field(None, ge=1)  # --prune-after: no pruning before this step
+    sampler_seed: Optional[Int] = Field(None, ge=0)  # --sampler-seed (default: Optuna's random one)
+    storage: Optional[str] = None  # --storage
+    study: Optional[str] = None  # --study
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _texts(cls, params: Any) -> Any:
+        if isinstance(params, dict):  # (a YAML value such as 0.1 is not a distribution; say so later)
+            return {k: v if isinstance(v, str) else repr(v) for k, v in params.items()}
+        return params
+
+
 class SweepConfig(_Section):
-    """``sweep:`` — a grid committed with its config; ``clrctl sweep`` reads it, ``train`` ignores it."""
+    """``sweep:`` — a grid (or a search) committed with its config; ``clrctl sweep`` reads it,
+    ``train`` ignores it."""
 
     grid: dict[str, list[Any]] = {}  # dotted key -> values; the points are their Cartesian product
     include: list[dict[str, Any]] = []  # extra points ({dotted key: value}), e.g. a fixed-LR baseline
     seeds: Optional[Union[int, str, list[int]]] = None  # as --seeds: 3, "0..4" or [0, 1, 2]
+    search: Optional[SearchBlock] = None  # an Optuna search instead of the grid
 
     @field_validator("grid")
     @classmethod

@@ -121,6 +121,9 @@ def open_resumable(path: str | Path) -> tuple[RunDir, dict[str, Any]]:
         raise InputError(f"{path}: not a training run (kind {info.get('kind')!r})")
     if info.get("status") == "completed":
         raise InputError(f"{path}: run already completed; nothing to resume")
+    if info.get("status") == "pruned":  # (a search's pruner stopped it: its end, not an interruption)
+        raise InputError(f"{path}: a search pruned this trial; nothing to resume (train its config.yaml "
+                         "into a new --run-dir to run it to the end)")
     return run, info
 
 
