@@ -45,7 +45,10 @@ HELP = (
     "in KEY addresses a list element: policy.bounds.1). Each trial is a run directory under DIR/trials/; "
     "the study is DIR/optuna.journal, or --storage URL (postgresql://…, sqlite:///…) shared by workers on "
     "several machines. --prune median|asha|hyperband stops hopeless trials from their evaluations of "
-    "--metric. The same command again continues the study until N trials are finished.\n\n"
+    "--metric (--prune-after STEP: not before that step). The same command again continues the study until "
+    "N trials are finished. loguniform(from: RUN) takes a range test's usable window; ratio(a, b, of: KEY) "
+    "is a share of KEY (base_lr of max_lr). A config's sweep: {search: {sampler: tpe, trials: N, params: "
+    "{KEY: DIST}}} block says the same (the flags win).\n\n"
     "  clrctl sweep configs/digits-triangular.yaml --search tpe --trials 20 --prune asha "
     "--param 'policy.bounds.1=loguniform(0.03, 0.5)' --param 'policy.stepsize=choice(1 epochs, 2 epochs)'\n"
 )
@@ -57,11 +60,15 @@ def sweep(
     overrides: Optional[List[str]] = options.overrides_argument("Overrides for every point: key.path=value …"),
     grid: Optional[List[str]] = typer.Option(None, "--grid", "-g", help="KEY=V1,V2,… (repeatable): the values to sweep."),
     seeds: Optional[str] = options.seeds_option("Seeds per point: 3, 0,1,2 or 0..4."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Runs at once on this machine, each in its own process."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Runs at once on this machine, each in a worker "
+                             "process of its own (a worker runs one run after another)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run only the I-th of N shares (needs --run-dir)."),
     run_dir: Optional[Path] = options.run_dir_option("The sweep directory (rerun on it to resume)."),
     runs_root: Path = options.runs_root_option("Parent of the default timestamped directory."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the points; run nothing."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.001, show_default=False,
+                                            help="Seconds a run may take: then it is stopped (checkpointed) and "
+                                                 "recorded failed, its worker replaced."),
     quiet: bool = options.quiet_option("Only the final summary."),
     tensorboard: bool = options.tensorboard_option("Every run also writes TensorBoard events "
                                                    "(train.tensorboard=true)."),
@@ -71,8 +78,14 @@ def sweep(
                                          help="Trials to finish (with --search; a rerun continues up to N)."),
     params: Optional[List[str]] = typer.Option(None, "--param", "-p", help="KEY=DIST (repeatable, with --search): "
                                                "loguniform(a, b), uniform(a, b), int(a, b), choice(v1, …)."),
-    metric: str = typer.Option("val_acc", "--metric", help="val_acc | val_loss: what the search optimises."),
-    prune: str = typer.Option("none", "--prune", help="none | median | asha | hyperband (with --search)."),
+    metric: Optional[str] = typer.Option(None, "--metric", show_default=False,
+                                         help="val_acc | val_loss: what the search optimises (default val_acc)."),
+    prune: Optional[str] = typer.Option(None, "--prune", show_default=False,
+                                        help="none | median | asha | hyperband (with --search; default none)."),
+    prune_after: Optional[int] = typer.Option(None, "--prune-after", show_default=False,
+                                              help="STEP: no pruning before this step (e.g. one LR cycle)."),
+    sampler_seed: Optional[int] = typer.Option(None, "--sampler-seed", show_default=False,
+                                               help="The sampler's seed (with --search; default: random)."),
     storage: Optional[str] = typer.Option(None, "--storage", show_default=False,
                                           help="The study's SQLAlchemy URL (default: DIR/optuna.journal)."),
     study: Optional[str] = typer.Option(None, "--study", show_default=False,
@@ -80,16 +93,19 @@ def sweep(
 ) -> None:
     from clrctl.runs.rundir import default_run_path
 
-    if search is not None or params or trials is not None:
+    from clrctl.sweep.search import has_search_block
+
+    block = has_search_block(config)
+    if search is not None or params or trials is not None or block:
         given = [name for name, value in (("--grid", grid), ("--seeds", seeds), ("--shard", shard),
-                                          ("--dry-run", dry_run)) if value]
+                                          ("--dry-run", dry_run), ("--timeout", timeout)) if value]
         if given:
-            raise InputError(f"{', '.join(given)}: not with --search (a search samples its trials; run the same "
-                             "command on every machine instead of --shard)")
-        if search is None or trials is None:
-            raise InputError("a search needs --search tpe|random|cmaes|grid and --trials N (and --param KEY=DIST)")
+            why = "--search" if search is not None or not block else f"{config}'s sweep.search block"
+            raise InputError(f"{', '.join(given)}: not with a search ({why}; a search samples its trials: run "
+                             "the same command on every machine instead of --shard)")
         _search(config, [*(overrides or []), *options.tensorboard_override(tensorboard)], list(params or []),
-                search, trials, metric, prune, storage, study, jobs, run_dir, runs_root, quiet, tensorboard)
+                search, trials, metric, prune, storage, study, jobs, run_dir, runs_root, quiet, tensorboard,
+                prune_after, sampler_seed)
         return
     from clrctl.sweep.plan import build_plan
     from clrctl.sweep.runner import Pool, parse_shard
@@ -114,7 +130,7 @@ def sweep(
     console.print(f"sweep: {path} — {len(plan.points)} points, {len(plan.runs())} runs"
                   + (f", shard {shard}" if shard else ""), highlight=False, markup=False)
     t0 = time.monotonic()
-    result = Pool(plan, store, jobs, shard_spec, _Printer(quiet)).run()
+    result = Pool(plan, store, jobs, shard_spec, _Printer(quiet), timeout_s=timeout).run()
     index = store.write_index(plan, argv)
     _print_result(path, index, result, time.monotonic() - t0)
     if result.interrupted:
@@ -126,7 +142,7 @@ def sweep(
 
 
 def _search(config, overrides, params, search, trials, metric, prune, storage, study, jobs, run_dir, runs_root,
-            quiet, tensorboard) -> None:
+            quiet, tensorboard, prune_after=None, sampler_seed=None) -> None:
     from clrctl.config.schema import read_yaml
     from clrctl.runs.rundir import default_run_path
     from clrctl.sweep import search as search_mod
@@ -137,14 +153,16 @@ def _search(config, overrides, params, search, trials, metric, prune, storage, s
         from clrctl.track.tensorboard import require
 
         require("--tensorboard")
-    name = str(read_yaml(config).get("name", "run"))
+    data = read_yaml(config)
+    name = str(data.get("name", "run")) if isinstance(data, dict) else "run"
     path = run_dir if run_dir is not None else default_run_path(runs_root, f"{name}-search")
     spec = search_mod.build_search(config, overrides, params, search=search, trials=trials, metric=metric,
-                                   prune=prune, storage=storage, study=study, path=path)
+                                   prune=prune, storage=storage, study=study, path=path, prune_after=prune_after,
+                                   sampler_seed=sampler_seed)
     search_mod.prepare(spec)
     argv = ["clrctl", *sys.argv[1:]]
     store = spec.storage or f"{path}/{search_mod.JOURNAL}"
-    console.print(f"search: {path} — {search} over {len(spec.params)} parameters, {trials} trials, study "
+    console.print(f"search: {path} — {spec.search} over {len(spec.params)} parameters, {spec.trials} trials, study "
                   f"{spec.study!r} in {store}", highlight=False, markup=False, soft_wrap=True)
     t0 = time.monotonic()
     code = 0
@@ -158,7 +176,7 @@ def _search(config, overrides, params, search, trials, metric, prune, storage, s
     counts = ", ".join(f"{n} {state}" for state, n in index["counts"].items()) or "none"
     best = index.get("best")
     console.print(f"search {path}: trials {counts} in {time.monotonic() - t0:.1f} s"
-                  + (f"; best trial {best['trial']}: {metric} {best['value']:.4g} ({best['path']})" if best else ""),
+                  + (f"; best trial {best['trial']}: {spec.metric} {best['value']:.4g} ({best['path']})" if best else ""),
                   highlight=False, markup=False, soft_wrap=True)
     if code == 130:
         raise Interrupted(f"search interrupted; run the same command again to continue ({path})")

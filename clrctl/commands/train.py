@@ -274,6 +274,8 @@ def _stage_lines(cfg: Config, spe: Optional[int], total: int) -> list[str]:
         notes = [f"{policy.base_lr:g}–{policy.max_lr:g}", *_stepsize_text(policy, spe)]
         if stage.freeze:
             notes.append(f"frozen: {', '.join(stage.freeze)}")
+        if stage.image_size is not None:
+            notes.append(f"images {stage.image_size}x{stage.image_size}")
         lines.append(f"  stage {stage.name}: {policy.name}, {preview_maths.stage_length(stage, spe)} steps "
                      f"({', '.join(notes)})")
     return lines

@@ -70,6 +70,11 @@ def _no_bool(value: Any) -> Any:
     return value
 
 
+def _yaml_off(value: Any) -> Any:
+    # YAML 1.1 reads a bare off / on as false / true: train.precompute: off means "off".
+    return {False: "off", True: "on"}.get(value, value) if isinstance(value, bool) else value
+
+
 # Numbers that refuse true/false; floats are finite (.inf and .nan are YAML floats too).
 Int = Annotated[int, BeforeValidator(_no_bool)]
 Float = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
@@ -172,6 +177,8 @@ class ModelConfig(_Section):
     args: dict[str, Any] = {}  # extra keyword arguments for torchvision or user models
     # start from these weights: a state_dict file (.pt) or a run directory (its best.pt, else last.pt)
     weights: Optional[str] = None
+    # dropout rate before the classifier layer (fastai's ps); None or 0: none (built-in and torchvision models)
+    dropout: Optional[Float] = Field(None, ge=0.0, lt=1.0)
 
     @field_validator("name")
     @classmethod
@@ -432,6 +439,13 @@ class TrainConfig(_Section):
     swa: Optional[SwaConfig] = None  # {start: N epochs}: SWA at cycle ends (or epoch ends)
     snapshots: bool = False  # a snapshot of the weights at each cycle's end
     snapshot_ensemble: Optional[Int] = Field(None, gt=0, le=1000)  # ensemble of the last K (default: all)
+    # fastai's recipe for a frozen body: BatchNorm layers none of whose parameters train in a stage
+    # run in eval mode there (running statistics fixed: fastai's BnFreeze); and the head of a stage
+    # that trains nothing else is trained on the body's features, computed once (fastai's precompute;
+    # auto: where that gives what the slow path gives and the stage has two or more epochs; on: a
+    # one-epoch stage too; see clrctl.engine.precompute)
+    bn_freeze: bool = False
+    precompute: Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_off)] = "auto"
 
     def autocast_dtype(self, device_type: str) -> Optional[str]:
         """"bfloat16"/"float16" to autocast to on ``device_type``, or None (fp32)."""
@@ -514,6 +528,14 @@ def _safe_name(name: str) -> str:
 SafeName = Annotated[str, AfterValidator(_safe_name)]
 
 
+class StageDataset(_Section):
+    """What a stage may change of the data: the image size (progressive resizing; DAWNBench's
+    128 -> 224 -> 288 pixels). Image folders load at this size; tensor images (CIFAR, MNIST,
+    digits) are resized on the device, bilinear with antialiasing."""
+
+    image_size: Optional[Int] = Field(None, gt=0, le=4096)
+
+
 class StageConfig(_Section):
     """One stage of a fine-tuning run (SPEC "Fine-tuning"): what it leaves out comes from
     the top level; ``policy`` and ``optimizer`` are merged key by key over the top-level blocks."""
@@ -524,6 +546,7 @@ class StageConfig(_Section):
     freeze: list[str] = []  # groups that get no updates in this stage
     policy: Optional[dict[str, Any]] = None
     optimizer: Optional[dict[str, Any]] = None
+    dataset: Optional[StageDataset] = None  # {image_size: N}: this stage trains and evaluates at N x N
 
     @model_validator(mode="after")
     def _one_length(self) -> "StageConfig":
@@ -544,17 +567,42 @@ class Stage:
     epochs: Optional[int]
     steps: Optional[int]
     freeze: tuple[str, ...] = ()
+    image_size: Optional[int] = None  # a stage's dataset.image_size (None: the data set's own size)
 
     def length(self, steps_per_epoch: int) -> int:
         return self.steps if self.steps is not None else self.epochs * steps_per_epoch
 
 
+class SearchBlock(_Section):
+    """``sweep: {search: …}`` — an Optuna search committed with its config, key for key the
+    command line's ``--search``/``--trials``/``--param``/… (``clrctl sweep`` checks the values)."""
+
+    sampler: Optional[str] = None  # --search: tpe | random | cmaes | grid (default tpe)
+    trials: Optional[Int] = Field(None, ge=1)  # --trials
+    params: dict[str, str] = {}  # --param KEY=DIST, as {KEY: DIST}
+    metric: Optional[str] = None  # --metric (default val_acc)
+    prune: Optional[str] = None  # --prune (default none)
+    prune_after: Optional[Int] = Field(None, ge=1)  # --prune-after: no pruning before this step
+    sampler_seed: Optional[Int] = Field(None, ge=0)  # --sampler-seed (default: Optuna's random one)
+    storage: Optional[str] = None  # --storage
+    study: Optional[str] = None  # --study
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _texts(cls, params: Any) -> Any:
+        if isinstance(params, dict):  # (a YAML value such as 0.1 is not a distribution; say so later)
+            return {k: v if isinstance(v, str) else repr(v) for k, v in params.items()}
+        return params
+
+
 class SweepConfig(_Section):
-    """``sweep:`` — a grid committed with its config; ``clrctl sweep`` reads it, ``train`` ignores it."""
+    """``sweep:`` — a grid (or a search) committed with its config; ``clrctl sweep`` reads it,
+    ``train`` ignores it."""
 
     grid: dict[str, list[Any]] = {}  # dotted key -> values; the points are their Cartesian product
     include: list[dict[str, Any]] = []  # extra points ({dotted key: value}), e.g. a fixed-LR baseline
     seeds: Optional[Union[int, str, list[int]]] = None  # as --seeds: 3, "0..4" or [0, 1, 2]
+    search: Optional[SearchBlock] = None  # an Optuna search instead of the grid
 
     @field_validator("grid")
     @classmethod
@@ -889,7 +937,8 @@ def _resolve_stage(config: Config, stage: StageConfig) -> Stage:
                               f"groups: {', '.join(known)}")
     if set(known) <= set(stage.freeze):
         raise ConfigError(f"stages.{stage.name}.freeze: freezes every group ({', '.join(known)}); nothing would train")
-    return Stage(stage.name, merged.policy, merged.optimizer, stage.epochs, stage.steps, tuple(stage.freeze))
+    return Stage(stage.name, merged.policy, merged.optimizer, stage.epochs, stage.steps, tuple(stage.freeze),
+                 stage.dataset.image_size if stage.dataset is not None else None)
 
 
 def _explicit(policy: "PolicyConfig") -> dict[str, Any]:

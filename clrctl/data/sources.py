@@ -428,6 +428,39 @@ class LoaderSource(BatchSource):
         return LoaderSource(subset, self.eval_batch_size, self.device, num_workers=self.num_workers)
 
 
+class ResizedSource(BatchSource):
+    """Another source's image batches resized to ``size`` x ``size`` on the device (bilinear,
+    antialiased; a stage's ``dataset.image_size`` on tensor images): the same samples in the
+    same order, crops and flips drawn as before at the stored size."""
+
+    def __init__(self, inner: BatchSource, size: int) -> None:
+        self.inner, self.size = inner, size
+        self.num_samples, self.batch_size, self.device = inner.num_samples, inner.batch_size, inner.device
+        self.drop_last = inner.drop_last
+
+    @property
+    def shard(self):  # (DDP shards the inner source: one place holds the rank's share)
+        return self.inner.shard
+
+    @shard.setter
+    def shard(self, value) -> None:
+        self.inner.shard = value
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        for x, y in self.inner.batches(epoch, start):
+            yield resize_images(x, self.size), y
+
+    def head(self, n: int) -> "ResizedSource":
+        return ResizedSource(self.inner.head(n), self.size)
+
+
+def resize_images(x: Tensor, size: int) -> Tensor:
+    """A batch (N, C, H, W) at ``size`` x ``size``: bilinear, antialiased when shrinking."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
 def _readable(loader: torch.utils.data.DataLoader):
     """The loader's batches; a :class:`DataError` from a worker process comes back as the
     one line it was raised with (DataLoader re-raises it wrapped in the worker's traceback)."""

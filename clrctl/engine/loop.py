@@ -81,6 +81,7 @@ class Loop:
         self.scaler = self.fast.scaler()  # (train.amp: float16 on CUDA, as train.precision: fp16)
         # The model that trains (checkpoints hold setup.model, unwrapped), compiled when asked.
         self.net = self.fast.model(strategy.wrap(self.fast.model_layout(setup.model)))
+        self._enter_stage()
         train = setup.config.train
         # train.clip_grad_norm / train.accumulate: another stepper (None: the plain step); the
         # pre-clip gradient norms it keeps become metrics.csv's grad_norm column at each flush.
@@ -171,18 +172,20 @@ class Loop:
     def _run_epoch(self, epoch: int) -> None:
         s, state = self.setup, self.state
         last = len(s.data.train) - 1
+        if state.batch == 0 and self._ends[self.stage.index] <= state.step < self._ends[-1]:
+            self._next_stage()  # (before the epoch's batches: a stage may bring other data)
         self._epoch_last_step = state.step + last - state.batch + 1
         self._schedule_due()
         rows, losses, sizes, hits = self._rows, self._losses, self._sizes, self._hits
         # A run resumed mid-epoch gets the same epoch's order, minus the batches it has done.
-        for index, (x, y) in enumerate(s.data.train.batches(epoch, start=state.batch), start=state.batch):
+        for index, (x, y) in enumerate(self._train.batches(epoch, start=state.batch), start=state.batch):
             if state.step >= self._ends[self.stage.index]:  # the previous stage is done
                 self._next_stage()
             stage = self.stage
             schedule = stage.schedule
             lr = schedule.lr()
             row = [state.step, epoch + 1, lr, schedule.momentum(), None, None, None]
-            loss, logits, size = self._step(self.net, stage.optimizer, x, y, index)
+            loss, logits, size = self._step(self._net, stage.optimizer, x, y, index)
             schedule.step()
             if self._stage_column:
                 row.append(stage.stage.name)
@@ -238,7 +241,16 @@ class Loop:
 
     def _next_stage(self) -> None:
         self.stage = build_stage(self.setup, self.stage.index + 1)
+        self._enter_stage()
         self.emit("on_stage_start", self.stage.index)
+
+    def _enter_stage(self) -> None:
+        """The running stage's data (its image size) and what it trains on and with: the
+        batches and the net, or its head on precomputed features (``Setup.trains_on``) — the
+        same unless an epoch starts here (a stage that changes them spans whole epochs)."""
+        index = self.stage.index
+        self.data = self.setup.stage_data(index)
+        self._train, self._net = self.setup.trains_on(index, self.net)
 
     # -- the host sync ---------------------------------------------------------------
     def flush(self) -> None:
@@ -303,7 +315,7 @@ class Loop:
 
     def _evaluate_model(self) -> None:
         s = self.setup
-        val_loss, val_acc = evaluate(s.model, s.data.val, s.loss_fn, self.strategy.eval_reduce)
+        val_loss, val_acc = evaluate(s.model, self.data.val, s.loss_fn, self.strategy.eval_reduce)
         self._rows[-1][VAL_LOSS], self._rows[-1][VAL_ACC] = val_loss, val_acc
         self.emit("on_eval", self.state.step, val_loss, val_acc)
 

@@ -24,13 +24,14 @@ from clrctl.engine import ddp as distributed
 
 from clrctl.config.schema import SCHEDULE_FREE, Config, Stage, check_warmup_fit, warn_stepsize_fit
 from clrctl.data.datasets import build_data
-from clrctl.data.sources import DataBundle
+from clrctl.data.sources import BatchSource, DataBundle, ResizedSource, resize_images
+from clrctl.engine.precompute import FeatureSource, decide
 from clrctl.engine.device import seed_everything
 from clrctl.errors import ConfigError, DataError
 from clrctl.optim.cycles import check_averaging
 from clrctl.optim.groups import ParamGroup, build_groups, check_trainable
 from clrctl.model.losses import build_loss, check_targets
-from clrctl.model.build import build_model
+from clrctl.model.build import build_model, head_module, seed_dropout
 from clrctl.model.weights import load_weights
 
 
@@ -48,6 +49,29 @@ class Setup:
     steps_per_epoch: int
     weights: Optional[dict[str, Any]] = None  # source and re-initialised keys of model.weights
     loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+    _resized: dict[int, DataBundle] = field(default_factory=dict, repr=False)  # the stages' other sizes
+    # train.precompute: per stage {stage, used, reason} (clrctl.engine.precompute.decide)
+    precompute: list[dict[str, Any]] = field(default_factory=list)
+
+    def trains_on(self, index: int, net: nn.Module) -> tuple[BatchSource, nn.Module]:
+        """What stage ``index`` trains on and with: its data's training batches and ``net`` (the
+        model as it trains) — or, where its head trains alone on precomputed features, those
+        features (computed at the stage's first batch, from the weights it starts with) and the head."""
+        train = self.stage_data(index).train
+        if not (index < len(self.precompute) and self.precompute[index]["used"]):
+            return train, net
+        head = head_module(self.model)
+        return FeatureSource(train, self.model, head, getattr(train, "seed", self.seed)), self.model.get_submodule(head)
+
+    def stage_data(self, index: int) -> DataBundle:
+        """The data stage ``index`` trains and evaluates on: at its ``dataset.image_size``
+        (progressive resizing), else the data set's own; one bundle per size, built once."""
+        size = self.stages[index].image_size
+        if size is None or tuple(self.data.input_shape[-2:]) == (size, size):
+            return self.data
+        if size not in self._resized:
+            self._resized[size] = resized_data(self.config, self.seed, self.device, self.data, size)
+        return self._resized[size]
 
     @property
     def stage_ends(self) -> list[int]:
@@ -93,6 +117,7 @@ def build_setup(config: Config, seed: Optional[int] = None, *, probe: bool = Tru
     check_tta(config, data.input_shape)
     model = build_model(config.model, data.input_shape, data.num_classes)
     weights = load_weights(model, config.model)
+    seed_dropout(model, seed, device, distributed.world().rank)  # (model.dropout: masks from the run's seed)
     setup = assemble(config, seed, device, data, model.to(device), weights=weights)
     if probe:
         probe_batch(setup)
@@ -115,10 +140,53 @@ def assemble(config: Config, seed: int, device: torch.device, data: DataBundle, 
         for stage in stages:
             check_trainable(groups, stage.freeze, f"stages.{stage.name}" if config.has_stages else "optimizer")
         check_warmup_fit(stages, len(data.train), config.has_stages)
+        check_stage_sizes(config, stages, data.input_shape, len(data.train))
         check_averaging(config.train, stages, len(data.train))  # (an error first: no warning before it)
         warn_stepsize_fit(stages, len(data.train), config.has_stages)
+    precompute = decide(config, model, groups, stages, len(data.train), data.input_shape, data.train.num_samples,
+                        distributed.world().world_size)
     return Setup(config, seed, device, data, model, groups, stages, len(data.train), weights,
-                 build_loss(config.train) if loss_fn is None else loss_fn)
+                 build_loss(config.train) if loss_fn is None else loss_fn, precompute=precompute)
+
+
+def resized_data(config: Config, seed: int, device: torch.device, data: DataBundle, size: int) -> DataBundle:
+    """``data`` at ``size`` x ``size``: an image folder loaded again at that size (the same
+    split and order: both come from the seed), other images resized per batch on the device."""
+    if config.dataset.name == "imagefolder":
+        bundle = build_data(config.dataset.model_copy(update={"image_size": size}), seed, device)
+        distributed.shard_data(bundle)
+        return bundle
+    return DataBundle(ResizedSource(data.train, size), ResizedSource(data.val, size),
+                      (*data.input_shape[:-2], size, size), data.num_classes, data.name)
+
+
+# Built-in models whose classifier takes a flattened input of the size they were built for.
+FIXED_SIZE_MODELS = ("mlp", "lenet")
+
+
+def check_stage_sizes(config: Config, stages: list[Stage], input_shape: tuple[int, ...], steps_per_epoch: int) -> None:
+    """A stage's ``dataset.image_size`` needs images and a model that takes another size, and a
+    stage that changes the size must start at an epoch boundary (an epoch has one size)."""
+    start, previous = 0, None
+    for index, stage in enumerate(stages):
+        key = f"stages.{stage.name}.dataset.image_size"
+        size = stage.image_size
+        if size is not None and len(input_shape) != 3:
+            raise ConfigError(f"{key}: needs images (C, H, W); {config.dataset.name}'s samples have shape "
+                              f"{tuple(input_shape)}")
+        if size is not None and config.model.name in FIXED_SIZE_MODELS:
+            raise ConfigError(f"{key}: model {config.model.name} flattens its input at the size it was built for "
+                              f"({input_shape[-2]}x{input_shape[-1]}), so it cannot train at {size}x{size}; "
+                              f"resnet20/56 and torchvision: models pool globally and can")
+        effective = size if size is not None else tuple(input_shape[-2:])
+        effective = (effective, effective) if isinstance(effective, int) else effective
+        if index and effective != previous and start % steps_per_epoch:
+            changed = stage if stage.image_size is not None else stages[index - 1]
+            raise ConfigError(f"stages.{changed.name}.dataset.image_size: stage {stage.name!r} starts at step {start}, "
+                              f"inside an epoch ({steps_per_epoch} steps), at another image size than the stage "
+                              f"before it; give the stages before it whole epochs (epochs:)")
+        previous = effective
+        start += stage.length(steps_per_epoch)
 
 
 def check_tta(config: Config, input_shape: tuple[int, ...]) -> None:
@@ -150,6 +218,15 @@ def probe_batch(setup: Setup) -> None:
             raise ConfigError(f"model.name: {model_name} does not fit the data: a batch of shape "
                               f"{tuple(x.shape)} ({setup.data.num_classes} classes) fails with "
                               f"{type(err).__name__}: {_first_line(err)}") from err
+        for stage in setup.stages:  # progressive resizing: the model must take each stage's size
+            if stage.image_size is None:
+                continue
+            try:
+                model(resize_images(x, stage.image_size))
+            except Exception as err:  # noqa: BLE001 - a model that needs one input size
+                raise ConfigError(f"stages.{stage.name}.dataset.image_size: model {model_name} does not take "
+                                  f"{stage.image_size}x{stage.image_size} images: {type(err).__name__}: "
+                                  f"{_first_line(err)}") from err
 
 
 def _first_line(err: BaseException) -> str:

@@ -25,12 +25,13 @@ import os
 import sys
 import sysconfig
 import traceback
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clrctl.config.schema import ModelConfig
+from clrctl.config.schema import BUILTIN_MODELS, ModelConfig
 from clrctl.compat import import_torchvision
 from clrctl.errors import ConfigError
 
@@ -39,8 +40,18 @@ MAX_MLP_PARAMETERS = 2**30  # memory for the weights alone; more would fail late
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The model ``cfg.name`` for samples of ``input_shape`` and ``num_classes`` outputs."""
-    input_shape = tuple(int(d) for d in input_shape)
+    """The model ``cfg.name`` for samples of ``input_shape`` and ``num_classes`` outputs, with
+    ``model.dropout`` before its classifier layer when set."""
+    model = _build(cfg, tuple(int(d) for d in input_shape), num_classes)
+    if cfg.dropout:
+        if cfg.name not in BUILTIN_MODELS and not cfg.name.startswith("torchvision:"):
+            raise ConfigError(f"model.dropout: applies to the built-in and torchvision: models; "
+                              f"{cfg.name!r} is the user's own (add an nn.Dropout inside it)")
+        add_head_dropout(model, cfg.dropout)
+    return model
+
+
+def _build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     if cfg.name == "mlp":
         return mlp(input_shape, cfg.hidden, num_classes)
     if cfg.name == "lenet":
@@ -60,6 +71,70 @@ def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int
             f"model.name: {name!r} needs image input (C, H, W), but the data set gives {input_shape}; try mlp"
         )
     return input_shape  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------
+# The head, and dropout before it (model.dropout; fastai's ps)
+
+
+def head_module(model: nn.Module) -> str:
+    """The name of the final classifier layer: the last ``nn.Linear`` in registration order
+    (torchvision's ``fc``, ``classifier.6``, ``heads.head``, …), else the last module that holds
+    parameters of its own ("" when the model is a single layer)."""
+    holders = [name for name, module in model.named_modules() if any(True for _ in module.parameters(recurse=False))]
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return (linears or holders or [""])[-1]
+
+
+class HeadDropout(nn.Module):
+    """Dropout (inverted, as ``nn.Dropout``) whose masks come from its own generator:
+    :func:`seed_dropout` seeds it from the run's seed, and a checkpoint carries its state
+    (:mod:`clrctl.track.dropout`), so a resumed run draws the masks the uninterrupted one does.
+    Without a generator (a model built outside a run) it draws from torch's global one."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+        self.generator: Optional[torch.Generator] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty_like(x).bernoulli_(keep, generator=self.generator)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _dropout_first(module: nn.Module, args: tuple) -> tuple:
+    """A forward pre-hook: the classifier layer's input goes through its ``dropout`` child first."""
+    return (module.dropout(args[0]), *args[1:])
+
+
+def add_head_dropout(model: nn.Module, p: float) -> None:
+    """Dropout of rate ``p`` on the input of the classifier layer (:func:`head_module`), as a
+    child of that layer run by a forward pre-hook: the state_dict keeps its keys (pretrained
+    weights load as before) and the head's parameters stay the head group's."""
+    name = head_module(model)
+    head = model.get_submodule(name)
+    head.add_module("dropout", HeadDropout(p))
+    head.register_forward_pre_hook(_dropout_first)
+
+
+def dropouts(model: nn.Module) -> list[HeadDropout]:
+    return [m for m in model.modules() if isinstance(m, HeadDropout)]
+
+
+def seed_dropout(model: nn.Module, seed: int, device: torch.device, rank: int = 0) -> None:
+    """Give each :class:`HeadDropout` of ``model`` a generator on ``device`` seeded from
+    ``seed`` (a stream of its own: the batches' and the initialisation's are not touched; under
+    DDP each ``rank`` its own, as each drops out of its own share of the batch)."""
+    for index, module in enumerate(dropouts(model)):
+        generator = torch.Generator(device=device)
+        generator.manual_seed((seed * 1_000_003 + 7_777_777 + 1_009 * rank + index) % 2**63)
+        module.generator = generator
 
 
 # ---------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from torch import nn
 
 from clrctl.config.schema import DEFAULT_GROUPS, REST_GROUP, OptimizerConfig
 from clrctl.errors import ConfigError
+from clrctl.model.build import head_module  # (the final classifier layer: the model's own knowledge)
 
 # Modules whose weights count as "norm" for optimizer.no_decay (their biases are "bias" too).
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -40,15 +41,6 @@ class ParamGroup:
         """What run.json records of a group."""
         return {"name": self.name, "lr_mult": self.lr_mult, "weight_decay": self.weight_decay,
                 "tensors": len(self.params), "parameters": self.numel}
-
-
-def head_module(model: nn.Module) -> str:
-    """The name of the final classifier layer: the last ``nn.Linear`` in registration order
-    (torchvision's ``fc``, ``classifier.6``, ``heads.head``, …), else the last module that holds
-    parameters of its own ("" when the model is a single layer)."""
-    holders = [name for name, module in model.named_modules() if any(True for _ in module.parameters(recurse=False))]
-    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    return (linears or holders or [""])[-1]
 
 
 def build_groups(model: nn.Module, cfg: OptimizerConfig) -> list[ParamGroup]:
@@ -204,3 +196,30 @@ def set_frozen(groups: list[ParamGroup], frozen: tuple[str, ...]) -> None:
     for group in groups:
         for _, param in group.params:
             param.requires_grad_(group.name not in frozen)
+
+
+def frozen_batchnorms(model: nn.Module, frozen: tuple[str, ...]) -> list[nn.Module]:
+    """The BatchNorm layers none of whose parameters train (after :func:`set_frozen`); none
+    when the stage freezes nothing."""
+    if not frozen:
+        return []
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+def _stay_in_eval(module: nn.Module, args: tuple) -> None:
+    module.training = False  # (model.train() sets it again; each forward of the stage undoes that)
+
+
+def set_bn_frozen(model: nn.Module, frozen: tuple[str, ...], on: bool) -> None:
+    """``train.bn_freeze``: the frozen BatchNorm layers of this stage run in eval mode (their
+    running statistics fixed, as fastai's BnFreeze); the previous stage's are released."""
+    for module in model.modules():
+        handle = getattr(module, "_clrctl_bn_freeze", None)
+        if handle is not None:
+            handle.remove()
+            del module._clrctl_bn_freeze
+            module.training = model.training
+    if on:
+        for module in frozen_batchnorms(model, frozen):
+            module._clrctl_bn_freeze = module.register_forward_pre_hook(_stay_in_eval)

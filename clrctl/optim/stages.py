@@ -10,16 +10,19 @@ import torch
 from torch import nn
 
 from clrctl.config.schema import Stage
-from clrctl.optim.groups import ParamGroup, set_frozen, torch_param_groups
+from clrctl.optim.groups import ParamGroup, set_bn_frozen, set_frozen, torch_param_groups
 from clrctl.optim.optimizers import build_optimizer
 from clrctl.optim.policies import Schedule, Warmup, build_schedule, initial_lr
 from clrctl.optim.schedulefree import AveragedWeights, averaged_weights
 
 
-def stage_optimizer(groups: list[ParamGroup], model: nn.Module, stage: Stage, lr: float) -> torch.optim.Optimizer:
+def stage_optimizer(groups: list[ParamGroup], model: nn.Module, stage: Stage, lr: float,
+                    bn_freeze: bool = False) -> torch.optim.Optimizer:
     """Freeze the stage's groups (requires_grad off, no optimizer state) and build the stage's
-    optimizer over the rest, each group at its ``lr_mult`` x ``lr``."""
+    optimizer over the rest, each group at its ``lr_mult`` x ``lr``. ``bn_freeze``
+    (``train.bn_freeze``): the BatchNorm layers that are wholly frozen run in eval mode."""
     set_frozen(groups, stage.freeze)
+    set_bn_frozen(model, stage.freeze, bn_freeze)
     params = torch_param_groups(groups, model, stage.optimizer, stage.freeze)
     return build_optimizer(stage.optimizer, params, lr)
 
@@ -41,7 +44,8 @@ def build_stage(setup, index: int) -> StageRun:
     """Stage ``index`` of ``setup`` (a :class:`~clrctl.engine.setup.Setup`) with a fresh
     optimizer and schedule; the schedule runs over the stage's own steps."""
     stage = setup.stages[index]
-    optimizer = stage_optimizer(setup.groups, setup.model, stage, initial_lr(stage.policy))
+    optimizer = stage_optimizer(setup.groups, setup.model, stage, initial_lr(stage.policy),
+                                setup.config.train.bn_freeze)
     schedule = build_schedule(stage.policy, stage.optimizer, optimizer, setup.steps_per_epoch,
                               stage.length(setup.steps_per_epoch))
     averaged = averaged_weights(optimizer, setup.model, setup.data.train)

@@ -5,7 +5,9 @@ seeds' count and min–max; the colour range spans at least :data:`MIN_COLOR_SPA
 small difference does not look maximal). One key varies: the median against that key's values with the seeds' min–max
 as a band and each seed as a dot. Otherwise: every point's median and range, best first.
 Extra points (``sweep.include``, e.g. a fixed-LR baseline) are drawn as reference lines or
-listed under the heatmap.
+listed under the heatmap. A search (``--search``): its optimisation history (the metric per
+trial and the best so far) beside the metric against its most important parameter; pruned
+trials are drawn as crosses at the value they were pruned at.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
 
 def sweep_figure(report: dict[str, Any]):
     """The figure of :func:`plot_sweep` (not saved, so that tests can inspect it)."""
+    if report.get("search"):
+        return search_figure(report)
     keys = report["keys"]
     grid_rows = [row for row in report["points"] if not row["included"]]
     if not any(math.isfinite(_finite(row["metrics"][report["metric"]["name"]]["median"])) for row in report["points"]):
@@ -185,3 +189,76 @@ def _ranked(report):
 def _finite(value: Any) -> float:
     """NaN for what cannot be drawn (a censored inf, a missing value)."""
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
+
+
+def search_figure(report: dict[str, Any]):
+    """Left: each trial's metric in trial order, the best so far as a step line; pruned trials
+    as crosses at their last reported value, failed ones as ticks on the axis. Right: the metric
+    against the most important parameter (the report's importance rule), log-scaled for a
+    log-uniform range, one column per value for a choice; the best trial starred."""
+    search = report["search"]
+    metric, higher = search.get("metric") or "val_acc", report["metric"]["direction"] == "higher"
+    if search.get("metric") == "val_loss":
+        higher = False
+    trials = search["trials"]
+    done = [t for t in trials if t["status"] == "completed" and t["value"] is not None]
+    pruned = [t for t in trials if t["status"] == "pruned" and t["value"] is not None]
+    failed = [t for t in trials if t["status"] == "failed"]
+    fig, (left, right) = new_figure(1, 2, figsize=(11.0, 4.4))
+    if done:
+        left.scatter([t["trial"] for t in done], [t["value"] for t in done], color="C0", s=22, zorder=3,
+                     label=f"completed ({len(done)})")
+        order = sorted(done, key=lambda t: t["trial"])
+        best, xs, ys = None, [], []
+        for t in order:
+            best = t["value"] if best is None or (t["value"] > best if higher else t["value"] < best) else best
+            xs.append(t["trial"])
+            ys.append(best)
+        last = max(t["trial"] for t in trials)
+        if last > xs[-1]:  # (flat to the last trial, whatever it was)
+            xs, ys = xs + [last], ys + [ys[-1]]
+        left.step(xs, ys, where="post", color="C1", label="best so far")
+    if pruned:
+        left.scatter([t["trial"] for t in pruned], [t["value"] for t in pruned], marker="x", color="C3", s=26,
+                     zorder=3, label=f"pruned ({len(pruned)}; at its last evaluation)")
+    if failed:
+        left.scatter([t["trial"] for t in failed], [0.0] * len(failed), marker="|", color="gray", s=60,
+                     transform=left.get_xaxis_transform(), clip_on=False, label=f"failed ({len(failed)})")
+    left.set_xlabel("trial")
+    left.set_ylabel(metric)
+    left.set_title(f"{report['name']}: {search.get('sampler')} search, prune {search.get('prune')} "
+                   f"({'higher' if higher else 'lower'} is better)", fontsize=9)
+    left.legend(fontsize="small")
+    key = search.get("most_important")
+    param = next((p for p in search.get("params", []) if p["key"] == key), None)
+    if param is None:
+        right.text(0.5, 0.5, "fewer than 3 completed trials: no importance", ha="center", va="center",
+                   transform=right.transAxes)
+        right.set_axis_off()
+        return fig
+    choices = [_key(v) for v in param["args"]] if param["kind"] == "choice" else None
+
+    def x_of(t):
+        value = t["overrides"].get(key)
+        return choices.index(_key(value)) if choices is not None else float(value)
+
+    shown = [t for t in done + pruned if key in t["overrides"]]
+    for group, style in ((done, {"color": "C0", "s": 22}), (pruned, {"color": "C3", "s": 26, "marker": "x"})):
+        group = [t for t in group if t in shown]
+        if group:
+            right.scatter([x_of(t) for t in group], [t["value"] for t in group], zorder=3, **style)
+    best = search.get("best")
+    if best and key in (best.get("overrides") or {}):
+        right.scatter([x_of(best)], [best["value"]], marker="*", color="C1", s=160, zorder=4, label="best trial")
+        right.legend(fontsize="small")
+    if choices is not None:
+        right.set_xticks(range(len(choices)), [str(v) for v in param["args"]])
+        right.set_xlim(-0.5, len(choices) - 0.5)
+    elif param["kind"] in ("loguniform", "ratio"):
+        right.set_xscale("log")
+    share = search["importance"][key]
+    right.set_xlabel(key)
+    right.set_ylabel(metric)
+    right.set_title(f"most important: {key} (explains {share:.0%} of the variance; "
+                    f"{'eta²' if choices is not None else 'Spearman rho²'})", fontsize=9)
+    return fig

@@ -80,6 +80,8 @@ def prepare(config: Config, seed: Optional[int] = None, stage: Optional[str] = N
     weights) and the stage to sweep: ``stage`` by name, else the first."""
     chosen = config.stage(stage) if stage is not None else config.plan()[0]
     base = build_setup(config, seed)
+    index = [s.name for s in base.stages].index(chosen.name)
+    base = replace(base, data=base.stage_data(index))  # (the stage's image size: progressive resizing)
     return SweepSetup.of(base, chosen, resolve_steps(config.range_test.steps, base.steps_per_epoch))
 
 
@@ -87,7 +89,7 @@ def sweep_optimizer(setup: SweepSetup, model: nn.Module) -> torch.optim.Optimize
     """The stage's optimizer for ``model`` (a copy): its frozen groups get no parameters and
     every group's LR is its ``lr_mult`` x the swept LR."""
     groups = build_groups(model, setup.config.optimizer)
-    return stage_optimizer(groups, model, setup.stage, setup.config.range_test.start_lr)
+    return stage_optimizer(groups, model, setup.stage, setup.config.range_test.start_lr, setup.config.train.bn_freeze)
 
 
 @dataclass

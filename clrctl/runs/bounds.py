@@ -33,6 +33,21 @@ def resolve_bounds_from(config: Config) -> Config:
     return resolved
 
 
+def usable_window(source: str, key: str) -> tuple[float, float]:
+    """The LRs a finished range test found usable, for a search's ``loguniform(from: RUN)``:
+    from its suggested ``base_lr`` (where accuracy starts to rise) to the LR at the loss
+    minimum (beyond it training falls apart), or its suggested ``max_lr`` where that is higher
+    or there is no loss minimum. A missing or unfinished run: ConfigError naming ``key``."""
+    base, high = _suggested_bounds(source, key)
+    summary = json.loads((Path(source) / "summary.json").read_text())
+    loss_min = (((summary.get("suggestion") or {}).get("candidates") or {}).get("loss_min") or {}).get("lr")
+    if isinstance(loss_min, (int, float)) and loss_min > high:
+        high = float(loss_min)
+    if not 0 < base < high:
+        raise ConfigError(f"{key}: {source} has no usable window (base_lr {base:.4g}, max_lr {high:.4g})")
+    return base, high
+
+
 def _suggested_bounds(source: str, key: str) -> list[float]:
     run = Path(source)
     summary_path = run / "summary.json"

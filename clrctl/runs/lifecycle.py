@@ -34,6 +34,7 @@ from clrctl.runs.checkpoints import Checkpoints, restore
 from clrctl.runs.rundir import NullRunDir, RunDir
 from clrctl.track import tensorboard
 from clrctl.track.averaging import averaging_callbacks
+from clrctl.track.dropout import dropout_callbacks
 from clrctl.track.csvlog import EpochsLog, MetricsLog, log_columns
 from clrctl.track.early_stopping import EarlyStopping
 from clrctl.track.evaluations import Evaluations
@@ -104,6 +105,7 @@ class TrainingRun:
         # averaged weights and snapshots (only when their keys are set): before the files, whose
         # epochs.csv rows they add to
         found += averaging_callbacks(s, self.run, self.strategy)
+        found += dropout_callbacks(s)  # (model.dropout: its generators travel in last.pt)
         if self.strategy.writes:
             metric_columns, epoch_columns = log_columns(s.config)
             self.checkpoints = Checkpoints(self.run, train.checkpoint_every)

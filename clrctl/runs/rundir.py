@@ -37,7 +37,7 @@ from clrctl.errors import InputError
 from clrctl.files.atomic import (TEMP_SUFFIX, WriteFailed, atomic_file, dumps_strict, failure_line,  # noqa: F401
                                  finite_or_none, os_reason, read_csv, read_json, remove_quietly, write_json_atomic, write_text_atomic, writing)
 
-TERMINAL_STATUSES = ("completed", "diverged", "interrupted", "failed")
+TERMINAL_STATUSES = ("completed", "diverged", "interrupted", "failed", "pruned")  # (pruned: a search stopped it)
 LOCK_NAME = ".lock"  # held (flock) by the process that writes the directory; never removed
 # What a run directory holds before its first result (see holds_no_results)
 BOOKKEEPING = ("run.json", "config.yaml", "group.json", LOCK_NAME)

@@ -64,7 +64,8 @@ def start_training(config: Config, *, runs_root: str | Path = "runs", run_dir: O
 
 def model_record(setup) -> dict[str, Any]:
     """What run.json records of the model: its parameter groups and its starting weights."""
-    return {"groups": setup.describe_groups(), "weights": setup.weights}
+    return {"groups": setup.describe_groups(), "weights": setup.weights,
+            "precompute": {"setting": setup.config.train.precompute, "stages": setup.precompute}}
 
 
 def resume_training(path: str | Path, *, argv: Optional[list[str]] = None,
@@ -120,6 +121,9 @@ def open_resumable(path: str | Path) -> tuple[RunDir, dict[str, Any]]:
         raise InputError(f"{path}: not a training run (kind {info.get('kind')!r})")
     if info.get("status") == "completed":
         raise InputError(f"{path}: run already completed; nothing to resume")
+    if info.get("status") == "pruned":  # (a search's pruner stopped it: its end, not an interruption)
+        raise InputError(f"{path}: a search pruned this trial; nothing to resume (train its config.yaml "
+                         "into a new --run-dir to run it to the end)")
     return run, info
 
 

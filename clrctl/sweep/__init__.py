@@ -4,5 +4,6 @@
 - :mod:`.plan`   — every point's full config, validated before anything runs
 - :mod:`.store`  — the sweep directory, run status from the runs' own files, ``sweep.json``
 - :mod:`.locks`  — claiming a run with an exclusive-create lock file; stale-lock takeover
-- :mod:`.runner` — the worker pool (one ``clrctl train`` process per run), signals, shards
+- :mod:`.runner` — running the runs (each ``clrctl train``), signals, shards, ``--timeout``
+- :mod:`.workers` — warm worker processes that run jobs in turn, reset between them
 """

@@ -20,9 +20,9 @@ by their own sample or run), counting those other workers are running, so a reru
 same command continues the study up to ``--trials`` and workers that share a storage
 together finish exactly that many. A trial asked in a race past the count is told failed and
 marked ``clrctl_surplus`` (it is not counted, nor run). A worker that died (``kill -9``)
-leaves its trial running: on an RDB storage Optuna's heartbeat fails it after its grace
-period; on the journal file a worker fails the running trials of dead processes of this host
-(their pid is recorded). Either way the trial is enqueued again with the same parameters
+leaves its trial running: the next worker of the same host fails it (its pid is recorded and
+dead; any storage), and on an RDB storage Optuna's heartbeat fails it after its grace period
+whichever host asks next. Either way the trial is enqueued again with the same parameters
 and is not counted: no finished trial is run twice, none is lost.
 """
 
@@ -43,7 +43,7 @@ from clrctl.config.schema import apply_override, locate_paths, read_yaml, valida
 from clrctl.errors import ConfigError, InputError, Interrupted, RunFailed
 from clrctl.runs.rundir import read_json, utc_now, write_json_atomic
 from clrctl.sweep import locks
-from clrctl.sweep.space import Param, parse_space, trial_name
+from clrctl.sweep.space import Param, config_values, parse_space, trial_name
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
 PRUNERS = ("none", "median", "asha", "hyperband")
@@ -52,6 +52,7 @@ JOURNAL = "optuna.journal"
 FAILED = "clrctl_failed"  # user attr: why a counted trial failed (its sample or its run)
 SURPLUS = "clrctl_surplus"  # user attr: asked past --trials in a race; neither run nor counted
 WORKER = "clrctl_worker"  # user attr: "host:pid" of the process running it
+OWNED = "clrctl_owned"  # user attr: the trial's number, written after WORKER (the rule for dead workers)
 RUN = "clrctl_run"  # user attr: the trial's run directory, relative to DIR
 # The spec keys a rerun must repeat (trials, jobs and the storage may change).
 _LAYOUT = ("search.json", "sweep.json", JOURNAL, "trials", "logs", "locks")
@@ -79,29 +80,63 @@ class Search:
     study: str
     seed: Optional[int] = None  # the sampler's seed (None: Optuna's random one)
     path: Path = field(default=Path("."))
+    prune_after: Optional[int] = None  # no pruning before this step (None: the pruner's default)
 
     @property
     def name(self) -> str:
         return str(self.base.get("name", "run"))
 
+    def values(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """A trial's config values (a ratio multiplied out) from its sampled ones."""
+        if not hasattr(self, "_resolved"):
+            self._resolved = validate(copy.deepcopy(self.base)).to_dict()
+        return config_values(self.params, sampled, self._resolved)
+
     def spec(self) -> dict[str, Any]:
         return {"config": self.config, "overrides": self.overrides, "base": self.base,
                 "params": [p.spec() for p in self.params], "search": self.search, "trials": self.trials,
                 "metric": self.metric, "prune": self.prune, "storage": self.storage, "study": self.study,
-                "seed": self.seed}
+                "seed": self.seed, "prune_after": self.prune_after}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], path: Path) -> "Search":
-        params = [Param(p["key"], p["kind"], tuple(p["args"])) for p in spec["params"]]
+        params = [Param.from_spec(p) for p in spec["params"]]
         return cls(spec["config"], spec["overrides"], spec["base"], params, spec["search"], spec["trials"],
-                   spec["metric"], spec["prune"], spec["storage"], spec["study"], spec.get("seed"), Path(path))
+                   spec["metric"], spec["prune"], spec["storage"], spec["study"], spec.get("seed"), Path(path),
+                   spec.get("prune_after"))
 
 
-def build_search(config: Path, overrides: list[str], params: list[str], *, search: str, trials: int,
-                 metric: str, prune: str, storage: Optional[str], study: Optional[str],
-                 path: Path) -> Search:
+def build_search(config: Path, overrides: list[str], params: list[str], *, search: Optional[str],
+                 trials: Optional[int], metric: Optional[str], prune: Optional[str], storage: Optional[str],
+                 study: Optional[str], path: Path, prune_after: Optional[int] = None,
+                 sampler_seed: Optional[int] = None) -> Search:
     """Read and check everything before any directory exists: the base config must be valid,
-    every ``--param`` must parse and name a key of it (else exit 2, nothing written)."""
+    every ``--param`` must parse and name a key of it (else exit 2, nothing written).
+
+    The config's ``sweep: {search: …}`` block gives the same settings from the file; the
+    command line wins key by key (``--param KEY`` replaces the block's KEY; a plain override
+    ``KEY=V`` pins KEY and drops it from the block's params, as it does from a grid)."""
+    from clrctl.sweep.plan import _sweep_block
+
+    data = read_yaml(config)
+    block = _sweep_block(data.pop("sweep", None))
+    spec = block.search
+    if spec is not None and block.grid:
+        raise InputError(f"{config}: sweep: has both a grid and a search; keep one")
+    if spec is not None:
+        search = search or spec.sampler or "tpe"
+        trials = trials if trials is not None else spec.trials
+        metric, prune = metric or spec.metric, prune or spec.prune
+        storage, study = storage or spec.storage, study or spec.study
+        prune_after = prune_after if prune_after is not None else spec.prune_after
+        sampler_seed = sampler_seed if sampler_seed is not None else spec.sampler_seed
+        pinned = {o.partition("=")[0].strip() for o in overrides}
+        given = {p.partition("=")[0].strip() for p in params}
+        params = [f"{k}={v}" for k, v in spec.params.items() if k not in pinned and k not in given] + list(params)
+    metric, prune = metric or "val_acc", prune or "none"
+    if search is None or trials is None:
+        raise InputError("a search needs --search tpe|random|cmaes|grid and --trials N (and --param KEY=DIST), "
+                         "or a sweep: {search: {sampler: …, trials: N, params: {KEY: DIST}}} block")
     if search not in SAMPLERS:
         raise InputError(f"--search {search!r}: expected one of {', '.join(SAMPLERS)}")
     if prune not in PRUNERS:
@@ -110,8 +145,10 @@ def build_search(config: Path, overrides: list[str], params: list[str], *, searc
         raise InputError(f"--metric {metric!r}: expected one of {', '.join(METRICS)} for a search")
     if trials < 1:
         raise InputError(f"--trials {trials}: expected at least 1")
-    data = read_yaml(config)
-    data.pop("sweep", None)  # (a grid block is the grid's; a search is given on the command line)
+    if sampler_seed is not None and sampler_seed < 0:
+        raise InputError(f"--sampler-seed {sampler_seed}: expected 0 or more")
+    if prune_after is not None and (prune_after < 1 or prune == "none"):
+        raise InputError(f"--prune-after {prune_after}: expected a step >= 1, with --prune median|asha|hyperband")
     for override in overrides:
         apply_override(data, override)
     locate_paths(data, Path(config).parent)
@@ -121,7 +158,16 @@ def build_search(config: Path, overrides: list[str], params: list[str], *, searc
         for param in space:
             param.grid_values()  # choice or int only
     return Search(str(config), list(overrides), data, space, search, trials, metric, prune, storage,
-                  study or Path(path).resolve().name, None, Path(path))
+                  study or Path(path).resolve().name, sampler_seed, Path(path), prune_after)
+
+
+def has_search_block(config: Optional[Path]) -> bool:
+    """Whether the config's ``sweep:`` block holds a search (then ``clrctl sweep CONFIG`` searches)."""
+    if config is None or not Path(config).is_file():
+        return False
+    data = read_yaml(config)
+    block = data.get("sweep") if isinstance(data, dict) else None
+    return isinstance(block, dict) and block.get("search") is not None
 
 
 # ---------------------------------------------------------------------------------------
@@ -180,7 +226,11 @@ def storage(search: Search):
 
 
 def sampler(search: Search):
+    """The sampler, seeded with ``--sampler-seed`` (+ K in worker K of ``--jobs``, so that
+    workers do not draw the same values)."""
     import optuna
+
+    seed = None if search.seed is None else search.seed + int(os.environ.get("CLRCTL_SEARCH_WORKER", "0"))
 
     if search.search == "grid":
         class Grid(optuna.samplers.GridSampler):
@@ -188,23 +238,25 @@ def sampler(search: Search):
                 """(GridSampler stops the study once the grid is done, which only works inside
                 study.optimize; here the workers count the trials, capped at the grid's size.)"""
 
-        return Grid({p.key: p.grid_values() for p in search.params}, seed=search.seed)
+        return Grid({p.key: p.grid_values() for p in search.params}, seed=seed)
     if search.search == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if search.search == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=search.seed, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=search.seed)
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def pruner(search: Search):
     """median: a trial below the median of earlier ones at the same step (after 2 finished);
-    asha: successive halving; hyperband: Hyperband over it."""
+    asha: successive halving; hyperband: Hyperband over it. ``prune_after`` N: no pruning
+    before step N (median's warm-up steps; the first rung of asha and hyperband)."""
     import optuna
 
+    after = search.prune_after
     return {"none": lambda: optuna.pruners.NopPruner(),
-            "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
-            "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(),
-            "hyperband": lambda: optuna.pruners.HyperbandPruner()}[search.prune]()
+            "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=after or 0),
+            "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=after or "auto"),
+            "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=after or 1)}[search.prune]()
 
 
 def quiet_optuna() -> None:
@@ -268,6 +320,7 @@ def work(search: Search, events: Optional[Events] = None, argv: Optional[list[st
         if done + running >= trials:
             return ran
         trial = study.ask({p.key: p.distribution() for p in search.params})
+        _own(trial)
         if _past_budget(study, trial.number, trials):
             trial.set_user_attr(SURPLUS, True)
             study.tell(trial, state=_state("FAIL"))
@@ -305,8 +358,7 @@ def _run_trial(search: Search, study, trial, events: Events, argv: Optional[list
     from clrctl.sweep.pruning import PruneOnEval
 
     t0 = time.monotonic()
-    trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
-    values = {p.key: p.value(trial.params[p.key]) for p in search.params}
+    values = search.values(trial.params)
     name = trial_name(trial.number, values)
     trial.set_user_attr(RUN, f"trials/{name}")
     data = copy.deepcopy(search.base)
@@ -358,17 +410,28 @@ def set_value(data: dict[str, Any], key: str, value: Any) -> None:
     apply_override(data, f"{key}={dump(value)}")
 
 
+def _own(trial) -> None:
+    """Record who runs ``trial``: host:pid, then the trial's number (a retry Optuna's heartbeat
+    enqueued carries its dead predecessor's attributes until both are written)."""
+    trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
+    trial.set_user_attr(OWNED, trial.number)
+
+
 def fail_orphans(study) -> None:
-    """Journal storage: a running trial of a dead process of this host is failed (not
-    counted) and enqueued again with its parameters. (RDB storages: Optuna's heartbeat.)"""
+    """A running trial whose worker is a dead process of this host is failed (not counted) and
+    enqueued again with its parameters — on every storage: a rerun on the machine where a worker
+    was killed need not wait for a heartbeat. A trial of another host (RDB storages) is failed by
+    Optuna's heartbeat once its worker has been silent for the grace period
+    (``fail_stale_trials``, as ``study.optimize`` does; its callback enqueues the retry)."""
+    import optuna
     from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.storages import JournalStorage
     from optuna.trial import TrialState
 
-    if not isinstance(study._storage, JournalStorage):
-        return
+    optuna.storages.fail_stale_trials(study)
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(OWNED) != trial.number:
+            continue  # (just asked: its worker is writing its attributes)
         worker_host, _, pid = str(trial.user_attrs.get(WORKER, "")).rpartition(":")
         if worker_host != host or not pid.isdigit() or locks.pid_alive(int(pid)):
             continue
@@ -398,7 +461,8 @@ def run_workers(search: Search, jobs: int, quiet: bool) -> int:
         log.flush()
         procs.append((subprocess.Popen([sys.executable, "-m", "clrctl.sweep.search", str(search.path)],
                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       env=worker_env(slot, jobs, cores, gpus, device), start_new_session=True),
+                                       env={**worker_env(slot, jobs, cores, gpus, device),
+                                            "CLRCTL_SEARCH_WORKER": str(slot)}, start_new_session=True),
                       log))
     try:
         codes = [proc.wait() for proc, _ in procs]
@@ -428,10 +492,11 @@ def write_index(search: Search, argv: list[str]) -> dict[str, Any]:
             state = "retried"  # a killed or interrupted trial, enqueued again
         counts[state] = counts.get(state, 0) + 1
         rel = trial.user_attrs.get(RUN)
-        values = {p.key: p.value(trial.params[p.key]) for p in search.params if p.key in trial.params}
+        values = search.values(trial.params)
         entry = {"name": Path(rel).name if rel else str(trial.number), "trial": trial.number, "overrides": values,
                  "included": False, "seeds": [search.base.get("seed", 0)], "status": state, "path": rel,
                  "value": trial.value if state == "completed" else None,
+                 "last_value": _last_report(trial) if state == "pruned" else None,
                  "reason": trial.user_attrs.get(FAILED),
                  "runs": [{"seed": search.base.get("seed", 0), "path": rel, "status": state}] if rel else []}
         if rel and (search.path / rel / "run.json").is_file():
@@ -443,12 +508,19 @@ def write_index(search: Search, argv: list[str]) -> dict[str, Any]:
     index = {"schema_version": 1, "kind": "sweep", "name": search.name, "config": search.config,
              "overrides": search.overrides, "grid": {}, "include": [], "seeds": None, "argv": argv,
              "search": {"sampler": search.search, "trials": search.trials, "metric": search.metric,
-                        "prune": search.prune, "storage": search.storage or JOURNAL, "study": search.study,
+                        "prune": search.prune, "prune_after": search.prune_after,
+                        "sampler_seed": search.seed, "storage": search.storage or JOURNAL, "study": search.study,
                         "params": [p.spec() for p in search.params]},
              "best": best, "created": previous.get("created") or utc_now(), "updated": utc_now(),
              "counts": counts, "points": points}
     write_json_atomic(search.path / "sweep.json", index)
     return index
+
+
+def _last_report(trial) -> Optional[float]:
+    """A pruned trial's last reported value (the evaluation it was pruned at)."""
+    reported = trial.intermediate_values
+    return float(reported[max(reported)]) if reported else None
 
 
 def _better(metric: str, value: float, than: float) -> bool:

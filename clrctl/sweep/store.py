@@ -112,14 +112,20 @@ class SweepDir:
 
         ``running`` while a process writes the run; a run.json left ``running`` by a process
         that is gone (the run directory's lock is free: see :func:`clrctl.runs.rundir.is_live`)
-        counts as ``interrupted``: it resumes from its checkpoint."""
+        counts as ``interrupted``: it resumes from its checkpoint — or ``failed`` when the sweep
+        recorded after it that the attempt crashed its worker or ran past ``--timeout`` (a
+        rerun resumes a failed run too)."""
         run_json = self.run_path(ref) / "run.json"
         if run_json.is_file():
             try:
                 status = str(read_json(run_json).get("status", "failed"))
             except InputError:
                 return "failed"
-            return "interrupted" if status == "running" and not is_live(self.run_path(ref)) else status
+            if status == "running" and not is_live(self.run_path(ref)):
+                status = "interrupted"
+            if status == "interrupted" and self._failed_since(ref, run_json):
+                return "failed"  # it crashed its worker or ran past --timeout after run.json said so
+            return status
         exit_file = self.exit_path(ref)
         if exit_file.is_file():
             try:
@@ -128,15 +134,25 @@ class SweepDir:
                 return "failed"
         return "pending"
 
+    def _failed_since(self, ref: RunRef, run_json: Path) -> bool:
+        """The last attempt's exit record says ``failed`` and is newer than run.json."""
+        exit_file = self.exit_path(ref)
+        try:
+            if exit_file.stat().st_mtime_ns < run_json.stat().st_mtime_ns:
+                return False
+            return read_json(exit_file).get("status") == "failed"
+        except (OSError, InputError):
+            return False
+
     def clear_unstarted(self, ref: RunRef) -> None:
         """A run directory without run.json holds nothing worth keeping (killed before it started)."""
         path = self.run_path(ref)
         if path.is_dir() and not (path / "run.json").is_file() and not is_live(path):
             shutil.rmtree(path)
 
-    def record_exit(self, ref: RunRef, status: str, code: int, message: str) -> None:
+    def record_exit(self, ref: RunRef, status: str, code: int, message: str, **extra: Any) -> None:
         write_json_atomic(self.exit_path(ref), {"status": status, "exit_code": code, "message": message,
-                                                "time": utc_now()})
+                                                "time": utc_now(), **extra})
 
     def exit_message(self, ref: RunRef) -> str:
         try:

@@ -22,7 +22,7 @@ class FlipEvaluation(Callback):
 
     def on_eval(self, loop, step, val_loss, val_acc) -> None:
         s = loop.setup
-        _, acc = evaluate(s.model, s.data.val, s.loss_fn, loop.strategy.eval_reduce, hflip=True)
+        _, acc = evaluate(s.model, loop.data.val, s.loss_fn, loop.strategy.eval_reduce, hflip=True)  # (the stage's size)
         loop.state.extras[KEY] = acc
 
     def on_epoch_end(self, loop, row) -> None:

@@ -1,0 +1,3 @@
+"""A user module with state of its own (imported by tests/warm_jobs.py)."""
+
+IMPORTED = True
