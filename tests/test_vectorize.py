@@ -162,7 +162,8 @@ def _user_model(tiny_config, name: str, factory: str, **sections):
     return tiny_config(name, model={"name": f"vector_models:{factory}"}, **sections)
 
 
-@pytest.mark.parametrize("case", ["nproc", "batchnorm", "optimizer", "untraceable", "accumulate", "no-seeds"])
+@pytest.mark.parametrize("case", ["nproc", "batchnorm", "optimizer", "untraceable", "accumulate", "no-seeds",
+                                  "dropout"])
 def test_what_cannot_be_vectorized_is_refused_before_any_directory(case, tiny_config, tmp_path, monkeypatch,
                                                                    capsys):
     monkeypatch.syspath_prepend(str(TESTS))
@@ -174,13 +175,14 @@ def test_what_cannot_be_vectorized_is_refused_before_any_directory(case, tiny_co
         "untraceable": (_user_model(tiny_config, "dd", "untraceable"), "--seeds", "0,1"),
         "accumulate": (tiny_config("acc", train={"epochs": 1, "accumulate": 2}), "--seeds", "0,1"),
         "no-seeds": (tiny_config(),),
+        "dropout": (tiny_config("drop", model={"name": "mlp", "hidden": [32], "dropout": 0.2}), "--seeds", "0,1"),
     }[case]
     code = run_cli("train", *args, "--vectorize", "--runs-root", root, "-q")
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert not root.exists() or not any(root.iterdir())
     expected = {"nproc": "--nproc", "batchnorm": "BatchNorm", "optimizer": "rmsprop", "untraceable": "cannot be vectorised",
-                "accumulate": "train.accumulate", "no-seeds": "--seeds"}[case]
+                "accumulate": "train.accumulate", "no-seeds": "--seeds", "dropout": "model.dropout"}[case]
     assert expected in err
     assert len([line for line in err.splitlines() if line.strip()]) == 1, err
 

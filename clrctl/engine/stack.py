@@ -43,9 +43,23 @@ def refusal(config: Config) -> Optional[str]:
                ("train.skip_nonfinite", train.skip_nonfinite), ("train.compile", train.compile),
                ("train.channels_last", train.channels_last), ("train.amp", train.amp),
                ("train.precision", train.precision not in (None, "fp32"))]
+    options.append(("model.dropout", bool(getattr(config.model, "dropout", None))))
     for key, on in options:
         if on:
             return f"{key}: not available with --vectorize (train without it, or without --vectorize)"
+    for stage in config.plan():
+        if getattr(stage, "image_size", None) is not None:
+            return (f"stages.{stage.name}.dataset.image_size: a stage's own image size is not available with "
+                    "--vectorize (train without it, or without --vectorize)")
+    return None
+
+
+def setup_refusal(setup) -> Optional[str]:
+    """What only the built setup tells (a stage whose head trains on precomputed features), or None."""
+    used = [p.get("stage") for p in getattr(setup, "precompute", []) or [] if p.get("used")]
+    if used:
+        return (f"train.precompute: stage {used[0]} would train its head on precomputed features, which "
+                "--vectorize does not stack; set train.precompute: off (or train without --vectorize)")
     return None
 
 

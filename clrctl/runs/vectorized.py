@@ -26,7 +26,7 @@ from clrctl.config.schema import Config, load_config
 from clrctl.engine.loop import LoopState
 from clrctl.engine.seedloop import SeedView, StackedLoop
 from clrctl.engine.setup import Setup, build_setup
-from clrctl.engine.stack import ModelStack, model_refusal, probe, refusal
+from clrctl.engine.stack import ModelStack, model_refusal, probe, refusal, setup_refusal
 from clrctl.engine.strategy import Strategy
 from clrctl.errors import ConfigError, InputError, Interrupted, RunFailed
 from clrctl.runs.bounds import resolve_bounds_from
@@ -53,7 +53,7 @@ def check_setups(setups: list[Setup]) -> None:
     """BatchNorm, and a model ``torch.func`` cannot run (a stacked forward and backward of a
     few samples of each seed): one line, before any directory exists."""
     first = setups[0]
-    why = model_refusal(first.model, first.config.model.name)
+    why = model_refusal(first.model, first.config.model.name) or setup_refusal(first)
     if why:
         raise ConfigError(why)
     stack = ModelStack([s.model for s in setups])
