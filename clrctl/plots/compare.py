@@ -7,7 +7,10 @@ import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from clrctl.plots._style import new_figure, save
+from clrctl.series import robust_limits
 
 TRAIN_PANELS = (("loss", "train loss (moving avg)"), ("val_acc", "val acc"), ("lr", "learning rate"))
 
@@ -52,11 +55,26 @@ def train_overlay_figure(sides: Sequence, target: Optional[tuple[str, float]] = 
         axes[1].legend(handles=axes[1].get_lines()[-1:], fontsize="small", loc="lower right")
     if acc_ylim is not None:
         axes[1].set_ylim(*acc_ylim)
+    _scale_loss_and_lr(axes[0], axes[2], sides)
     axes[0].legend(fontsize="small")
     axes[-1].set_xlabel("optimizer steps")
     if title:
         fig.suptitle(_wrapped(title, 70), fontsize="medium")
     return fig
+
+
+def _scale_loss_and_lr(loss_ax, lr_ax, sides: Sequence) -> None:
+    """The loss axis follows the sides' median lines, not a diverged seed's band (one loss of
+    200 would flatten every other curve); LRs that span over 20x (Schedule-Free's 3.0 beside
+    AdamW's 0.005) go on a log axis, as the run's own LR plot does."""
+    medians = np.concatenate([np.asarray(side.panels["loss"].y, dtype=float) for side in sides] or [np.zeros(0)])
+    limits = robust_limits(medians, log=False, low_pct=0.0, high_pct=100.0, margin=0.05)
+    if limits is not None:
+        loss_ax.set_ylim(max(limits[0], 0.0), limits[1])
+    lrs = np.concatenate([np.asarray(side.panels["lr"].y, dtype=float) for side in sides] or [np.zeros(0)])
+    positive = lrs[np.isfinite(lrs) & (lrs > 0)]
+    if positive.size and positive.max() / positive.min() > 20:
+        lr_ax.set_yscale("log")
 
 
 def plot_range_overlay(curves: Sequence, path: str | Path, log_x: bool, title: Optional[str] = None,
